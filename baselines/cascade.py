@@ -1,0 +1,217 @@
+"""A modular spoken-dialogue cascade: Whisper ASR -> text LLM -> TTS.
+
+The classic alternative to a native spoken LLM, built from the parts that run offline here:
+Whisper tiny.en (`deeptalk_eval.scoring.asr`), SmolLM2-135M-Instruct (`BaseLLM`) and Piper
+(`deeptalk.speech.tts`). Each leg is a model arg: `asr=tiny.en,llm=smollm2-135m-instruct,
+tts=piper:joe`.
+
+It streams the way a real cascade would: the ASR runs on the whole utterance, the LLM
+decodes in a background thread while its text deltas are passed on, and the TTS speaks each
+sentence as soon as the LLM has finished it (one audio chunk per sentence), so the first
+audio does not wait for the whole answer. ASR and TTS caches are off: every request pays
+for its own recognition and synthesis, as the latency figures assume.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from typing import Any, Iterator, Sequence
+
+from baselines import to_bool
+from baselines.base_llm import BaseLLM
+from deeptalk_eval.api import (
+    Audio,
+    Capabilities,
+    Request,
+    Response,
+    SpokenModel,
+    StreamEvent,
+    Turn,
+    UnsupportedRequest,
+    collect_stream,
+)
+
+# A sentence ends at . ! ? (plus closing quotes/brackets) followed by whitespace, or at a newline.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
+_SPEAKABLE = re.compile(r"\w")
+
+
+class SentenceBuffer:
+    """Collects streamed text and hands out complete sentences."""
+
+    def __init__(self):
+        self.buf = ""
+
+    def push(self, text: str) -> list[str]:
+        self.buf += text
+        out = []
+        while (m := _SENTENCE_END.search(self.buf)) is not None:
+            sentence, self.buf = self.buf[:m.end()].strip(), self.buf[m.end():]
+            if sentence:
+                out.append(sentence)
+        return out
+
+    def flush(self) -> str | None:
+        rest, self.buf = self.buf.strip(), ""
+        return rest or None
+
+
+def parse_tts_spec(spec: str) -> tuple[str, str]:
+    """"piper:joe" -> ("piper", "joe"); the engine alone takes its default voice."""
+    defaults = {"piper": "joe", "flite": "slt", "espeak": "en-us"}
+    engine, _, voice = str(spec).partition(":")
+    if engine not in defaults:
+        raise ValueError(f"model arg tts={spec!r}: engine must be one of {sorted(defaults)} (e.g. tts=piper:joe)")
+    return engine, voice or defaults[engine]
+
+
+class Cascade(SpokenModel):
+    """ASR -> LLM -> TTS. Speech or text in; text, speech or both out.
+
+    model_args: asr (Whisper model, default tiny.en), asr_backend (openai-whisper |
+    faster-whisper), llm (BaseLLM path, default smollm2-135m-instruct), llm_dtype (float32),
+    tts (engine:voice, default piper:joe), device (cpu), warmup (true: load every leg and
+    synthesise once at start, so the first request is not a cold start).
+    `llm=` also accepts a BaseLLM instance (Python callers, tests).
+    """
+
+    name = "cascade"
+    capabilities = Capabilities(
+        text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True, loglikelihood=False
+    )
+
+    def __init__(
+        self,
+        asr: str = "tiny.en",
+        asr_backend: str = "openai-whisper",
+        llm: str | BaseLLM = "smollm2-135m-instruct",
+        llm_dtype: str = "float32",
+        tts: str = "piper:joe",
+        device: str = "cpu",
+        warmup: bool | str = True,
+    ):
+        super().__init__(asr=asr, asr_backend=asr_backend, llm=llm if isinstance(llm, str) else llm.path,
+                         llm_dtype=llm_dtype, tts=tts, device=device)
+        from deeptalk.speech import tts as tts_lib
+        from deeptalk_eval.scoring.asr import make_transcriber
+
+        self._tts = tts_lib
+        self.tts_engine, self.tts_voice = parse_tts_spec(tts)
+        tts_lib.resolve_voice(self.tts_engine, self.tts_voice)  # unknown voices fail here, not mid-run
+        if not tts_lib.engine_available(self.tts_engine):
+            raise ValueError(f"model arg tts={tts!r}: the {self.tts_engine} engine is not installed here")
+        # No transcript cache: a cached transcript would hide the ASR time from the latency figures.
+        self.transcriber = make_transcriber({"backend": asr_backend, "model": str(asr), "device": device, "cache": False})
+        self.llm = llm if isinstance(llm, BaseLLM) else BaseLLM(path=str(llm), dtype=llm_dtype, device=device)
+        if to_bool(warmup, "warmup"):
+            self.transcriber.model  # loads Whisper
+            self.speak("Ready.")  # loads the voice
+
+    # -- legs ---------------------------------------------------------------------------------
+    def speak(self, sentence: str) -> Audio:
+        wav, sr = self._tts.synthesize(sentence, engine=self.tts_engine, voice=self.tts_voice, use_cache=False)
+        return Audio(wav, sr)
+
+    def _hear(self, audio: Audio, sample_id: str, where: str) -> str:
+        return self.transcriber(audio, id=sample_id).strip()
+
+    # -- identity -----------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        ident = {
+            "asr": self.transcriber.config_key,
+            "llm": self.llm.fingerprint(),
+            "tts": [self.tts_engine, self.tts_voice, self._tts.CACHE_VERSION],
+        }
+        return "cascade:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "asr": self.transcriber.info,
+            "llm": self.llm.describe(),
+            "tts": {"engine": self.tts_engine, "voice": self.tts_voice, "cache": False},
+            "streaming": "LLM deltas as decoded; TTS per completed sentence",
+        }
+
+    # -- streaming ----------------------------------------------------------------------------
+    def stream(self, request: Request, _stats: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
+        """Marks asr_done (speech in), llm_prefill_start, llm_first_token, first_sentence,
+        llm_last_token; text deltas; one audio chunk per sentence."""
+        stats = _stats if _stats is not None else {}
+        want_text = request.output_modality in ("text", "both")
+        want_audio = request.output_modality in ("speech", "both")
+
+        history = []
+        for i, turn in enumerate(request.history):
+            if turn.text is None and turn.audio is not None:
+                turn = Turn(turn.role, text=self._hear(turn.audio, request.id, f"request {request.id} history[{i}]"))
+            history.append(turn)
+        if request.audio is not None:
+            heard = self._hear(request.audio, request.id, f"request {request.id}")
+            stats["asr_transcript"] = heard
+            yield StreamEvent("mark", time.monotonic(), name="asr_done")
+            # A text prompt that comes with the audio (an instruction) goes before the transcript.
+            user_text = f"{request.text.strip()}\n\n{heard}" if request.text and request.text.strip() else heard
+            if not heard:
+                # The ASR heard nothing (silence, noise): a cascade has nothing to answer.
+                # An empty reply is scored as no answer; it is not a failure of the pipeline.
+                stats.update(llm_prompt=None, llm_text="", spoken_sentences=[])
+                yield StreamEvent("end", time.monotonic())
+                return
+        elif request.text and request.text.strip():
+            user_text = request.text
+        else:
+            raise UnsupportedRequest(f"request {request.id}: neither text nor audio")
+
+        llm_request = Request(id=request.id, text=user_text, history=history, system=request.system,
+                              output_modality="text", options=request.options)
+        llm_stats: dict[str, Any] = {}
+        sentences = SentenceBuffer()
+        spoken: list[str] = []
+        text_parts: list[str] = []
+
+        def say(sentence: str) -> Iterator[StreamEvent]:
+            if not _SPEAKABLE.search(sentence):
+                stats["unspeakable_segments"] = stats.get("unspeakable_segments", 0) + 1
+                return
+            if not spoken:
+                yield StreamEvent("mark", time.monotonic(), name="first_sentence")
+            spoken.append(sentence)
+            audio = self.speak(sentence)
+            yield StreamEvent("audio", time.monotonic(), audio=audio)
+
+        for ev in self.llm.stream(llm_request, llm_stats):
+            if ev.kind == "mark":
+                # llm_prefill_start, llm_first_token, llm_last_token (stamped when the LLM made them)
+                yield StreamEvent("mark", ev.t, name=f"llm_{ev.name}")
+            elif ev.kind == "text":
+                text_parts.append(ev.text)
+                if want_text:
+                    yield ev
+                if want_audio:
+                    for sentence in sentences.push(ev.text):
+                        yield from say(sentence)
+        if want_audio and (rest := sentences.flush()):
+            yield from say(rest)
+        stats.update(
+            llm_prompt=llm_stats.get("prompt"), llm_text="".join(text_parts), spoken_sentences=spoken,
+            prompt_tokens=llm_stats.get("prompt_tokens"), completion_tokens=llm_stats.get("completion_tokens"),
+        )
+        yield StreamEvent("end", time.monotonic())
+
+    def generate(self, requests: Sequence[Request]) -> list[Response]:
+        out = []
+        for r in requests:
+            stats: dict[str, Any] = {}
+            resp = collect_stream(self.stream(r, stats), start=time.monotonic())
+            if r.output_modality in ("text", "both"):
+                resp.text = resp.text or ""
+            resp.prompt = stats.pop("llm_prompt", None)
+            resp.tokens = {"prompt": stats.pop("prompt_tokens", None), "completion": stats.pop("completion_tokens", None)}
+            resp.extra = stats
+            out.append(resp)
+        return out
+
+    def close(self) -> None:
+        self.transcriber.close()

@@ -1,0 +1,163 @@
+"""Adaptive modality-expert assignment (the paper's step between stage 1 and stage 2.1).
+
+Feed speech-only and text-only batches, count for every MoE layer l and routed expert j the
+share of speech tokens whose top-k includes j (rho_A[l, j]) and the same for text tokens
+(rho_T[l, j]). The speech experts of layer l are the top-k of rho_A * (1 - rho_T): experts
+speech uses a lot and text uses little. The rest are text experts; shared experts stay
+shared. Ablations: `random_assignment` (seeded) and pure MoE (`speech_experts=None`).
+
+Outputs beside a checkpoint (`write_assignment`):
+  assignment.json             method, k, seed, speech experts per MoE layer
+  modality_load.safetensors   rho_A, rho_T, score [L, E] (+ token counts)
+  modality_load.csv           one row per (layer, expert)
+  modality_load.png           heatmaps of rho_A, rho_T and the score, chosen experts marked
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from .moe import SPEECH, TEXT
+
+ASSIGNMENT_FILE = "assignment.json"
+
+
+@contextmanager
+def record_routing(model):
+    """Within the block, every MoE layer sums its top-k selections per token modality.
+
+    Yields a dict filled on exit: "counts" [L, 2, E] (text, speech) and "tokens" [L, 2].
+    """
+    layers = model.moe_layers
+    for moe in layers:
+        moe.start_recording()
+    result: dict[str, torch.Tensor] = {}
+    try:
+        yield result
+    finally:
+        stats = [moe.stop_recording() for moe in layers]
+        result["counts"] = torch.stack([s for s, _ in stats]).cpu()
+        result["tokens"] = torch.stack([t for _, t in stats]).cpu()
+
+
+def _run(model, batches: Iterable[dict], modality: int, desc: str) -> None:
+    for i, batch in enumerate(tqdm(batches, desc=desc, leave=False)):
+        if not isinstance(batch, dict) or not ({"input_ids", "inputs_embeds"} & set(batch)):
+            raise ValueError(f"{desc} batch {i}: expected a dict of forward arguments with input_ids or inputs_embeds")
+        batch = dict(batch)
+        ref = batch.get("input_ids", batch.get("inputs_embeds"))
+        if "token_modality" not in batch:  # a speech-only batch counts every token as speech
+            batch["token_modality"] = torch.full(ref.shape[:2], modality, dtype=torch.long, device=ref.device)
+        model(**batch, use_cache=False, return_audio_logits=False)
+
+
+@torch.no_grad()
+def measure_modality_load(model, speech_batches: Iterable[dict], text_batches: Iterable[dict]):
+    """(rho_A [L, E], rho_T [L, E]): per MoE layer and routed expert, the share of speech /
+    text tokens whose top-k selection includes that expert. Each of the L rows sums to k.
+
+    Batches are dicts of forward arguments; padding is excluded through `attention_mask`.
+    Routing is measured unmasked ("all"), as the paper does before any assignment.
+    """
+    mode, was_training = model.config.routing_mode, model.training
+    model.eval()
+    for moe in model.moe_layers:
+        moe.routing_mode = "all"
+    try:
+        with record_routing(model) as rec:
+            _run(model, speech_batches, SPEECH, "speech batches")
+            _run(model, text_batches, TEXT, "text batches")
+    finally:
+        for moe in model.moe_layers:
+            moe.routing_mode = mode
+        model.train(was_training)
+    counts, tokens = rec["counts"], rec["tokens"]
+    for m, name in ((SPEECH, "speech"), (TEXT, "text")):
+        if tokens[0, m] == 0:
+            raise ValueError(f"measure_modality_load: no {name} tokens were seen (empty {name} batches?)")
+    rho_a = counts[:, SPEECH] / tokens[:, SPEECH, None]
+    rho_t = counts[:, TEXT] / tokens[:, TEXT, None]
+    return rho_a.float(), rho_t.float()
+
+
+def assignment_scores(rho_a: torch.Tensor, rho_t: torch.Tensor) -> torch.Tensor:
+    return rho_a * (1 - rho_t)
+
+
+def assign_modality_experts(rho_a: torch.Tensor, rho_t: torch.Tensor, k: int) -> list[list[int]]:
+    """Speech experts per layer: top-k of rho_A * (1 - rho_T) (ties: lower index first)."""
+    if rho_a.shape != rho_t.shape or rho_a.dim() != 2:
+        raise ValueError(f"rho_A {tuple(rho_a.shape)} and rho_T {tuple(rho_t.shape)} must both be [L, E]")
+    if not 0 < k < rho_a.shape[1]:
+        raise ValueError(f"k={k} speech experts: must be in [1, {rho_a.shape[1] - 1}] to leave text experts")
+    score = assignment_scores(rho_a, rho_t)
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices
+    return [sorted(row[:k].tolist()) for row in order]
+
+
+def random_assignment(num_layers: int, num_experts: int, k: int, seed: int) -> list[list[int]]:
+    """The paper's random-assignment ablation: k speech experts per layer, seeded."""
+    if not 0 < k < num_experts:
+        raise ValueError(f"k={k} speech experts: must be in [1, {num_experts - 1}]")
+    g = torch.Generator().manual_seed(seed)
+    return [sorted(torch.randperm(num_experts, generator=g)[:k].tolist()) for _ in range(num_layers)]
+
+
+def plot_load(rho_a, rho_t, speech_experts, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    score = assignment_scores(rho_a, rho_t)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.25 * rho_a.shape[0] + 2.5), sharey=True)
+    for ax, mat, name in zip(axes, (rho_a, rho_t, score), ("rho_A (speech share)", "rho_T (text share)", "rho_A (1 - rho_T)")):
+        im = ax.imshow(mat.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_title(name)
+        ax.set_xlabel("routed expert")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        if speech_experts is not None:
+            for l, row in enumerate(speech_experts):
+                ax.scatter(row, [l] * len(row), marker="s", s=18, facecolors="none", edgecolors="red", linewidths=0.8)
+    axes[0].set_ylabel("MoE layer")
+    fig.suptitle(title or "modality load per expert (red: speech experts)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_assignment(model, speech_experts: list[list[int]] | None, out_dir=None, rho_a=None, rho_t=None,
+                     method: str = "adaptive", k: int | None = None, seed: int | None = None) -> dict:
+    """Install the modality map in the model's config (None = pure MoE) and, with `out_dir`,
+    save the record, the load matrices (safetensors + CSV) and the heatmap beside the checkpoint.
+    """
+    if method not in ("adaptive", "random", "pure"):
+        raise ValueError(f"assignment method {method!r}: expected adaptive, random or pure")
+    model.set_modality_map(speech_experts)
+    record = {"method": method, "k": k, "seed": seed, "routing_mode": model.config.routing_mode,
+              "speech_experts": model.config.speech_experts}
+    if out_dir is None:
+        return record
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ASSIGNMENT_FILE).write_text(json.dumps(record, indent=1))
+    if rho_a is not None and rho_t is not None:
+        from safetensors.torch import save_file
+        import pandas as pd
+
+        score = assignment_scores(rho_a, rho_t)
+        save_file({"rho_A": rho_a.contiguous(), "rho_T": rho_t.contiguous(), "score": score.contiguous()},
+                  str(out / "modality_load.safetensors"), metadata={"method": method, "k": str(k)})
+        chosen = [set(r) for r in speech_experts] if speech_experts is not None else None
+        rows = [{"moe_layer": l, "decoder_layer": l + model.config.first_k_dense_layers, "expert": e,
+                 "rho_A": float(rho_a[l, e]), "rho_T": float(rho_t[l, e]), "score": float(score[l, e]),
+                 "speech_expert": bool(chosen and e in chosen[l])}
+                for l in range(rho_a.shape[0]) for e in range(rho_a.shape[1])]
+        pd.DataFrame(rows).to_csv(out / "modality_load.csv", index=False)
+        plot_load(rho_a, rho_t, speech_experts, out / "modality_load.png", f"modality load ({method}, k={k})")
+    return record

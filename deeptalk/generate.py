@@ -1,0 +1,476 @@
+"""Streaming generation: one decoding loop that emits text and delayed codec tokens.
+
+The protocol (the paper's, Mini-Omni style parallel heads). A spoken answer follows the
+prompt's `<|speech_start|>` token. Every decoding step s emits one text token and one
+token per codebook; codebook i runs i + 1 steps behind (deeptalk/delay.py), so the text
+runs ahead of the sound it describes:
+
+    step         0     1     2    ...   n    n+1  ...   T+Q
+    text         a_0   a_1   a_2  ... <text_end> <text_pad> ...
+    codebook 0   pad   c0_0  c0_1 ...                 eos at step T+1
+    codebook 1   pad   pad   c1_0 ...                 eos at step T+2
+    ...
+
+The input of step s+1 is step s's text token plus its Q audio tokens (embeddings summed).
+Frame f is complete after step f + Q; the stream decodes frames as soon as
+`first_chunk_frames` (then `chunk_frames`) new ones exist. Generation stops when the text
+channel has ended and every codebook has emitted its EOS, or after `max_speech_steps`.
+
+Text-only answers are plain autoregressive decoding of the text channel.
+
+    gen = SpeechGenerator(model, tokenizer, encoder=speech_encoder, codec=codec)
+    prompt = gen.prompt(audio=wav, sample_rate=sr, speak=True)
+    for ev in gen.stream(prompt, output="speech"): ...        # GenEvent(kind, t, ...)
+    result = gen.generate(prompt, output="speech")              # tokens, codes, audio, timings
+
+Events are this package's own `GenEvent` (the harness adapter converts them).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from deeptalk.delay import steps_until_frames
+
+Output = Literal["text", "speech", "both"]
+TEXT_MODALITY, SPEECH_MODALITY = 0, 1
+_AUDIO_MARK = "\x00AUDIO\x00"  # stands in for the spoken user turn while the chat template renders
+
+
+@dataclass
+class StreamConfig:
+    """Decoding settings; every field is recorded with results."""
+
+    max_new_tokens: int = 128  # text-only answers
+    max_speech_steps: int = 400  # spoken answers: steps of the joint text + audio loop
+    temperature: float = 0.0  # 0 = greedy (text and audio)
+    top_p: float = 1.0
+    seed: int | None = None
+    first_chunk_frames: int = 2  # small first chunk: first audio early
+    chunk_frames: int = 10  # later chunks: fewer codec calls
+    decoder_left_context: int = 8  # frames of context re-decoded before each chunk
+    decoder_lookahead: int = 1  # frames held back until their right context exists
+    batch_parallel: bool = False  # the paper's trick: a text-only stream supplies the text tokens
+    # KV cache: "static" (preallocated, fixed shapes; faster per step here, see the benchmark)
+    # or "dynamic" (grows; needed by batch_parallel)
+    cache: str = "static"
+    # torch threads for the one-token decode steps (None: leave as is). Prefill is a matrix
+    # product that uses every thread; a decode step is hundreds of tiny ops for which OpenMP's
+    # fork/join costs more than it saves (measured: benchmarks/latency_deeptalk.py)
+    decode_threads: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GenEvent:
+    """A timed piece of output. kind: "text" (delta), "audio" (samples), "mark" (named point), "end"."""
+
+    kind: str
+    t: float  # time.monotonic()
+    text: str | None = None
+    audio: np.ndarray | None = None
+    sample_rate: int | None = None
+    name: str | None = None
+    info: dict | None = None
+
+
+@dataclass
+class Prompt:
+    """Model inputs of one request, built by `SpeechGenerator.prompt`."""
+
+    input_ids: torch.Tensor  # [1, L]
+    token_modality: torch.Tensor  # [1, L]
+    speech_embeds: torch.Tensor | None  # [1, P, H] for the <|audio_in|> placeholders
+    rendered: str  # the template as text (speech frames shown as <|audio_in|>xP)
+    speak: bool  # ends with <|speech_start|>
+    t_start: float  # monotonic time when the input was handed over
+    t_encoder: float | None = None  # monotonic time when the speech encoder finished
+    audio_flags: dict = field(default_factory=dict)
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    text_ids: list[int]
+    codes: np.ndarray | None  # [Q, T] codec codes of the spoken answer
+    audio: np.ndarray | None
+    sample_rate: int | None
+    stop_reason: str
+    steps: int
+    timings: dict[str, float]
+
+
+def build_prompt_ids(tokenizer, config, text: str | None, speech_positions: int | None, speak: bool,
+                     system: str | None = None, history: Sequence[tuple[str, str]] = ()):
+    """Token ids, token modality and readable text of a chat-templated request.
+
+    A spoken user turn is `<|audio_in|>` x speech_positions + `<|audio_in_end|>` (speech
+    modality) followed by `text` if any; `speak` appends `<|speech_start|>`. The trainer
+    builds its sequences with this same function, so training and inference agree.
+    """
+    if text is None and speech_positions is None:
+        raise ValueError("a prompt needs text or audio")
+    content = (_AUDIO_MARK if speech_positions is not None else "") + (text or "")
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs += [{"role": r, "content": c} for r, c in history] + [{"role": "user", "content": content}]
+    rendered = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+    def enc(s: str) -> list[int]:
+        return tokenizer(s, add_special_tokens=False)["input_ids"]
+
+    ids: list[int] = []
+    modality: list[int] = []
+    if speech_positions is not None:
+        before, after = rendered.split(_AUDIO_MARK)
+        ids += enc(before)
+        modality += [TEXT_MODALITY] * len(ids)
+        ids += [config.special_token_id("<|audio_in|>")] * speech_positions + [config.special_token_id("<|audio_in_end|>")]
+        modality += [SPEECH_MODALITY] * (speech_positions + 1)
+        ids += enc(after)
+        rendered = before + f"<|audio_in|>x{speech_positions}<|audio_in_end|>" + after
+    else:
+        ids += enc(rendered)
+    if speak:
+        ids.append(config.special_token_id("<|speech_start|>"))
+        rendered += "<|speech_start|>"
+    modality += [TEXT_MODALITY] * (len(ids) - len(modality))
+    return ids, modality, rendered
+
+
+def answer_steps(text_ids: Sequence[int], codes: np.ndarray | torch.Tensor, config) -> tuple[list[int], torch.Tensor]:
+    """The target steps of a spoken answer: (text channel [S], audio grid [Q, S]).
+
+    Text: the answer's tokens, `<|text_end|>`, then `<|text_pad|>` while audio runs.
+    Audio: `codes` [Q, T] in the delay pattern with pad / eos (deeptalk/delay.py).
+    """
+    from deeptalk.delay import build_delay_pattern
+
+    codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+    if codes.dim() != 2 or codes.shape[0] != config.num_codebooks:
+        raise ValueError(f"answer codes must be [Q={config.num_codebooks}, T], got {tuple(codes.shape)}")
+    grid = build_delay_pattern(codes, config.audio_pad_id, config.audio_eos_id)
+    text = list(text_ids) + [config.special_token_id("<|text_end|>")]
+    n = max(len(text), grid.shape[1])
+    text += [config.special_token_id("<|text_pad|>")] * (n - len(text))
+    if grid.shape[1] < n:
+        pad = torch.full((grid.shape[0], n - grid.shape[1]), config.audio_pad_id, dtype=torch.long)
+        grid = torch.cat([grid, pad], 1)
+    return text, grid
+
+
+class SpeechGenerator:
+    """Prompt building and the decoding loop over a `DeepTalkForCausalLM`."""
+
+    def __init__(self, model, tokenizer, encoder=None, codec=None):
+        self.model, self.tokenizer, self.encoder, self.codec = model.eval(), tokenizer, encoder, codec
+        cfg = model.config
+        self.cfg = cfg
+        self.special = {t: cfg.special_token_id(t) for t in cfg.special_tokens}
+        self.stop_ids = {i for i in (tokenizer.eos_token_id, cfg.eos_token_id) if i is not None}
+        self.stop_ids.add(self.special.get("<|text_end|>", -1))
+        q = cfg.num_codebooks
+        if q:
+            if codec is not None and (codec.num_codebooks != q or codec.codebook_size != cfg.codebook_size):
+                raise ValueError(f"codec {codec.num_codebooks}x{codec.codebook_size} does not match the model's "
+                                 f"speech heads {q}x{cfg.codebook_size}")
+            # audio heads may emit codec codes; codebook 0 may also end the answer (eos)
+            bias = torch.full((q, cfg.audio_vocab_size), float("-inf"))
+            bias[:, : cfg.codebook_size] = 0.0
+            bias[0, cfg.audio_eos_id] = 0.0
+            self._audio_bias = bias
+        # the text channel never emits the speech-protocol tokens except <|text_end|>
+        self._text_bias = torch.zeros(cfg.vocab_size)
+        for name, i in self.special.items():
+            if name != "<|text_end|>":
+                self._text_bias[i] = float("-inf")
+
+    # -- prompts ------------------------------------------------------------------
+    def prompt(self, text: str | None = None, audio: np.ndarray | None = None, sample_rate: int | None = None,
+               system: str | None = None, history: Sequence[tuple[str, str]] = (), speak: bool = False,
+               name: str = "audio", t_start: float | None = None) -> Prompt:
+        """Chat-template the request; a spoken turn becomes <|audio_in|> x P + <|audio_in_end|>.
+
+        `history` is (role, text) pairs. With both `text` and `audio`, the text follows the audio.
+        """
+        t0 = time.monotonic() if t_start is None else t_start
+        if text is None and audio is None:
+            raise ValueError("a prompt needs text or audio")
+        speech, flags, t_enc = None, {}, None
+        if audio is not None:
+            if self.encoder is None:
+                raise ValueError("this generator has no speech encoder: cannot take audio input")
+            with torch.no_grad():
+                speech, prepared = self.encoder.encode(audio, sample_rate, name=name)
+            flags = {"clipped": prepared.clipped, "silent": prepared.silent, "truncated": prepared.truncated,
+                     "speech_positions": int(speech.shape[0])}
+            t_enc = time.monotonic()
+        p = int(speech.shape[0]) if speech is not None else None
+        ids, modality, rendered = build_prompt_ids(self.tokenizer, self.cfg, text, p, speak, system, history)
+        dev = self.model.device
+        return Prompt(
+            input_ids=torch.tensor([ids], device=dev),
+            token_modality=torch.tensor([modality], device=dev),
+            speech_embeds=None if speech is None else speech.unsqueeze(0).to(dev, self.model.dtype),
+            rendered=rendered, speak=speak, t_start=t0, t_encoder=t_enc, audio_flags=flags,
+        )
+
+    def decode_text(self, ids: Sequence[int]) -> str:
+        base = self.cfg.base_vocab_size
+        return self.tokenizer.decode([i for i in ids if i < base], skip_special_tokens=True)
+
+    # -- sampling -----------------------------------------------------------------
+    @staticmethod
+    def _pick(logits: torch.Tensor, cfg: StreamConfig, gen: torch.Generator | None) -> torch.Tensor:
+        """logits [..., V] -> ids [...]: argmax, or seeded temperature / top-p sampling."""
+        if cfg.temperature <= 0:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / cfg.temperature, -1)
+        if cfg.top_p < 1.0:
+            sorted_p, idx = probs.sort(-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < cfg.top_p
+            probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p * keep)
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=gen).reshape(probs.shape[:-1])
+
+    # -- the decoding loop ---------------------------------------------------------
+    @torch.no_grad()
+    def steps(self, prompt: Prompt, output: Output, cfg: StreamConfig) -> Iterator[tuple]:
+        """Yield ("prefill", None), then per step (text_id, audio_column [Q] | None), then ("stop", reason)."""
+        speak = output in ("speech", "both")
+        if speak and not prompt.speak:
+            raise ValueError("a spoken answer needs a prompt built with speak=True")
+        if speak and not self.cfg.num_codebooks:
+            raise ValueError("this model has no speech heads (num_codebooks=0): cannot answer in speech")
+        parallel = speak and cfg.batch_parallel
+        if parallel and cfg.cache != "dynamic":
+            raise ValueError("batch_parallel decoding needs cache='dynamic'")
+        gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None and cfg.temperature > 0 else None
+        model = self.model
+        text_bias = self._text_bias.to(model.device)
+        cache = None
+        if cfg.cache == "static":
+            from transformers import StaticCache
+
+            budget = cfg.max_speech_steps if speak else cfg.max_new_tokens
+            cache = StaticCache(config=model.config, max_cache_len=prompt.input_ids.shape[1] + budget + 1)
+        elif cfg.cache != "dynamic":
+            raise ValueError(f"StreamConfig.cache={cfg.cache!r}: expected 'dynamic' or 'static'")
+        mask = None
+        if parallel:
+            # the paper's batch-parallel decoding: row 0 speaks, row 1 answers the same request
+            # in text only (its prompt lacks <|speech_start|>, left-padded by one); row 1's
+            # text token is fed to both rows, so the spoken answer follows the text-only one
+            ids, mod = prompt.input_ids, prompt.token_modality
+            pad = torch.full_like(ids[:, :1], self.tokenizer.pad_token_id or 0)
+            mask = torch.ones(2, ids.shape[1], dtype=torch.long, device=ids.device)
+            mask[1, 0] = 0
+            out = model(input_ids=torch.cat([ids, torch.cat([pad, ids[:, :-1]], 1)]),
+                        token_modality=torch.cat([mod, torch.cat([torch.zeros_like(pad), mod[:, :-1]], 1)]),
+                        speech_embeds=None if prompt.speech_embeds is None else prompt.speech_embeds.repeat(2, 1, 1),
+                        attention_mask=mask,
+                        use_cache=True, logits_to_keep=1)
+        else:
+            out = model(input_ids=prompt.input_ids, speech_embeds=prompt.speech_embeds,
+                        token_modality=prompt.token_modality, use_cache=True, logits_to_keep=1,
+                        return_audio_logits=speak, past_key_values=cache)
+        past = out.past_key_values
+        yield "prefill", None
+        threads = torch.get_num_threads()
+        if cfg.decode_threads:
+            torch.set_num_threads(cfg.decode_threads)
+        try:
+            yield from self._decode(out, past, mask, parallel, speak, cfg, gen, text_bias)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _decode(self, out, past, mask, parallel, speak, cfg, gen, text_bias):
+        model = self.model
+        if not speak:
+            for _ in range(cfg.max_new_tokens):
+                tok = int(self._pick(out.logits[0, -1] + text_bias, cfg, gen))
+                yield tok, None
+                if tok in self.stop_ids:
+                    yield "stop", "eos"
+                    return
+                out = model(input_ids=torch.tensor([[tok]], device=model.device), past_key_values=past,
+                            token_modality=torch.tensor([[TEXT_MODALITY]], device=model.device),
+                            use_cache=True, return_audio_logits=False)
+                past = out.past_key_values
+            yield "stop", "max_new_tokens"
+            return
+
+        c = self.cfg
+        q = c.num_codebooks
+        audio_bias = self._audio_bias.to(model.device)
+        text_end, text_pad = self.special["<|text_end|>"], self.special["<|text_pad|>"]
+        text_done = False
+        eos_step = None  # step at which codebook 0 emitted EOS
+        modality = torch.tensor([[SPEECH_MODALITY]] + ([[TEXT_MODALITY]] if parallel else []), device=model.device)
+        text_row = 1 if parallel else 0
+        delays = torch.arange(1, q + 1, device=model.device)
+        for s in range(cfg.max_speech_steps):
+            if text_done:
+                tok = text_pad
+            else:
+                tok = int(self._pick(out.logits[text_row, -1] + text_bias, cfg, gen))
+                if tok in self.stop_ids:
+                    tok, text_done = text_end, True
+            column = self._pick(out.audio_logits[0, -1] + audio_bias, cfg, gen)  # [Q]
+            # the delay pattern is forced, not left to the heads: pad before each codebook
+            # starts, EOS exactly i steps after codebook 0's, pad after it
+            column = torch.where(s < delays, torch.full_like(column, c.audio_pad_id), column)
+            if s < 2 and int(column[0]) == c.audio_eos_id:  # an answer has at least one frame
+                column[0] = int(out.audio_logits[0, -1, 0, : c.codebook_size].argmax())
+            if eos_step is None and int(column[0]) == c.audio_eos_id:
+                eos_step = s
+            if eos_step is not None:
+                offset = s - eos_step - torch.arange(q, device=model.device)
+                column = torch.where(offset == 0, torch.full_like(column, c.audio_eos_id), column)
+                column = torch.where(offset > 0, torch.full_like(column, c.audio_pad_id), column)
+            yield tok, column
+            if text_done and eos_step is not None and s >= eos_step + q - 1:
+                yield "stop", "eos"
+                return
+            if parallel:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                codes = torch.stack([column, torch.full_like(column, -1)]).view(2, q, 1)
+                out = model(input_ids=torch.full((2, 1), tok, device=model.device), audio_codes=codes,
+                            attention_mask=mask, past_key_values=past, token_modality=modality, use_cache=True)
+            else:
+                out = model(input_ids=torch.tensor([[tok]], device=model.device), audio_codes=column.view(1, q, 1),
+                            past_key_values=past, token_modality=modality, use_cache=True)
+            past = out.past_key_values
+        yield "stop", "max_steps"
+
+    # -- streaming -----------------------------------------------------------------
+    def stream(self, prompt: Prompt, output: Output = "text", cfg: StreamConfig | None = None) -> Iterator[GenEvent]:
+        """Timed events: marks (encoder_done, prefill_done, first_chunk_ready, first_chunk_decoded), text deltas,
+        audio chunks, then "end" with the stop reason, token counts and codes in `info`."""
+        cfg = cfg or StreamConfig()
+        speak = output in ("speech", "both")
+        if speak and self.codec is None:
+            raise ValueError("a spoken answer needs a codec")
+        if cfg.first_chunk_frames < 1 or cfg.chunk_frames < 1:
+            raise ValueError("first_chunk_frames and chunk_frames must be >= 1")
+        now = time.monotonic
+        if prompt.t_encoder is not None:
+            yield GenEvent("mark", prompt.t_encoder, name="encoder_done")
+        q = self.cfg.num_codebooks
+        text_ids: list[int] = []
+        shown = ""
+        frames: list[np.ndarray] = []  # complete frames [Q] not yet pushed to the decoder
+        grid: list[np.ndarray] = []
+        decoder = self.codec.stream_decoder(left_context=cfg.decoder_left_context,
+                                            lookahead=cfg.decoder_lookahead) if speak else None
+        n_frames = 0
+        first_chunk = True
+        stop_reason = None
+        n_steps = 0
+        sr = self.codec.sample_rate if speak else None
+        eos = self.cfg.audio_eos_id if speak else None
+        audio_over = False
+        for tok, column in self.steps(prompt, output, cfg):
+            if tok == "prefill":
+                yield GenEvent("mark", now(), name="prefill_done")
+                continue
+            if tok == "stop":
+                stop_reason = column
+                continue
+            n_steps += 1
+            if tok not in self.stop_ids and not (speak and tok == self.special.get("<|text_pad|>")):
+                text_ids.append(tok)
+                text = self.decode_text(text_ids)
+                if len(text) > len(shown) and not text.endswith("\ufffd"):
+                    yield GenEvent("text", now(), text=text[len(shown):])
+                    shown = text
+            if column is None:
+                continue
+            col = column.cpu().numpy()
+            grid.append(col)
+            s = len(grid) - 1
+            # frame s - Q is complete at step s, unless codebook 0 already ended the audio
+            f = s - q
+            if f >= 0 and not audio_over:
+                if grid[f + 1][0] == eos:
+                    audio_over = True
+                else:
+                    frames.append(self._frame(grid, f, q))
+                    n_frames += 1
+            want = cfg.first_chunk_frames if first_chunk else cfg.chunk_frames
+            if len(frames) >= want:
+                yield from self._push(decoder, frames, sr, first_chunk)
+                frames, first_chunk = [], False
+        if speak:
+            if frames:
+                yield from self._push(decoder, frames, sr, first_chunk)
+                first_chunk = False
+            tail = decoder.flush() if n_frames else np.zeros(0, np.float32)
+            if len(tail):
+                yield GenEvent("audio", now(), audio=tail, sample_rate=sr)
+        codes = np.stack([self._frame(grid, f, q) for f in range(n_frames)], 1) if speak and n_frames else None
+        if speak and codes is None:
+            codes = np.zeros((q, 0), dtype=np.int64)
+        yield GenEvent("end", now(), info={"stop_reason": stop_reason, "steps": n_steps, "text_ids": text_ids,
+                                           "codes": codes, "frames": n_frames})
+
+    @staticmethod
+    def _frame(grid: list[np.ndarray], f: int, q: int) -> np.ndarray:
+        return np.array([grid[f + 1 + i][i] for i in range(q)], dtype=np.int64)
+
+    def _push(self, decoder, frames: list[np.ndarray], sr: int, first: bool) -> Iterator[GenEvent]:
+        if first:  # the frames exist; what follows is codec decoding
+            yield GenEvent("mark", time.monotonic(), name="first_chunk_ready", info={"frames": len(frames)})
+        wav = decoder.push(np.stack(frames, 1).astype(np.int64))
+        t = time.monotonic()
+        if first:
+            yield GenEvent("mark", t, name="first_chunk_decoded", info={"frames": len(frames)})
+        if len(wav):
+            yield GenEvent("audio", t, audio=wav, sample_rate=sr)
+
+    # -- non-streaming ---------------------------------------------------------------
+    def generate(self, prompt: Prompt, output: Output = "text", cfg: StreamConfig | None = None) -> GenerationResult:
+        """The same loop without chunked decoding; a spoken answer is decoded once, whole."""
+        cfg = cfg or StreamConfig()
+        speak = output in ("speech", "both")
+        timings: dict[str, float] = {}
+        if prompt.t_encoder is not None:
+            timings["encoder"] = prompt.t_encoder - prompt.t_start
+        text_ids: list[int] = []
+        grid: list[np.ndarray] = []
+        stop_reason = None
+        eos = self.cfg.audio_eos_id if speak else None
+        q = self.cfg.num_codebooks
+        for tok, column in self.steps(prompt, output, cfg):
+            if tok == "prefill":
+                timings["prefill_done"] = time.monotonic() - prompt.t_start
+                continue
+            if tok == "stop":
+                stop_reason = column
+                continue
+            if column is not None:
+                grid.append(column.cpu().numpy())
+            if tok not in self.stop_ids and not (speak and tok == self.special.get("<|text_pad|>")):
+                text_ids.append(tok)
+        codes = audio = None
+        if speak:
+            eos_at = next((s for s in range(1, len(grid)) if grid[s][0] == eos), None)
+            n = max(len(grid) - q, 0)  # complete frames
+            if eos_at is not None:
+                n = min(n, eos_at - 1)
+            codes = np.stack([self._frame(grid, f, q) for f in range(n)], 1) if n else np.zeros((q, 0), np.int64)
+            audio = self.codec.decode(codes) if n else np.zeros(0, np.float32)
+        timings["total"] = time.monotonic() - prompt.t_start
+        return GenerationResult(self.decode_text(text_ids), text_ids, codes, audio,
+                                self.codec.sample_rate if speak else None, stop_reason,
+                                len(grid) if speak else len(text_ids), timings)
+
+
+def first_audio_floor_steps(first_chunk_frames: int, num_codebooks: int) -> int:
+    """Decoding steps the delay pattern forces before `first_chunk_frames` frames exist."""
+    return steps_until_frames(first_chunk_frames, num_codebooks)

@@ -1,0 +1,203 @@
+"""The mixture-of-experts feed-forward layer with modality groups.
+
+    x ─┬─ shared experts (always on) ──────────────────────────────────┐
+       └─ router: logits → [mask groups → -inf] → softmax → top-k ──> Σ_k w_k · expert_k(x) ─┴─> out
+
+Routed experts are fine-grained SwiGLU MLPs (slices of a dense FFN after upcycling). Each
+routed expert belongs to the speech group or the text group (the config's modality map);
+the router can be restricted to one group for all tokens ("masked" training stages) or per
+token by its modality ("modality" routing). The DeepSeek expert-level balance loss is
+computed over the experts each token could reach.
+
+Routing statistics (which experts each token picked, split by token modality) are summed
+into `MoEFeedForward.stats` while `stats` is a tensor — `deeptalk.experts` uses this to
+measure modality load.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from .config import DeepTalkConfig
+
+TEXT, SPEECH = 0, 1
+
+
+class SwiGLU(nn.Module):
+    """down(act(gate(x)) * up(x)) — the Llama MLP; experts are narrow copies of it."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str = "silu", bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=bias)
+        self.act_fn = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Router(nn.Module):
+    """Linear scores over routed experts, softmax (in fp32), optional group mask, top-k."""
+
+    def __init__(self, hidden_size: int, num_experts: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None, top_k: int):
+        """x [N, H]; allowed [N, E] bool or None. Returns probs [N, E], topk_prob, topk_idx [N, k]."""
+        logits = F.linear(x.float(), self.weight.float())
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        probs = logits.softmax(dim=-1)
+        topk_prob, topk_idx = probs.topk(top_k, dim=-1)
+        return probs, topk_prob, topk_idx
+
+
+class MoEFeedForward(nn.Module):
+    def __init__(self, config: DeepTalkConfig, moe_idx: int):
+        super().__init__()
+        self.moe_idx = moe_idx
+        self.num_experts = config.num_routed_experts
+        self.top_k = config.num_experts_per_tok
+        self.gate_mode = config.gate_mode
+        self.scaling = config.routed_scaling_factor
+        self.aux_alpha = config.aux_loss_alpha
+        self.routing_mode = config.routing_mode
+        h, i = config.hidden_size, config.expert_intermediate_size
+        self.router = Router(h, self.num_experts)
+        self.experts = nn.ModuleList(SwiGLU(h, i, config.hidden_act, config.mlp_bias) for _ in range(self.num_experts))
+        self.shared_experts = (
+            SwiGLU(h, i * config.num_shared_experts, config.hidden_act, config.mlp_bias) if config.num_shared_experts else None
+        )
+        # Which dense-FFN neuron each expert neuron came from (shared first, then routed expert
+        # by expert): identity for a fresh model, the clustering permutation after upcycling.
+        # Saved with the weights so a delta checkpoint can rebuild the experts from the base.
+        total = i * (config.num_shared_experts + self.num_experts)
+        self.register_buffer("neuron_index", torch.arange(total), persistent=True)
+        # True for speech experts; None = no modality split (pure MoE)
+        mask = config.speech_expert_mask(moe_idx)
+        self.register_buffer("speech_group", torch.tensor(mask, dtype=torch.bool) if mask is not None else None, persistent=False)
+        self.trainable_modality: str | None = None  # for routing_mode "masked"
+        self.stats: torch.Tensor | None = None  # [2 (text, speech), E] selection counts when recording
+        self.token_counts: torch.Tensor | None = None  # [2] tokens seen when recording
+        self.last_topk_idx: torch.Tensor | None = None  # [N, k] of the last forward (tests, analysis)
+
+    def set_modality_map(self, speech_group: torch.Tensor | None) -> None:
+        self.speech_group = None if speech_group is None else speech_group.to(torch.bool).to(self.router.weight.device)
+
+    def allowed_experts(self, token_modality: torch.Tensor) -> torch.Tensor | None:
+        """[N, E] bool: which routed experts each token may reach under the routing mode."""
+        if self.routing_mode == "all" or self.speech_group is None:
+            return None
+        if self.routing_mode == "masked":
+            if self.trainable_modality is None:
+                return None
+            group = self.speech_group if self.trainable_modality == "speech" else ~self.speech_group
+            return group.unsqueeze(0).expand(token_modality.shape[0], -1)
+        # "modality": speech tokens -> speech experts, text tokens -> text experts
+        is_speech = token_modality.bool().unsqueeze(1)
+        return torch.where(is_speech, self.speech_group.unsqueeze(0), ~self.speech_group.unsqueeze(0))
+
+    def forward(self, x: torch.Tensor, token_modality: torch.Tensor | None = None, valid: torch.Tensor | None = None):
+        """x [B, T, H]; token_modality [B, T] (0 text / 1 speech); valid [B, T] (False = padding).
+
+        Returns (out [B, T, H], aux_loss scalar).
+        """
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        n = x.shape[0]
+        mod = token_modality.reshape(-1) if token_modality is not None else x.new_zeros(n, dtype=torch.long)
+        ok = valid.reshape(-1) if valid is not None else None
+        allowed = self.allowed_experts(mod)
+        k = self.top_k
+        if allowed is not None:
+            # a group may hold fewer experts than top_k: never select a masked expert
+            k = min(k, int(allowed.sum(-1).min()))
+            if k == 0:
+                raise ValueError(f"MoE layer {self.moe_idx}: a token has no reachable routed expert (empty modality group)")
+        probs, topk_prob, topk_idx = self.router(x, allowed, k)
+        self.last_topk_idx = topk_idx
+
+        if self.gate_mode == "softmax":
+            weights = topk_prob
+        elif self.gate_mode == "normalized":
+            weights = topk_prob / topk_prob.sum(-1, keepdim=True).clamp_min(1e-20)
+        else:  # "unit": the value is exactly 1 (dense-equivalent sum), the gradient still reaches the router
+            weights = 1.0 + topk_prob - topk_prob.detach()
+        weights = (weights * self.scaling).to(x.dtype)
+
+        flat_idx = topk_idx.reshape(-1)
+        order = flat_idx.argsort(stable=True)
+        counts = torch.bincount(flat_idx, minlength=self.num_experts).tolist()
+        token_of = order // k  # token index of each sorted (token, slot) pair
+        weight_of = weights.reshape(-1)[order]
+        # Expert outputs are written slot by slot and summed over the k slots at the end:
+        # a CPU index_add_ into `out` costs ~1 ms per call with 2 threads (measured), which
+        # dominated a decode step.
+        slots = x.new_empty(n * k, shape[-1])
+        start = 0
+        for e, c in enumerate(counts):  # a loop over experts, batched over their tokens
+            if c == 0:
+                continue
+            rows = token_of[start : start + c]
+            slots[order[start : start + c]] = self.experts[e](x.index_select(0, rows)) * weight_of[start : start + c, None]
+            start += c
+        out = slots.view(n, k, shape[-1]).sum(1)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+
+        if self.stats is not None:
+            self._record(topk_idx, mod, ok)
+        aux = self.balance_loss(probs, topk_idx, allowed, ok) if self.training and self.aux_alpha > 0 else x.new_zeros(())
+        return out.reshape(shape), aux
+
+    def balance_loss(self, probs, topk_idx, allowed, valid) -> torch.Tensor:
+        """DeepSeek expert-level balance loss: alpha * sum_i f_i * P_i.
+
+        f_i = E' / (k T) * #tokens choosing i, P_i = mean router prob of i, over the T tokens
+        of one group of tokens sharing the same reachable experts (E' of them). With several
+        groups (modality routing) the group losses are weighted by their token share.
+        """
+        n, e = probs.shape
+        k = topk_idx.shape[1]
+        keep = valid if valid is not None else torch.ones(n, dtype=torch.bool, device=probs.device)
+        if allowed is None:
+            groups = [(keep, e)]
+        else:
+            groups = []
+            for pattern in allowed[keep].unique(dim=0):
+                members = keep & (allowed == pattern).all(-1)
+                groups.append((members, int(pattern.sum())))
+        total = keep.sum().clamp_min(1)
+        loss = probs.new_zeros(())
+        for members, reachable in groups:
+            t = members.sum()
+            if t == 0:
+                continue
+            chosen = F.one_hot(topk_idx[members], e).sum(1).float()  # [t, E]
+            f = chosen.sum(0) * reachable / (k * t)
+            p = probs[members].mean(0)
+            loss = loss + (t / total) * (f * p).sum()
+        return self.aux_alpha * loss
+
+    @torch.no_grad()
+    def _record(self, topk_idx, mod, valid):
+        keep = valid if valid is not None else torch.ones_like(mod, dtype=torch.bool)
+        for m in (TEXT, SPEECH):
+            sel = keep & (mod == m)
+            self.token_counts[m] += sel.sum().to(self.token_counts.dtype)
+            self.stats[m] += torch.bincount(topk_idx[sel].reshape(-1), minlength=self.num_experts).to(self.stats.dtype)
+
+    def start_recording(self) -> None:
+        dev = self.router.weight.device
+        self.stats = torch.zeros(2, self.num_experts, dtype=torch.float64, device=dev)
+        self.token_counts = torch.zeros(2, dtype=torch.float64, device=dev)
+
+    def stop_recording(self) -> tuple[torch.Tensor, torch.Tensor]:
+        stats, tokens = self.stats, self.token_counts
+        self.stats = self.token_counts = None
+        return stats, tokens

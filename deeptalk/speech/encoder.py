@@ -1,0 +1,192 @@
+"""Speech in: a frozen Whisper encoder and a trainable projector into the LLM.
+
+    wav (any rate) -> 16 kHz -> log-mel (80 x 100 Hz) -> Whisper encoder (50 Hz, frozen)
+        -> stack `stride` frames -> MLP -> [n_positions, llm_hidden]   (projector, trained)
+
+Whisper was trained on 30 s windows, so its encoder expects 3000 mel frames and has a fixed
+positional table of 1500 rows. Running it on 30 s of padding for a 2 s question costs ~15x
+the work, so the default `window="exact"` feeds only the real frames (2 * ceil(len / 320))
+and slices the positional table to match. `window="pad30"` is Whisper's own way (pad to
+30 s, then keep the first ceil(len / 320) output frames); the two differ slightly because
+attention in "pad30" also sees the padding. Which one a projector was trained with is part
+of its config: use the same at inference.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+WHISPER_RATE = 16000
+SAMPLES_PER_FRAME = 320  # Whisper's encoder output runs at 50 Hz (hop 160, conv stride 2)
+MAX_FRAMES = 1500  # Whisper's positional table: 30 s
+CLIP_LEVEL = 1.0
+
+
+@dataclass
+class PreparedAudio:
+    """A waveform ready for Whisper, with what was done to it (recorded, never hidden)."""
+
+    samples: np.ndarray  # float32, 16 kHz, mono, in [-1, 1]
+    source_rate: int
+    clipped: bool = False  # some samples were beyond [-1, 1] and were clamped
+    silent: bool = False  # peak below 1e-4: Whisper will see near-silence
+    truncated: bool = False  # longer than 30 s: the tail was cut
+
+    @property
+    def num_frames(self) -> int:
+        return math.ceil(len(self.samples) / SAMPLES_PER_FRAME)
+
+
+def prepare_audio(samples, sample_rate: int, name: str = "audio") -> PreparedAudio:
+    """Check, downmix, resample to 16 kHz and clamp one waveform.
+
+    Empty or non-finite audio is an error naming `name`; clipping is clamped and flagged;
+    silence passes (it is valid input) and is flagged.
+    """
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim == 2:  # [channels, n] or [n, channels]: downmix along the short axis
+        x = x.mean(axis=0 if x.shape[0] < x.shape[1] else 1)
+    if x.ndim != 1:
+        raise ValueError(f"{name}: expected mono samples [n] or [channels, n], got shape {x.shape}")
+    if x.size == 0:
+        raise ValueError(f"{name}: empty audio (0 samples)")
+    if not sample_rate or sample_rate <= 0:
+        raise ValueError(f"{name}: invalid sample rate {sample_rate!r}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        kinds = sorted({"NaN" if np.isnan(v) else "Inf" for v in x[bad][:100]})
+        raise ValueError(f"{name}: {int(bad.sum())} non-finite samples ({'/'.join(kinds)}) at index {int(np.argmax(bad))}")
+    if sample_rate != WHISPER_RATE:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(sample_rate), WHISPER_RATE)
+        x = resample_poly(x, WHISPER_RATE // g, int(sample_rate) // g).astype(np.float32)
+        if x.size == 0:
+            raise ValueError(f"{name}: too short to resample ({len(samples)} samples at {sample_rate} Hz)")
+    clipped = bool(np.abs(x).max() > CLIP_LEVEL)
+    if clipped:
+        x = np.clip(x, -CLIP_LEVEL, CLIP_LEVEL)
+    truncated = len(x) > MAX_FRAMES * SAMPLES_PER_FRAME
+    if truncated:
+        x = x[: MAX_FRAMES * SAMPLES_PER_FRAME]
+    silent = bool(np.abs(x).max() < 1e-4)
+    return PreparedAudio(x, int(sample_rate), clipped=clipped, silent=silent, truncated=truncated)
+
+
+@dataclass
+class SpeechEncoderConfig:
+    whisper: str = "tiny.en"  # a name for load_whisper (offline: tiny.en) or a path
+    stride: int = 2  # 50 Hz Whisper frames stacked per LLM position (1 = the paper's 50 Hz)
+    window: str = "exact"  # "exact" (real frames only) | "pad30" (Whisper's 30 s window)
+    hidden_size: int = 576  # the LLM's hidden size
+    projector_hidden: int | None = None  # MLP width; default: hidden_size
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Projector(nn.Module):
+    """Stack `stride` consecutive frames, then a 2-layer MLP into the LLM's hidden size."""
+
+    def __init__(self, in_dim: int, out_dim: int, stride: int, hidden: int | None = None):
+        super().__init__()
+        self.stride = stride
+        hidden = hidden or out_dim
+        self.fc1 = nn.Linear(in_dim * stride, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_dim)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, ceil(T/s), H]
+        b, t, d = feats.shape
+        pad = (-t) % self.stride
+        if pad:  # zero frames complete the last group; lengths are tracked separately
+            feats = torch.nn.functional.pad(feats, (0, 0, 0, pad))
+        x = feats.reshape(b, (t + pad) // self.stride, d * self.stride)
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def num_positions(num_frames: int, stride: int) -> int:
+    return math.ceil(num_frames / stride)
+
+
+class SpeechEncoder(nn.Module):
+    """Whisper encoder (frozen) + projector (trainable)."""
+
+    def __init__(self, whisper_encoder: nn.Module, config: SpeechEncoderConfig):
+        super().__init__()
+        if config.window not in ("exact", "pad30"):
+            raise ValueError(f"SpeechEncoderConfig.window must be 'exact' or 'pad30', got {config.window!r}")
+        if config.stride < 1:
+            raise ValueError(f"SpeechEncoderConfig.stride must be >= 1, got {config.stride}")
+        self.config = config
+        self.whisper = whisper_encoder
+        self.whisper.requires_grad_(False)
+        self.whisper.eval()
+        self.n_mels = whisper_encoder.conv1.in_channels
+        d = whisper_encoder.ln_post.normalized_shape[0]
+        self.projector = Projector(d, config.hidden_size, config.stride, config.projector_hidden)
+
+    @classmethod
+    def from_whisper(cls, config: SpeechEncoderConfig) -> "SpeechEncoder":
+        from deeptalk.speech.whisper_ckpt import load_whisper
+
+        model = load_whisper(config.whisper)
+        return cls(model.encoder, config)
+
+    def train(self, mode: bool = True):  # the Whisper half never leaves eval mode
+        super().train(mode)
+        self.whisper.eval()
+        return self
+
+    # -- Whisper features ---------------------------------------------------------
+    def mel(self, audio: PreparedAudio) -> torch.Tensor:
+        """Log-mel [n_mels, 2 * num_frames] ("exact") or [n_mels, 3000] ("pad30")."""
+        import whisper
+
+        x = torch.from_numpy(audio.samples)
+        if self.config.window == "pad30":
+            m = whisper.log_mel_spectrogram(x, self.n_mels, padding=whisper.audio.N_SAMPLES)
+            return whisper.pad_or_trim(m, whisper.audio.N_FRAMES)
+        # 1600 zero samples reach past the last STFT window, so these frames equal the
+        # first frames of the "pad30" mel exactly (same per-utterance max normalisation).
+        m = whisper.log_mel_spectrogram(x, self.n_mels, padding=1600)
+        return m[:, : 2 * audio.num_frames]
+
+    @torch.no_grad()
+    def whisper_features(self, audio: PreparedAudio) -> torch.Tensor:
+        """Frozen Whisper encoder output [num_frames, d] for one utterance (50 Hz)."""
+        enc = self.whisper
+        mel = self.mel(audio).to(enc.conv1.weight.dtype).unsqueeze(0)
+        if self.config.window == "pad30":
+            return enc(mel)[0, : audio.num_frames]
+        x = nn.functional.gelu(enc.conv1(mel))
+        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+        x = x + enc.positional_embedding[: x.shape[1]].to(x.dtype)
+        for block in enc.blocks:
+            x = block(x)
+        return enc.ln_post(x)[0, : audio.num_frames]
+
+    # -- projector ----------------------------------------------------------------
+    def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whisper features (a list of [T_i, d]) -> (embeds [B, P, H] right-padded, lengths [B])."""
+        lengths = torch.tensor([num_positions(f.shape[0], self.config.stride) for f in feats])
+        t_max = max(f.shape[0] for f in feats)
+        batch = torch.zeros(len(feats), t_max, feats[0].shape[1], dtype=feats[0].dtype)
+        for i, f in enumerate(feats):
+            batch[i, : f.shape[0]] = f
+        w = self.projector.fc1.weight
+        return self.projector(batch.to(device=w.device, dtype=w.dtype)), lengths
+
+    def encode(self, samples, sample_rate: int, name: str = "audio") -> tuple[torch.Tensor, PreparedAudio]:
+        """One waveform -> (LLM input embeddings [P, H], what prepare_audio did)."""
+        audio = prepare_audio(samples, sample_rate, name)
+        embeds, _ = self([self.whisper_features(audio)])
+        return embeds[0], audio
+
+    def projector_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.projector.state_dict().items()}

@@ -1,0 +1,205 @@
+"""The reference DeepTalk model behind the SpokenModel interface.
+
+    deeptalk-eval --model deeptalk                                  # the shipped checkpoint
+    deeptalk-eval --model deeptalk --model-args path=runs/tiny/stage-3,first_chunk_frames=2
+
+Loads a checkpoint directory written by `deeptalk-train` (or the shipped reference in the
+same layout), hears through its Whisper encoder + projector, speaks through its codec, and
+streams with `deeptalk.generate.SpeechGenerator`: text deltas, audio chunks and the marks
+encoder_done / prefill_done / first_chunk_decoded. Text scoring (retention) goes through
+the same lm-eval conventions as the base-LLM baseline, on the model's text path.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from baselines import to_bool, to_int
+from deeptalk_eval.api import (
+    Audio,
+    Capabilities,
+    Request,
+    Response,
+    SpokenModel,
+    StreamEvent,
+    UnsupportedRequest,
+    collect_stream,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "reference"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+OUTPUTS = {"text": "text", "speech": "speech", "both": "both"}
+
+
+class DeepTalkModel(SpokenModel):
+    name = "deeptalk"
+    capabilities = Capabilities(text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True,
+                                loglikelihood=True)
+
+    def __init__(self, path: str | None = None, device: str = "cpu", dtype: str = "float32",
+                 routing_mode: str | None = None, first_chunk_frames: int | str = 2, chunk_frames: int | str = 10,
+                 max_speech_steps: int | str = 400, batch_parallel: bool | str = False, codec: str | None = None,
+                 batch_size: int | str = 8, threads: int | str | None = None, cache: str | None = None,
+                 decode_threads: int | str | None = None):
+        super().__init__(path=path, device=device, dtype=dtype, routing_mode=routing_mode,
+                         first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
+                         max_speech_steps=max_speech_steps, batch_parallel=batch_parallel, codec=codec,
+                         batch_size=batch_size, threads=threads, cache=cache, decode_threads=decode_threads)
+        from deeptalk.generate import SpeechGenerator, StreamConfig
+        from deeptalk.train import load_checkpoint
+
+        ckpt = Path(path) if path else DEFAULT_CHECKPOINT
+        if not ckpt.is_dir():
+            raise FileNotFoundError(
+                f"deeptalk: checkpoint directory {ckpt} does not exist"
+                + ("" if path else " (no reference checkpoint is shipped yet: train one with "
+                   "`deeptalk-train --recipe reference` and pass --model-args path=<run>/stage-3)"))
+        if dtype not in DTYPES:
+            raise ValueError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
+        if threads is not None:
+            torch.set_num_threads(to_int(threads, "threads"))
+        self.bundle = load_checkpoint(ckpt, device=device, dtype=DTYPES[dtype], codec=codec)
+        model = self.bundle.model
+        if routing_mode is not None:
+            model.set_routing_mode(routing_mode)
+        parallel = to_bool(batch_parallel, "batch_parallel")
+        if cache is None:  # batch-parallel decoding runs on the growing cache
+            cache = "dynamic" if parallel else "static"
+        self.stream_config = StreamConfig(first_chunk_frames=to_int(first_chunk_frames, "first_chunk_frames"),
+                                          chunk_frames=to_int(chunk_frames, "chunk_frames"),
+                                          max_speech_steps=to_int(max_speech_steps, "max_speech_steps"),
+                                          batch_parallel=parallel, cache=cache,
+                                          decode_threads=to_int(decode_threads, "decode_threads"))
+        self.generator = SpeechGenerator(model, self.bundle.tokenizer, encoder=self.bundle.encoder,
+                                         codec=self.bundle.codec)
+        from baselines.base_llm import BaseLLM
+
+        # lm-eval's conventions for text scoring, shared with the base-LLM baseline: same
+        # tokenisation and windows, so retention compares like with like
+        self._scorer = BaseLLM(path=str(ckpt), device=device, batch_size=batch_size, model=model,
+                               tokenizer=self.bundle.tokenizer, max_length=model.config.max_position_embeddings)
+        self._sha: str | None = None
+
+    # -- identity -------------------------------------------------------------------------
+    def checkpoint_sha256(self) -> str:
+        """sha256 over the checkpoint's weight files (model, delta, projector, codec)."""
+        if self._sha is None:
+            h = hashlib.sha256()
+            for f in sorted(self.bundle.path.glob("*.safetensors")):
+                h.update(f.name.encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+            self._sha = h.hexdigest()
+        return self._sha
+
+    def fingerprint(self) -> str:
+        opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "threads", "batch_size")}
+        return f"deeptalk:{self.checkpoint_sha256()[:16]}:{opts}:routing={self.bundle.model.config.routing_mode}"
+
+    def describe(self) -> dict[str, Any]:
+        m = self.bundle.model
+        return {
+            "checkpoint": str(self.bundle.path),
+            "checkpoint_sha256": self.checkpoint_sha256(),
+            "stage": self.bundle.info.get("stage"),
+            "recipe": self.bundle.info.get("recipe"),
+            "routing_mode": m.config.routing_mode,
+            "speech_experts": m.config.speech_experts,
+            "dtype": str(next(m.parameters()).dtype).replace("torch.", ""),
+            "device": str(m.device),
+            "parameters": sum(p.numel() for p in m.parameters()),
+            "stream": self.stream_config.to_dict(),
+            "batch_parallel": self.stream_config.batch_parallel,
+            "first_chunk_frames": self.stream_config.first_chunk_frames,
+            "chunk_frames": self.stream_config.chunk_frames,
+            "speech_encoder": self.bundle.encoder.config.to_dict(),
+            "codec": self.bundle.codec.describe(),
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    # -- generation -------------------------------------------------------------------------
+    def _config(self, request: Request):
+        from dataclasses import replace
+
+        o = request.options
+        return replace(self.stream_config, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
+                       top_p=o.top_p, seed=o.seed)
+
+    def _prompt(self, request: Request, t_start: float):
+        if request.text is None and request.audio is None:
+            raise UnsupportedRequest(f"request {request.id}: neither text nor audio")
+        history = []
+        for i, turn in enumerate(request.history):
+            if turn.text is None:
+                raise UnsupportedRequest(f"request {request.id} history[{i}]: deeptalk needs the text of earlier turns")
+            history.append((turn.role, turn.text))
+        speak = request.output_modality in ("speech", "both")
+        audio = request.audio
+        try:
+            return self.generator.prompt(
+                text=request.text, audio=None if audio is None else audio.samples,
+                sample_rate=None if audio is None else audio.sample_rate, system=request.system,
+                history=history, speak=speak, name=f"request {request.id} audio", t_start=t_start)
+        except ValueError as e:  # bad audio (empty, NaN, ...): a clear per-request error
+            raise UnsupportedRequest(str(e)) from None
+
+    def stream(self, request: Request, _info: dict | None = None) -> Iterator[StreamEvent]:
+        if request.output_modality not in OUTPUTS:
+            raise UnsupportedRequest(f"request {request.id}: unknown output modality {request.output_modality!r}")
+        t0 = time.monotonic()
+        prompt = self._prompt(request, t0)
+        if _info is not None:
+            _info.update(prompt=prompt.rendered, audio_flags=prompt.audio_flags)
+        stops = request.options.stop
+        shown = ""
+        full = ""
+        for ev in self.generator.stream(prompt, OUTPUTS[request.output_modality], self._config(request)):
+            if ev.kind == "text":
+                full += ev.text
+                cut = _cut_at_stop(full, stops)
+                if len(cut) > len(shown):
+                    yield StreamEvent("text", ev.t, text=cut[len(shown):])
+                    shown = cut
+            elif ev.kind == "audio":
+                yield StreamEvent("audio", ev.t, audio=Audio(ev.audio, ev.sample_rate))
+            elif ev.kind == "mark":
+                yield StreamEvent("mark", ev.t, name=ev.name)
+            elif ev.kind == "end":
+                if _info is not None:
+                    _info.update(ev.info or {})
+                yield StreamEvent("end", ev.t)
+
+    def generate(self, requests: Sequence[Request]) -> list[Response]:
+        out = []
+        for r in requests:
+            info: dict = {}
+            t0 = time.monotonic()
+            resp = collect_stream(self.stream(r, info), start=t0)
+            if r.output_modality in ("speech", "both") and resp.audio is None:
+                resp.audio = Audio(np.zeros(0, np.float32), self.bundle.codec.sample_rate)
+            resp.prompt = info.get("prompt")
+            resp.tokens = {"text": len(info.get("text_ids", [])), "steps": int(info.get("steps", 0)),
+                           "audio_frames": int(info.get("frames", 0))}
+            resp.extra = {"stop_reason": info.get("stop_reason"), "audio_flags": info.get("audio_flags", {})}
+            out.append(resp)
+        return out
+
+    # -- text scoring -------------------------------------------------------------------------
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        return self._scorer.loglikelihood(pairs)
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+        return self._scorer.loglikelihood_rolling(texts)
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stops:
+        if s and s in text:
+            cut = min(cut, text.index(s))
+    return text[:cut]

@@ -1,0 +1,199 @@
+"""`deeptalk-eval`: run (default), list, validate, merge, leaderboard, regress.
+
+Exit status: 0 ok; 1 the run finished but some task failed entirely (or a regression
+gate broke); 2 bad usage or input (unknown names, malformed task files, missing data,
+an output folder that cannot be written), always found before anything runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from deeptalk_eval.registry import UsageError
+from deeptalk_eval.taskconfig import TaskConfigError
+
+SUBCOMMANDS = ("run", "list", "validate", "merge", "leaderboard", "regress")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name (see `deeptalk-eval list models`)")
+    p.add_argument("--model-args", default="", help="k=v,k2=v2 passed to the adapter")
+    p.add_argument("--model-path", help="your own adapter: module:Class or path/file.py:Class")
+    p.add_argument("--tasks", default="all", help="all | comma-separated task names, groups or YAML files")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="another folder of task YAMLs (repeatable)")
+    p.add_argument("--limit", type=int, help="first N samples of each task")
+    p.add_argument("--seed", type=int, default=1234, help="python / numpy / torch seed (recorded)")
+    p.add_argument("--output-dir", default="results", type=Path)
+    p.add_argument("--log-samples", action="store_true", help="write per-sample JSONL and audio files")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--shard", help="i/n: run only shard i of n (see `deeptalk-eval merge`)")
+    p.add_argument("--stage", help="a training-stage tag recorded in results (e.g. stage2.1)")
+    p.add_argument("--rescore", metavar="RESULTS", help="recompute metrics from a run's sample logs; no model")
+    p.add_argument("--online", action="store_true", help="load hub datasets even when a local file exists")
+    p.add_argument("--asr", default="tiny.en", help="Whisper for speech output: [backend:]model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--retry-failed", action="store_true", help="run again samples whose failure is cached")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deeptalk-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Without a command, `run` is meant: `deeptalk-eval --model deeptalk "
+                                       "--tasks all`. See `deeptalk-eval run --help` for its options.")
+    sub = p.add_subparsers(dest="command")
+    add_run_arguments(sub.add_parser("run", help="evaluate a model on tasks (the default command)"))
+    ls = sub.add_parser("list", help="list tasks, groups, models or scorers")
+    ls.add_argument("what", choices=["tasks", "groups", "models", "scorers"])
+    ls.add_argument("--include-path", action="append", default=[], metavar="DIR")
+    val = sub.add_parser("validate", help="check a task file: schema, data, scorers, first prompt")
+    val.add_argument("paths", nargs="+", type=Path)
+    val.add_argument("--online", action="store_true")
+    mg = sub.add_parser("merge", help="merge shard results into one results file")
+    mg.add_argument("out", help="output results .json (or a folder: <folder>/<model>/<time>_merged.json)")
+    mg.add_argument("inputs", nargs="+", help="the shard results files")
+    for name in ("leaderboard", "regress"):
+        sub.add_parser(name, help=f"see `deeptalk-eval {name} --help`", add_help=False)
+    return p
+
+
+def options_from_args(args: argparse.Namespace):
+    from deeptalk_eval.registry import parse_model_args
+    from deeptalk_eval.runner import RunOptions, parse_shard, shard_from_env
+
+    return RunOptions(
+        model=args.model, model_args=parse_model_args(args.model_args), model_path=args.model_path,
+        tasks=args.tasks, include_paths=args.include_path, limit=args.limit, seed=args.seed,
+        output_dir=args.output_dir, log_samples=args.log_samples or bool(args.shard) or shard_from_env() is not None,
+        batch_size=args.batch_size, shard=parse_shard(args.shard) or shard_from_env(), stage=args.stage,
+        online=args.online, asr=args.asr, device=args.device, retry_failed=args.retry_failed,
+        progress=not args.no_progress)
+
+
+def offline_by_default(online: bool) -> None:
+    """No hub access unless --online: every default runs from what packages ship."""
+    if not online:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            os.environ.setdefault(var, "1")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from deeptalk_eval import runner
+
+    offline_by_default(args.online)
+
+    opts = options_from_args(args)
+    if args.rescore:
+        result = runner.rescore(args.rescore, opts)
+    else:
+        if not (args.model or args.model_path):
+            raise UsageError("--model NAME or --model-path module:Class is required")
+        plan = runner.prepare(opts)  # everything that can be wrong with the input, before running
+        result = runner.run(plan)
+    print(runner.summary_table(result.results))
+    print(f"\nresults: {result.path}")
+    return result.exit_code
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from deeptalk_eval.registry import TaskIndex, model_specs
+
+    if args.what == "models":
+        print(tabulate(sorted(model_specs().items()), headers=["model", "adapter"]))
+    elif args.what == "scorers":
+        import deeptalk_eval.runner  # noqa: F401  the scorers a run knows (e.g. "latency")
+        from deeptalk_eval.scoring.base import scorer_names
+
+        print("\n".join(scorer_names()))
+    else:
+        index = TaskIndex.scan(args.include_path)
+        if args.what == "groups":
+            print(tabulate([(g, len(m), ", ".join(m)) for g, m in index.all_groups().items()],
+                           headers=["group", "tasks", "members"]))
+        else:
+            rows = [(name, str(path)) for name, path in sorted(index.files.items())]
+            print(tabulate(rows, headers=["task", "file"]))
+        for err in index.broken.values():
+            print(f"unreadable task file: {err}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Schema, data file, scorer names, the first request's prompt. Exit 2 on the first problem."""
+    import deeptalk_eval.runner  # noqa: F401  the scorers a run knows (e.g. "latency")
+    from deeptalk_eval.scoring.base import get_scorer
+    from deeptalk_eval.taskconfig import build_request, load_docs, load_task, render_prompt
+
+    offline_by_default(args.online)
+
+    for path in args.paths:
+        task = load_task(path)
+        for i, spec in enumerate(task.scorers):
+            try:
+                get_scorer(spec.name)
+            except KeyError as e:
+                raise TaskConfigError(f"{task.path}: field 'scorers[{i}].name': {e.args[0]}") from None
+        print(f"{task.path}: task {task.name!r} version {task.version} ({task.kind})")
+        if task.kind == "lm_eval":
+            print(f"  lm-eval tasks: {task.lm_eval['tasks']}")
+            continue
+        if task.data_path is None and not args.online:
+            print(f"  online-only dataset {task.hub['path']!r}: data not checked (use --online)")
+            continue
+        docs = load_docs(task, online=args.online)
+        if not docs:
+            raise TaskConfigError(f"{task.data_path}: no samples")
+        print(f"  {len(docs)} samples; scorers: {[s.name for s in task.scorers]}; "
+              f"metrics: {[m.name for m in task.metrics]}")
+        print(f"  first prompt: {render_prompt(task, docs[0])!r}")
+        if task.input_modality == "speech" and task.audio_field:
+            req = build_request(task, docs[0])
+            print(f"  first audio: {req.audio.duration:.2f} s at {req.audio.sample_rate} Hz")
+    return EXIT_OK
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from deeptalk_eval import runner
+
+    result = runner.merge(args.out, args.inputs)
+    print(runner.summary_table(result.results))
+    print(f"\nmerged results: {result.path}")
+    return result.exit_code
+
+
+def cmd_delegate(name: str, argv: list[str]) -> int:
+    """`leaderboard` and `regress` live in their own modules with their own arguments."""
+    import importlib
+
+    module = importlib.import_module(f"deeptalk_eval.{name}")
+    p = argparse.ArgumentParser(prog=f"deeptalk-eval {name}")
+    module.add_arguments(p)
+    return int(module.run(p.parse_args(argv)) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run"] + argv  # `deeptalk-eval --model X --tasks Y` is `run`
+    try:
+        if argv[0] in ("leaderboard", "regress"):
+            return cmd_delegate(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
+        handler = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "merge": cmd_merge}
+        return handler[args.command](args)
+    except (UsageError, TaskConfigError) as e:
+        print(f"deeptalk-eval: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The `deeptalk` harness adapter on a tiny checkpoint in the trainer's layout.
+
+The checkpoint is written by `deeptalk.train.save_checkpoint` from a tiny random DeepTalk
+(real classes), the real Whisper tiny.en encoder with a random projector and a small random
+offline codec: the adapter must load it, serve every modality pair, stream, and score text.
+"""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from deeptalk_eval.api import Audio, GenerationOptions, Request, UnsupportedRequest
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from deeptalk.base_llm import resolve_base
+    from deeptalk.config import SPECIAL_TOKENS, DeepTalkConfig
+    from deeptalk.modeling import DeepTalkForCausalLM
+    from deeptalk.speech.codec_offline import OfflineCodec
+    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
+    from deeptalk.train import save_checkpoint
+    from deeptalk.upcycle import extend_tokenizer
+
+    out = tmp_path_factory.mktemp("ckpt")
+    tok = AutoTokenizer.from_pretrained(resolve_base("smollm2-135m-instruct"))
+    torch.manual_seed(0)
+    cfg = DeepTalkConfig(vocab_size=len(tok) + len(SPECIAL_TOKENS), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_routed_experts=4, num_shared_experts=1,
+                         num_experts_per_tok=2, num_codebooks=2, codebook_size=16, base_vocab_size=len(tok),
+                         special_tokens=list(SPECIAL_TOKENS), eos_token_id=tok.eos_token_id,
+                         speech_experts=[[0, 1]], max_position_embeddings=1024)
+    model = DeepTalkForCausalLM(cfg)
+    extend_tokenizer(tok, cfg)
+    enc = SpeechEncoder.from_whisper(SpeechEncoderConfig(hidden_size=64, stride=4))
+    rng = np.random.default_rng(0)
+    codec = OfflineCodec(rng.normal(size=(2, 16, 80 * 4)).astype(np.float32) * 0.3, np.zeros(80), np.ones(80),
+                         stack=4, gl_iters=4)
+    codec.save(out / "src" / "codec.safetensors")
+    save_checkpoint(out / "ckpt", model, tok, enc, {"path": "codec.safetensors", "src_dir": str(out / "src")},
+                    {"stage": "test", "done": True})
+    return out / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_checkpoint):
+    from deeptalk_eval.adapters.deeptalk import DeepTalkModel
+
+    return DeepTalkModel(path=str(tiny_checkpoint), max_speech_steps="12", first_chunk_frames="2", chunk_frames="4")
+
+
+@pytest.fixture(scope="module")
+def question_audio():
+    from deeptalk.speech.tts import synthesize
+
+    wav, sr = synthesize("What is a baby lion called?")
+    return Audio(wav, sr)
+
+
+def test_default_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
+    import deeptalk_eval.adapters.deeptalk as mod
+
+    monkeypatch.setattr(mod, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "reference")
+    with pytest.raises(FileNotFoundError, match="checkpoints/reference does not exist.*deeptalk-train --recipe reference"):
+        mod.DeepTalkModel()
+
+
+def test_text_to_text(adapter):
+    (r,) = adapter.generate([Request("t", text="Hello", options=GenerationOptions(max_new_tokens=5))])
+    assert isinstance(r.text, str) and r.audio is None
+    assert 1 <= r.tokens["text"] <= 5 and "prefill_done" in r.timings
+    assert "<|im_start|>user\nHello" in r.prompt
+
+
+def test_speech_to_speech_shape(adapter, question_audio):
+    (r,) = adapter.generate([Request("s2s", audio=question_audio, output_modality="speech")])
+    sr = adapter.bundle.codec.sample_rate
+    assert r.audio is not None and r.audio.sample_rate == sr
+    assert len(r.audio.samples) == r.tokens["audio_frames"] * adapter.bundle.codec.samples_per_frame > 0
+    assert np.isfinite(r.audio.samples).all()
+    for k in ("encoder_done", "prefill_done", "first_chunk_decoded", "first_audio"):
+        assert k in r.timings
+    assert r.timings["encoder_done"] <= r.timings["prefill_done"] <= r.timings["first_audio"]
+    assert "<|audio_in|>x" in r.prompt and r.extra["audio_flags"]["speech_positions"] > 0
+
+
+def test_speech_to_text_and_text_to_speech(adapter, question_audio):
+    a, b = adapter.generate([Request("s2t", audio=question_audio, options=GenerationOptions(max_new_tokens=4)),
+                             Request("t2s", text="Say hi.", output_modality="both")])
+    assert a.audio is None and a.text is not None
+    assert b.audio is not None and len(b.audio.samples) > 0
+
+
+def test_stream_events_are_api_events(adapter, question_audio):
+    from deeptalk_eval.api import StreamEvent
+
+    evs = list(adapter.stream(Request("st", audio=question_audio, output_modality="speech")))
+    assert all(isinstance(e, StreamEvent) for e in evs)
+    assert evs[-1].kind == "end"
+    assert {"encoder_done", "prefill_done", "first_chunk_decoded"} <= {e.name for e in evs if e.kind == "mark"}
+
+
+def test_loglikelihood_text_path(adapter):
+    res = adapter.loglikelihood([("The capital of France is", " Paris"), ("", "Hello world")])
+    assert len(res) == 2 and all(lp < 0 and isinstance(g, bool) for lp, g in res)
+    (roll,) = adapter.loglikelihood_rolling(["One two three four."])
+    assert roll < 0
+
+
+def test_bad_audio_is_unsupported_request(adapter):
+    with pytest.raises(UnsupportedRequest, match="request e audio: empty audio"):
+        adapter.generate([Request("e", audio=Audio(np.zeros(0, np.float32), 16000))])
+    bad = np.zeros(1600, np.float32)
+    bad[5] = np.nan
+    with pytest.raises(UnsupportedRequest, match="NaN"):
+        adapter.generate([Request("n", audio=Audio(bad, 16000))])
+
+
+def test_describe_records_setup(adapter):
+    d = adapter.describe()
+    for k in ("routing_mode", "dtype", "first_chunk_frames", "chunk_frames", "batch_parallel", "checkpoint_sha256"):
+        assert k in d
+    assert d["first_chunk_frames"] == 2 and d["batch_parallel"] is False and len(d["checkpoint_sha256"]) == 64
+    assert adapter.checkpoint_sha256()[:16] in adapter.fingerprint()

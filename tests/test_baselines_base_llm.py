@@ -1,0 +1,161 @@
+"""BaseLLM on the real SmolLM2-135M-Instruct: lm-eval parity, deterministic generation."""
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from baselines.base_llm import BaseLLM
+from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
+
+PAIRS = [
+    ("The capital of France is", " Paris"),
+    ("The capital of France is ", "Paris."),  # trailing space moves to the continuation
+    ("Question: What is two plus two?\nAnswer:", " four"),
+    ("", "Hello world"),  # empty context: conditioned on the prefix token
+    ("Water boils at 100 degrees", " Celsius at sea level"),
+]
+TEXTS = ["The quick brown fox jumps over the lazy dog. " * 6, "Short text."]
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    from deeptalk.base_llm import load_base_llm
+
+    torch.manual_seed(0)
+    return load_base_llm("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="module")
+def llm(loaded):
+    model, tok = loaded
+    return BaseLLM(model=model, tokenizer=tok, batch_size=3)
+
+
+def _hflm(model, tok, **kw):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=2, device="cpu", **kw)
+
+
+def _instances(kind, args):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
+
+
+def test_loglikelihood_matches_lm_eval_hflm(loaded, llm):
+    model, tok = loaded
+    ref = _hflm(model, tok).loglikelihood(_instances("loglikelihood", PAIRS), disable_tqdm=True)
+    ours = llm.loglikelihood(PAIRS)
+    for (ctx, cont), (lp_ref, g_ref), (lp, g) in zip(PAIRS, ref, ours):
+        assert lp == pytest.approx(lp_ref, abs=1e-3), (ctx, cont)
+        assert g == g_ref, (ctx, cont)
+    assert all(lp < 0 for lp, _ in ours)
+    # A plausible continuation beats an implausible one (the model is real, not random).
+    paris, = llm.loglikelihood([("The capital of France is", " Paris")])
+    banana, = llm.loglikelihood([("The capital of France is", " banana")])
+    assert paris[0] > banana[0] + 2
+
+
+def test_rolling_loglikelihood_matches_lm_eval_with_left_truncation(loaded):
+    model, tok = loaded
+    # A short max_length forces several rolling windows (and left truncation of their context).
+    ours = BaseLLM(model=model, tokenizer=tok, max_length=16, batch_size=4).loglikelihood_rolling(TEXTS)
+    ref = _hflm(model, tok, max_length=16).loglikelihood_rolling(
+        _instances("loglikelihood_rolling", [(t,) for t in TEXTS]), disable_tqdm=True)
+    assert ours == pytest.approx(ref, abs=2e-3)
+    # Truncation drops context: the 16-token score of a long continuation differs from the full one.
+    full, = BaseLLM(model=model, tokenizer=tok).loglikelihood([(TEXTS[0], " The end.")])
+    short, = BaseLLM(model=model, tokenizer=tok, max_length=16).loglikelihood([(TEXTS[0], " The end.")])
+    assert not math.isclose(full[0], short[0], abs_tol=1e-3)
+
+
+def test_scores_do_not_depend_on_batch_size(loaded):
+    model, tok = loaded
+    one = BaseLLM(model=model, tokenizer=tok, batch_size=1).loglikelihood(PAIRS)
+    many = BaseLLM(model=model, tokenizer=tok, batch_size="8").loglikelihood(PAIRS)
+    assert [a for a, _ in one] == pytest.approx([a for a, _ in many], abs=1e-4)
+
+
+def test_greedy_generation_is_deterministic_and_records_prompt(loaded, llm):
+    model, tok = loaded
+    req = Request(id="g", text="What is the capital of France?", options=GenerationOptions(max_new_tokens=24))
+    a, b = llm.generate([req, req])
+    assert a.text == b.text and a.text.strip()
+    assert "Paris" in a.text
+    assert a.prompt == tok.apply_chat_template([{"role": "user", "content": req.text}], tokenize=False,
+                                               add_generation_prompt=True)
+    # Same tokens as a plain transformers greedy decode of the same prompt.
+    ids = tok(a.prompt, return_tensors="pt", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=llm._eos_ids(),
+                             pad_token_id=llm._eos_ids()[0])
+    assert a.text == tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+    assert a.tokens["prompt"] == ids.shape[1] and 0 < a.tokens["completion"] <= 24
+    assert 0 < a.timings["first_token"] <= a.timings["first_text"] <= a.timings["total"]
+
+
+def test_stop_strings_system_and_history(llm):
+    base = Request(id="s", text="List three colours, one per line.", system="You are terse.",
+                   history=[Turn("user", text="Hi"), Turn("assistant", text="Hello!")],
+                   options=GenerationOptions(max_new_tokens=20))
+    full, = llm.generate([base])
+    assert "You are terse." in full.prompt and "Hello!" in full.prompt
+    assert "," in full.text
+    stopped, = llm.generate([Request(**{**base.__dict__, "options": GenerationOptions(max_new_tokens=20, stop=(", ", "zzz"))})])
+    assert stopped.text == full.text[: full.text.index(", ")]
+    assert stopped.extra["stopped_by"] == "stop_string"
+
+
+def test_seeded_sampling_repeats(llm):
+    opts = GenerationOptions(max_new_tokens=8, temperature=1.0, top_p=0.95, seed=123)
+    req = Request(id="r", text="Tell me a word.", options=opts)
+    a, b = llm.generate([req, req])
+    assert a.text == b.text and a.extra["sampled"] is True and a.extra["seed"] == 123
+
+
+def test_stream_events_are_timed_in_order(llm):
+    events = list(llm.stream(Request(id="t", text="Say hello.", options=GenerationOptions(max_new_tokens=12))))
+    names = [e.name or e.kind for e in events]
+    assert names[0] == "prefill_start" and names[1] == "first_token" and names[-2:] == ["last_token", "end"]
+    texts = [e.t for e in events if e.kind == "text"]
+    assert texts and texts == sorted(texts)
+    marks = {e.name: e.t for e in events if e.kind == "mark"}
+    assert marks["prefill_start"] < marks["first_token"] <= marks["last_token"] <= events[-1].t
+    assert texts[0] >= marks["first_token"]
+
+
+def test_closing_a_stream_stops_generation(llm):
+    stats = {}
+    req = Request(id="c", text="Write a long essay about the history of Rome.", options=GenerationOptions(max_new_tokens=300))
+    events = llm.stream(req, stats)
+    next(e for e in events if e.kind == "text")
+    events.close()  # the listener went away: the background generate() must end, not run to 300 tokens
+    assert 0 < stats["completion_tokens"] < 60
+
+
+def test_bad_input_is_refused(llm):
+    with pytest.raises(UnsupportedRequest, match="request a: base_llm takes text only"):
+        llm.generate([Request(id="a", audio=Audio([0.0] * 160, 16000))])
+    with pytest.raises(UnsupportedRequest, match="text only, not speech"):
+        llm.generate([Request(id="b", text="hi", output_modality="speech")])
+    with pytest.raises(ValueError, match="dtype='float8'"):
+        BaseLLM(dtype="float8", model=llm.model, tokenizer=llm.tokenizer)
+    with pytest.raises(ValueError, match="batch_size='many'"):
+        BaseLLM(batch_size="many", model=llm.model, tokenizer=llm.tokenizer)
+
+
+def test_fingerprint_tracks_weights_and_options(loaded, llm):
+    model, tok = loaded
+    other = BaseLLM(model=model, tokenizer=tok, max_length="64")
+    assert llm.weights_sha256() == other.weights_sha256()  # same weights, hashed independently
+    assert llm.fingerprint() != other.fingerprint()  # different options
+    assert llm.describe()["parameters"] == sum(p.numel() for p in model.parameters())

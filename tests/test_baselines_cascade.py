@@ -1,0 +1,113 @@
+"""The ASR -> LLM -> TTS cascade end to end on the real offline parts (Whisper tiny.en,
+SmolLM2-135M-Instruct, Piper joe)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jiwer
+import numpy as np
+import pytest
+
+from baselines.cascade import Cascade, SentenceBuffer, parse_tts_spec
+from deeptalk_eval.api import Audio, GenerationOptions, Request, UnsupportedRequest
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    model = Cascade(asr="tiny.en", llm="smollm2-135m-instruct", tts="piper:joe")
+    yield model
+    model.close()
+
+
+def _norm(text: str) -> str:
+    from whisper.normalizers import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()(text)
+
+
+def test_sentence_buffer_splits_on_sentence_ends():
+    buf = SentenceBuffer()
+    assert buf.push("Paris is the capital") == []
+    assert buf.push(" of France. It has 2.1 million") == ["Paris is the capital of France."]
+    assert buf.push(' people!" Also\nmuseums') == ['It has 2.1 million people!"', "Also"]
+    assert buf.flush() == "museums" and buf.flush() is None
+
+
+def test_tts_spec():
+    assert parse_tts_spec("piper:joe") == ("piper", "joe")
+    assert parse_tts_spec("flite") == ("flite", "slt")
+    with pytest.raises(ValueError, match="tts='festival:x'"):
+        parse_tts_spec("festival:x")
+
+
+def test_speech_in_text_and_speech_out(cascade):
+    from deeptalk.speech.tts import synthesize
+
+    question = "What is the capital of France?"
+    wav, sr = synthesize(question, engine="piper", voice="joe")
+    req = Request(id="q1", audio=Audio(wav, sr), text="Answer in one short sentence.", output_modality="both",
+                  options=GenerationOptions(max_new_tokens=40))
+    (resp,) = cascade.generate([req])
+
+    # The ASR leg heard the question; the LLM got the instruction, then the transcript.
+    assert _norm(resp.extra["asr_transcript"]) == _norm(question)
+    assert f"Answer in one short sentence.\n\n{resp.extra['asr_transcript']}<|im_end|>" in resp.prompt
+    assert "paris" in resp.text.lower()
+    # The speech channel says what the text channel says: Whisper on the cascade's own audio.
+    assert resp.audio is not None and resp.audio.sample_rate == 22050 and resp.audio.duration > 1.0
+    heard = cascade.transcriber(resp.audio)
+    ref, hyp = _norm(resp.text), _norm(heard)
+    assert jiwer.cer(ref, hyp) < 0.25, (ref, hyp)
+    assert jiwer.process_words(ref, hyp).wer < 0.5, (ref, hyp)
+    t = resp.timings
+    assert 0 < t["asr_done"] < t["llm_first_token"] <= t["first_text"] <= t["first_sentence"] < t["first_audio"]
+    assert t["first_audio"] <= t["total"]
+    assert resp.tokens["completion"] > 0
+
+
+def test_stream_speaks_first_sentence_before_the_llm_is_done(cascade):
+    req = Request(id="s1", text="Tell me about Paris in three short sentences.", output_modality="both",
+                  options=GenerationOptions(max_new_tokens=48))
+    stats = {}
+    events = list(cascade.stream(req, stats))
+    kinds = [e.kind for e in events]
+    assert kinds[-1] == "end" and "asr_done" not in [e.name for e in events]  # text in: no ASR
+    played = [e for e in events if e.kind in ("text", "audio")]
+    assert [e.t for e in played] == sorted(e.t for e in played)
+    marks = {e.name: e.t for e in events if e.kind == "mark"}
+    audio = [e for e in events if e.kind == "audio"]
+    # One chunk per spoken sentence, each after the text that completed it.
+    assert len(audio) == len(stats["spoken_sentences"]) >= 2
+    for ev in audio:
+        before = "".join(e.text for e in events[: events.index(ev)] if e.kind == "text")
+        assert any(c in before for c in ".!?\n")
+    # Pipelining: the first sentence is audible before the LLM has produced its last token.
+    assert marks["llm_first_token"] < audio[0].t < marks["llm_last_token"]
+    assert all(a.audio.sample_rate == 22050 and len(a.audio.samples) > 0 for a in audio)
+
+
+def test_text_only_output_skips_tts(cascade):
+    (resp,) = cascade.generate([Request(id="t1", text="Say yes.", options=GenerationOptions(max_new_tokens=8))])
+    assert resp.text and resp.audio is None and "first_sentence" not in resp.timings
+
+
+def test_silent_input_gets_no_answer_and_empty_input_is_an_error(cascade):
+    # Silence is a legitimate input (the silent-audio control): the ASR hears nothing, so the
+    # cascade says nothing — scored as no answer, never a guess and never a pipeline failure.
+    (resp,) = cascade.generate([Request(id="quiet", audio=Audio(np.zeros(16000, np.float32), 16000),
+                                        output_modality="both")])
+    assert not resp.text and resp.audio is None and "asr_done" in resp.timings
+    with pytest.raises(UnsupportedRequest, match="request none: neither text nor audio"):
+        cascade.generate([Request(id="none", text="  ")])
+
+
+def test_fingerprint_and_describe(cascade):
+    d = cascade.describe()
+    assert d["asr"]["model"] == "tiny.en" and d["tts"] == {"engine": "piper", "voice": "joe", "cache": False}
+    assert d["llm"]["path"] == "smollm2-135m-instruct"
+    assert cascade.fingerprint().startswith("cascade:")

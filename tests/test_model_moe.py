@@ -1,0 +1,185 @@
+"""DeepTalk model on a tiny random config: routing modes, masking, aux loss, KV cache, save/load."""
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from deeptalk import DeepTalkConfig, DeepTalkForCausalLM
+from deeptalk.moe import MoEFeedForward
+
+SPEECH = [[0, 1, 2], [3, 4, 5], [1, 3, 5]]
+
+
+def tiny_config(**kw):
+    base = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, num_routed_experts=8, num_shared_experts=1, expert_intermediate_size=8,
+                num_experts_per_tok=2, first_k_dense_layers=1, num_codebooks=3, codebook_size=16,
+                speech_experts=SPEECH, routing_mode="masked", aux_loss_alpha=0.01)
+    base.update(kw)
+    return DeepTalkConfig(**base)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return DeepTalkForCausalLM(tiny_config())
+
+
+def batch(cfg, b=2, t=10, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, cfg.vocab_size, (b, t), generator=g)
+    codes = torch.randint(0, cfg.audio_vocab_size, (b, cfg.num_codebooks, t), generator=g)
+    return ids, codes
+
+
+def test_shapes_and_losses(model):
+    cfg = model.config
+    ids, codes = batch(cfg)
+    model.train()
+    out = model(input_ids=ids, audio_codes=codes, labels=ids, audio_labels=codes)
+    assert out.logits.shape == (2, 10, cfg.vocab_size)
+    assert out.audio_logits.shape == (2, 10, cfg.num_codebooks, cfg.codebook_size + 3)
+    assert out.aux_loss > 0
+    torch.testing.assert_close(out.loss, out.text_loss + out.audio_loss + out.aux_loss)
+
+
+@pytest.mark.parametrize("modality", ["speech", "text"])
+def test_masked_stage_frozen_group_gets_no_tokens_and_no_gradient(model, modality):
+    cfg = model.config
+    model.train()
+    model.set_trainable_modality(modality)
+    # even with gradients enabled everywhere, the mask alone must keep the frozen group out
+    for p in model.parameters():
+        p.requires_grad_(True)
+    ids, codes = batch(cfg)
+    out = model(input_ids=ids, audio_codes=codes, labels=ids, audio_labels=codes)
+    out.loss.backward()
+    for l, moe in enumerate(model.moe_layers):
+        group = set(SPEECH[l]) if modality == "speech" else set(range(8)) - set(SPEECH[l])
+        assert set(moe.last_topk_idx.unique().tolist()) <= group
+        for e, expert in enumerate(moe.experts):
+            grads = [p.grad for p in expert.parameters()]
+            if e in group:
+                continue
+            assert all(g is None or not g.any() for g in grads), f"frozen expert {e} of layer {l} got a gradient"
+        assert any(p.grad is not None and p.grad.any() for e in group for p in moe.experts[e].parameters())
+
+
+def test_set_trainable_modality_sets_requires_grad(model):
+    model.set_trainable_modality("text")
+    moe = model.moe_layers[0]
+    assert [moe.experts[e].gate_proj.weight.requires_grad for e in range(8)] == [e not in SPEECH[0] for e in range(8)]
+    names = {n for n, _ in model.modality_expert_parameters("speech")}
+    assert "model.layers.1.mlp.experts.0.up_proj.weight" in names and "model.layers.1.mlp.experts.7.up_proj.weight" not in names
+    model.set_trainable_modality(None)
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="trainable modality"):
+        model.set_trainable_modality("audio")
+
+
+def test_modality_routing_sends_each_token_to_its_group():
+    torch.manual_seed(0)
+    m = DeepTalkForCausalLM(tiny_config(routing_mode="modality")).eval()
+    ids, codes = batch(m.config)
+    tm = torch.zeros_like(ids)
+    tm[:, 5:] = 1
+    m(input_ids=ids, audio_codes=codes, token_modality=tm)
+    for l, moe in enumerate(m.moe_layers):
+        idx = moe.last_topk_idx.view(2, 10, -1)
+        speech = set(SPEECH[l])
+        assert set(idx[:, 5:].unique().tolist()) <= speech
+        assert not set(idx[:, :5].unique().tolist()) & speech
+
+
+def test_aux_loss_hand_made_case():
+    moe = MoEFeedForward(tiny_config(num_experts_per_tok=1, num_routed_experts=4, speech_experts=None,
+                                     routing_mode="all", aux_loss_alpha=0.001), 0)
+    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.6, 0.2, 0.1]])
+    topk = torch.tensor([[0], [1]])
+    # f = E/(kT) * counts = 2 * [1, 1, 0, 0]; P = [0.4, 0.35, 0.15, 0.1]; sum f P = 1.5
+    torch.testing.assert_close(moe.balance_loss(probs, topk, None, None), torch.tensor(0.0015))
+    # a padded token is left out: T = 1, f = 4 * [1, 0, 0, 0], P = probs[0]
+    torch.testing.assert_close(moe.balance_loss(probs, topk, None, torch.tensor([True, False])), torch.tensor(0.001 * 2.8))
+
+
+@pytest.mark.parametrize("mode", ["all", "modality"])
+def test_kv_cache_decoding_equals_full_forward(mode):
+    torch.manual_seed(0)
+    m = DeepTalkForCausalLM(tiny_config(routing_mode=mode)).eval()
+    ids, codes = batch(m.config, t=12)
+    tm = (torch.arange(12) >= 6).long().expand(2, -1)
+    with torch.no_grad():
+        full = m(input_ids=ids, audio_codes=codes, token_modality=tm, use_cache=False)
+        out = m(input_ids=ids[:, :6], audio_codes=codes[..., :6], token_modality=tm[:, :6], use_cache=True)
+        cache, steps, audio = out.past_key_values, [out.logits], [out.audio_logits]
+        for t in range(6, 12):
+            out = m(input_ids=ids[:, t:t + 1], audio_codes=codes[..., t:t + 1], token_modality=tm[:, t:t + 1],
+                    past_key_values=cache, use_cache=True)
+            steps.append(out.logits)
+            audio.append(out.audio_logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(audio, 1), full.audio_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_negative_audio_codes_add_nothing(model):
+    ids, _ = batch(model.config)
+    none = -torch.ones(2, 3, 10, dtype=torch.long)
+    torch.testing.assert_close(model.embed_inputs(ids, audio_codes=none), model.embed_inputs(ids))
+
+
+def test_speech_embeds_fill_audio_in_placeholders(model):
+    cfg = model.config
+    slot = cfg.vocab_size - 1  # a config without special tokens: declare one
+    cfg2 = tiny_config(vocab_size=100, base_vocab_size=96, special_tokens=["<|audio_in|>", "a", "b", "c"])
+    m = DeepTalkForCausalLM(cfg2)
+    slot = cfg2.special_token_id("<|audio_in|>")
+    ids = torch.tensor([[5, slot, slot, 7]])
+    frames = torch.randn(1, 2, 32)
+    emb = m.embed_inputs(ids, speech_embeds=frames)
+    torch.testing.assert_close(emb[0, 1:3], frames[0])
+    with pytest.raises(ValueError, match="placeholders"):
+        m.embed_inputs(ids, speech_embeds=torch.randn(1, 3, 32))
+
+
+def test_bad_inputs_name_the_problem(model):
+    ids, codes = batch(model.config)
+    with pytest.raises(ValueError, match="audio_codes must be"):
+        model(input_ids=ids, audio_codes=codes[:, :2])
+    with pytest.raises(ValueError, match="input_ids outside"):
+        model(input_ids=ids + 1000)
+    with pytest.raises(ValueError, match="token_modality"):
+        model(input_ids=ids, token_modality=torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="speech_experts has 2 layers"):
+        tiny_config(speech_experts=[[0], [1]])
+    with pytest.raises(ValueError, match="routing_mode"):
+        tiny_config(speech_experts=None, routing_mode="masked")
+
+
+def test_save_load_round_trip_identical_logits(model, tmp_path):
+    model.eval()
+    model.set_modality_map([[7], [6], [5]])
+    ids, codes = batch(model.config)
+    before = model(input_ids=ids, audio_codes=codes)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    for loaded in (DeepTalkForCausalLM.from_pretrained(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path)):
+        assert isinstance(loaded, DeepTalkForCausalLM)
+        assert loaded.config.speech_experts == [[7], [6], [5]] and loaded.config.routing_mode == "masked"
+        after = loaded.eval()(input_ids=ids, audio_codes=codes)
+        state = loaded.state_dict()
+        assert all(torch.equal(t, state[n]) for n, t in model.state_dict().items())
+        # the weights are bit-identical; logits may differ in the last bit because loaded
+        # tensors sit at other memory alignments (different SIMD paths in the CPU kernels)
+        torch.testing.assert_close(after.logits, before.logits, atol=1e-6, rtol=0)
+        torch.testing.assert_close(after.audio_logits, before.audio_logits, atol=1e-6, rtol=0)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), DeepTalkConfig)
+
+
+def test_text_generation_through_transformers(model):
+    model.eval()
+    ids, _ = batch(model.config, b=1, t=5)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    manual = ids
+    for _ in range(4):
+        nxt = model(input_ids=manual, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        manual = torch.cat([manual, nxt], 1)
+    assert torch.equal(out, manual)

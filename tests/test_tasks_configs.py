@@ -1,0 +1,120 @@
+"""Every bundled task file validates, loads its docs offline, and declares only metrics its
+scorers produce (checked by running each scorer on a hand-made response)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from deeptalk_eval.api import Audio, Response  # noqa: E402
+from deeptalk_eval.scoring.base import SampleView, ScoringContext, get_scorer  # noqa: E402
+from deeptalk_eval.taskconfig import load_docs, load_task  # noqa: E402
+
+TASKS = Path(__file__).resolve().parents[1] / "tasks"
+FILES = sorted(p for p in TASKS.rglob("*.yaml") if "lm_eval" not in p.relative_to(TASKS).parts)
+FAMILIES = {"spoken_qa", "text_retention", "asr", "tts", "latency"}
+ONLINE_GROUP = "spoken_qa_online"
+# Scorers that need TTS + ASR models; test_noise_floor_end_to_end runs the real one.
+HEAVY_SCORERS = {"gold_answer_asr"}
+
+EVENTS = [{"kind": "mark", "t_rel": 0.05, "name": "prefill_done"},
+          {"kind": "text", "t_rel": 0.1, "n_chars": 5},
+          {"kind": "audio", "t_rel": 0.2, "n_samples": 2400, "sr": 24000, "rms": 0.1},
+          {"kind": "end", "t_rel": 0.3}]
+
+
+@pytest.fixture(scope="module")
+def configs():
+    return {p: load_task(p) for p in FILES}
+
+
+def test_every_family_has_tasks(configs):
+    assert {p.relative_to(TASKS).parts[0] for p in configs} == FAMILIES
+    names = [c.name for c in configs.values()]
+    assert len(names) == len(set(names))
+
+
+def test_required_fields(configs):
+    for path, cfg in configs.items():
+        assert cfg.version is not None and cfg.description.strip(), path
+        family = path.relative_to(TASKS).parts[0]
+        assert cfg.groups and (family in cfg.groups or cfg.groups == [ONLINE_GROUP]), path
+        if ONLINE_GROUP in cfg.groups:
+            # online-only: no local data, so never part of an offline run
+            assert cfg.data_path is None and cfg.hub and cfg.groups == [ONLINE_GROUP], path
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_docs_load_and_metrics_are_produced(configs, path):
+    cfg = configs[path]
+    if cfg.kind == "lm_eval" or ONLINE_GROUP in cfg.groups:
+        pytest.skip("lm-eval tasks: test_tasks_retention.py; online tasks need the hub")
+    docs = load_docs(cfg)  # also runs process_docs, which registers task-local scorers
+    assert docs, path
+    doc = docs[0]
+    resp = Response(text="Paris. The morning train was late.", audio=Audio(np.zeros(2400), 24000),
+                    extra={"events": EVENTS, "request_index": 5})
+    produced: set[str] = set()
+    for spec in cfg.scorers:
+        fn = get_scorer(spec.name)
+        if spec.name in HEAVY_SCORERS:
+            produced |= {spec.prefix + k for k in ("acc", "acc_whisper_norm", "no_answer")}
+            continue
+        view = SampleView(doc=doc, response=resp, channel=spec.channel, channel_text="paris the train was late")
+        values = fn(view, ScoringContext(task_config=cfg.raw), **spec.args)
+        produced |= {spec.prefix + k for k in values}
+    for m in cfg.metrics:
+        needed = [m.numerator, m.denominator] if m.aggregation == "ratio" else [m.name]
+        missing = [n for n in needed if n not in produced]
+        assert not missing, f"{path.name}: metric {m.name} needs {missing}; scorers produce {sorted(produced)}"
+
+
+def test_offline_sizes(configs):
+    by_name = {c.name: c for c in configs.values()}
+    n = {name: len(load_docs(by_name[name])) for name in
+         ("spoken_qa_factoid_s2s", "spoken_qa_control_silent", "asr_alsa_recordings",
+          "asr_synth_flite_slt", "tts_repeat_sentence", "latency_spoken")}
+    assert n["spoken_qa_factoid_s2s"] >= 300 and n["spoken_qa_control_silent"] == 100
+    assert n["asr_alsa_recordings"] == 8 and n["asr_synth_flite_slt"] >= 30
+    assert n["tts_repeat_sentence"] == 100 and n["latency_spoken"] == 20
+
+
+def test_alsa_transcripts_come_from_file_names(configs):
+    cfg = next(c for c in configs.values() if c.name == "asr_alsa_recordings")
+    docs = load_docs(cfg)
+    assert all(Path(d["audio"]).is_file() for d in docs)
+    assert {d["text"] for d in docs} >= {"front left", "rear right", "side left", "front center"}
+    assert not any("noise" in d["text"] for d in docs)
+
+
+@pytest.mark.slow
+def test_noise_floor_end_to_end(configs):
+    """The real noise-floor scorer: Piper speaks the gold answers, Whisper tiny.en transcribes."""
+    cfg = next(c for c in configs.values() if c.name == "spoken_qa_asr_noise_floor")
+    docs = {d["id"]: d for d in load_docs(cfg)}
+    score = get_scorer("gold_answer_asr")
+    ctx = ScoringContext(task_config=cfg.raw)
+    spec = cfg.scorers[0]
+    out = [score(SampleView(doc=docs[i], response=None, channel="text", channel_text=None), ctx, **spec.args)
+           for i in ("europe-020", "asia-003", "elements-026")]  # Berlin, Canberra, Iron
+    assert [o["acc"] for o in out] == [1.0, 1.0, 1.0]
+    assert ctx.info["asr"]["model"] == "tiny.en" and ctx.info["noise_floor_tts"]["voice"] == "joe"
+
+
+@pytest.mark.slow
+def test_alsa_recordings_are_what_their_names_say():
+    """Whisper tiny.en on the real recordings: the file-name transcripts are right."""
+    from deeptalk_eval.scoring.asr import make_transcriber
+    from deeptalk_eval.scoring.wer import corpus_wer
+    from deeptalk_eval.taskconfig import read_wav
+
+    cfg = load_task(TASKS / "asr" / "asr_alsa_recordings.yaml")
+    docs = load_docs(cfg)
+    transcribe = make_transcriber(None)
+    hyps = [transcribe(read_wav(Path(d["audio"])), id=d["id"]) for d in docs]
+    assert corpus_wer([d["text"] for d in docs], hyps).corpus_wer <= 0.25, hyps

@@ -1,0 +1,95 @@
+"""The tiny recipe end to end: every stage, the stage hook, resume after a kill, and the same
+command in two processes under `accelerate launch --multi_gpu --num_processes 2` (CPU gloo). Slow (minutes on 2 CPU cores):
+run with `pytest -m slow tests/test_train_tiny_pipeline.py`."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+PY = sys.executable
+
+pytestmark = pytest.mark.slow
+
+
+def train(*args, timeout=2400):
+    return subprocess.run([PY, "-m", "deeptalk.train", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_all_stages_and_hook(tmp_path):
+    out, marks = tmp_path / "run", tmp_path / "hook.txt"
+    p = train("--recipe", "tiny", "--output", str(out), "--hook", f"echo {{stage}} {{checkpoint}} >> {marks}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    stages = ["1", "assign", "2.1", "2.2", "3"]
+    assert marks.read_text().split("\n")[:-1] == [f"{s} {out / f'stage-{s}'}" for s in stages]
+    for s in stages:
+        info = json.loads((out / f"stage-{s}" / "stage.json").read_text())
+        assert info["done"] and info["hook"]["returncode"] == 0
+        assert (out / f"stage-{s}" / "model.safetensors").is_file()
+    for s in ("1", "2.1", "2.2", "3"):
+        df = pd.read_csv(out / f"stage-{s}" / "loss.csv")
+        assert list(df["step"]) == list(range(1, len(df) + 1)) and df["loss"].notna().all()
+        assert (out / f"stage-{s}" / "loss.png").stat().st_size > 1000
+    assign = json.loads((out / "stage-assign" / "assignment.json").read_text())
+    assert assign["method"] == "adaptive" and all(len(l) == 2 for l in assign["speech_experts"])
+    assert (out / "stage-assign" / "modality_load.png").is_file()
+    # stage 2.1 trained only speech experts: text experts of the final 2.1 model equal assign's
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(out / f"stage-{s}" / "model.safetensors")) for s in ("assign", "2.1"))
+    for l, speech in enumerate(assign["speech_experts"], start=1):
+        for e in range(6):
+            w = f"model.layers.{l}.mlp.experts.{e}.up_proj.weight"
+            same = bool((a[w] == b[w]).all())
+            assert same == (e not in speech), (w, speech)
+    # a failing hook stops the pipeline with its exit code named
+    p = train("--recipe", "tiny", "--output", str(tmp_path / "gate"), "--stages", "1", "--hook", "exit 3")
+    assert p.returncode != 0 and "hook failed (exit 3)" in p.stderr
+
+
+def test_resume_after_kill(tmp_path):
+    recipe = yaml.safe_load((ROOT / "deeptalk" / "recipes" / "tiny.yaml").read_text())
+    recipe["stages"]["1"].update(max_steps=8, checkpoint_every=2)
+    path = tmp_path / "tiny_long.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([PY, "-m", "deeptalk.train", "--recipe", str(path), "--output", str(out), "--stages", "1"],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = out / "stage-1" / "state" / "progress.json"
+    t0 = time.time()
+    while not progress.is_file() and proc.poll() is None and time.time() - t0 < 1800:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(progress.read_text())["step"]
+    assert 2 <= killed_at < 8
+    p = train("--recipe", str(path), "--output", str(out), "--stages", "1", "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"resuming at step {killed_at}" in p.stdout + p.stderr
+    df = pd.read_csv(out / "stage-1" / "loss.csv")
+    steps = list(df["step"])
+    assert steps[-1] == 8 and sorted(set(steps)) == list(range(1, 9))
+    assert json.loads((out / "stage-1" / "stage.json").read_text())["steps"] == 8
+
+
+def test_accelerate_two_processes_cpu(tmp_path):
+    # accelerate 1.15: `launch --cpu --num_processes 2` starts ONE process (multi-CPU needs
+    # mpirun there); `--multi_gpu` on a machine without GPUs starts 2 gloo processes (MULTI_CPU)
+    out = tmp_path / "run"
+    p = subprocess.run([str(Path(PY).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                        "-m", "deeptalk.train", "--recipe", "tiny", "--output", str(out), "--stages", "1,assign,2.1"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=2400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for s in ("1", "2.1"):
+        info = json.loads((out / f"stage-{s}" / "stage.json").read_text())
+        assert info["world_size"] == 2 and info["done"]

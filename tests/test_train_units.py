@@ -1,0 +1,94 @@
+"""Fast checks of the trainer's pieces: recipes, the training sequence layout (it must match
+what the generator decodes), batching, and the data split against the evaluation set."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+import yaml
+
+from deeptalk.config import SPECIAL_TOKENS, DeepTalkConfig
+from deeptalk.delay import undo_delay_pattern
+from deeptalk.generate import answer_steps
+from deeptalk.train import STAGES, Example, collate, load_recipe
+
+
+def cfg(q=3, k=16):
+    return DeepTalkConfig(vocab_size=100 + len(SPECIAL_TOKENS), hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4, num_routed_experts=4, num_shared_experts=0,
+                          num_codebooks=q, codebook_size=k, base_vocab_size=100, special_tokens=list(SPECIAL_TOKENS))
+
+
+@pytest.mark.parametrize("name", ["tiny", "reference"])
+def test_shipped_recipes_load(name):
+    r = load_recipe(name)
+    assert r["name"] == name and set(r["stages"]) <= set(STAGES)
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="recipe 'nope' not found"):
+        load_recipe("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "seed": 0, "base": {}, "speech_encoder": {}, "codec": "offline",
+                                   "data": {}}))
+    with pytest.raises(ValueError, match="missing field 'stages'"):
+        load_recipe(str(bad))
+    bad.write_text(yaml.safe_dump({"name": "x", "seed": 0, "base": {}, "speech_encoder": {}, "codec": "offline",
+                                   "data": {}, "stages": {"4": {}}}))
+    with pytest.raises(ValueError, match="unknown stage"):
+        load_recipe(str(bad))
+
+
+@pytest.mark.parametrize("n_text,t", [(3, 10), (15, 4), (1, 1)])
+def test_answer_steps_layout(n_text, t):
+    c = cfg()
+    codes = torch.randint(0, 16, (3, t))
+    text, grid = answer_steps(list(range(10, 10 + n_text)), codes, c)
+    assert len(text) == grid.shape[1] == max(n_text + 1, t + 3 + 1)
+    assert text[n_text] == c.special_token_id("<|text_end|>")
+    assert all(x == c.special_token_id("<|text_pad|>") for x in text[n_text + 1:])
+    assert torch.equal(undo_delay_pattern(grid, t), codes)
+    # the generator's stop rule: the last codebook's EOS is at step T + Q
+    assert grid[2, t + 3] == c.audio_eos_id and grid[0, t + 1] == c.audio_eos_id
+    assert (grid[:, t + 3 + 1:] == c.audio_pad_id).all()
+
+
+def test_answer_steps_rejects_wrong_codebooks():
+    with pytest.raises(ValueError, match=r"\[Q=3, T\]"):
+        answer_steps([1], torch.zeros(2, 5, dtype=torch.long), cfg())
+
+
+def test_collate_pads_and_masks():
+    a = Example([1, 2, 3], [-100, 2, 3], [0, 0, 0])
+    b = Example([4, 5], [-100, 5], [1, 1], audio=torch.tensor([[-1, 7], [-1, 8]]))
+    batch = collate([a, b], pad_id=0, num_codebooks=2)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"][1].tolist() == [-100, 5, -100]
+    assert batch["audio_codes"][1].tolist() == [[-1, 7, -1], [-1, 8, -1]]
+    assert batch["audio_labels"][1].tolist() == [[-100, 7, -100], [-100, 8, -100]]
+    assert (batch["audio_codes"][0] == -1).all()
+    with pytest.raises(ValueError, match="more than max_len=2"):
+        collate([a], 0, 2, max_len=2)
+
+
+def test_training_questions_are_disjoint_from_the_evaluation_set():
+    from deeptalk.data import EVAL_FACTOID, evaluation_exclusions, quiz_questions
+
+    if not EVAL_FACTOID.is_file():
+        pytest.fail(f"{EVAL_FACTOID} is missing: the split cannot be checked")
+    ex_files, ex_questions = evaluation_exclusions()
+    assert ex_files and ex_questions
+    qs = quiz_questions()
+    assert len(qs) > 100
+    assert not {q["question"].lower() for q in qs} & ex_questions
+    assert not {q["source"].split("/")[1] for q in qs} & ex_files
+
+
+def test_first_sentences_keeps_whole_sentences():
+    from deeptalk.data import first_sentences
+
+    assert first_sentences("A cub. It is small and cute. More here.", 7) == "A cub. It is small and cute."
+    assert first_sentences("A cub. It is small and cute. More here.", 6) == "A cub."
+    assert first_sentences("one two three four five", 3) == "one two three"

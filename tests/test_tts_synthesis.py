@@ -1,0 +1,66 @@
+"""TTS utility: real Piper and flite synthesis, the disk cache, and clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deeptalk.speech import tts
+from deeptalk.speech.tts import TTSError, synthesize, voices
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPTALK_CACHE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("engine,voice,rate", [("piper", "joe", 22050), ("flite", "slt", 16000)])
+def test_synthesize_real_engines(tmp_cache, engine, voice, rate):
+    if not tts.engine_available(engine):
+        pytest.skip(f"{engine} not installed")
+    wav, sr = synthesize("The capital of France is Paris.", engine, voice)
+    assert sr == rate and wav.dtype == np.float32 and wav.ndim == 1
+    assert 0.8 < len(wav) / sr < 6.0                       # a short sentence, not silence or noise
+    assert np.abs(wav).max() <= 1.0 and np.sqrt(np.mean(wav ** 2)) > 0.01
+
+
+def test_cache_hit_skips_the_engine(tmp_cache, monkeypatch):
+    wav, sr = synthesize("Cache me if you can.", "flite", "kal")
+    files = list((tmp_cache / "tts").rglob("*.wav"))
+    assert len(files) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("engine called despite a cached file")
+
+    monkeypatch.setitem(tts._ENGINE_FN, "flite", boom)
+    wav2, sr2 = synthesize("Cache me if you can.", "flite", "kal")
+    assert sr2 == sr and np.array_equal(wav, wav2)
+    # a different voice or setting is a different key
+    monkeypatch.setitem(tts._ENGINE_FN, "flite", tts._flite)
+    synthesize("Cache me if you can.", "flite", "kal", rate=1.3)
+    assert len(list((tmp_cache / "tts").rglob("*.wav"))) == 2
+
+
+def test_resample_and_speed_setting(tmp_cache):
+    slow, sr = synthesize("One two three four five.", "flite", "slt", sample_rate=22050)
+    fast, _ = synthesize("One two three four five.", "flite", "slt-fast", sample_rate=22050)
+    assert sr == 22050 and len(fast) < 0.95 * len(slow)
+
+
+def test_missing_voice_and_engine_errors(tmp_cache):
+    with pytest.raises(TTSError, match="unknown flite voice 'nobody'"):
+        synthesize("hello", "flite", "nobody")
+    with pytest.raises(TTSError, match="unknown TTS engine 'festival'"):
+        synthesize("hello", "festival", "kal")
+    with pytest.raises(TTSError, match="piper voice file not found: /nope/x.onnx"):
+        synthesize("hello", "piper", "/nope/x.onnx")
+    with pytest.raises(TTSError, match="empty text"):
+        synthesize("   ", "flite", "kal")
+    with pytest.raises(TTSError, match="unknown piper setting"):
+        synthesize("hello", "piper", "joe", speed=2)
+
+
+def test_voices_listing():
+    names = {(v.engine, v.name) for v in voices(available_only=False)}
+    assert {("piper", "joe"), ("flite", "slt"), ("flite", "kal")} <= names
+    assert all(tts.engine_available(v.engine) for v in voices())
