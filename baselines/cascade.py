@@ -79,7 +79,7 @@ class Cascade(SpokenModel):
 
     name = "cascade"
     capabilities = Capabilities(
-        text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True, loglikelihood=False
+        text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True, loglikelihood=True
     )
 
     def __init__(
@@ -212,6 +212,14 @@ class Cascade(SpokenModel):
             resp.extra = stats
             out.append(resp)
         return out
+
+    # -- text scoring ---------------------------------------------------------------------------
+    # A cascade's text path is its LLM: text retention scores the LLM leg as it is configured.
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        return self.llm.loglikelihood(pairs)
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+        return self.llm.loglikelihood_rolling(texts)
 
     def close(self) -> None:
         self.transcriber.close()

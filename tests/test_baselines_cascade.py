@@ -111,3 +111,12 @@ def test_fingerprint_and_describe(cascade):
     assert d["asr"]["model"] == "tiny.en" and d["tts"] == {"engine": "piper", "voice": "joe", "cache": False}
     assert d["llm"]["path"] == "smollm2-135m-instruct"
     assert cascade.fingerprint().startswith("cascade:")
+
+
+def test_text_path_scores_like_its_llm(cascade):
+    # Retention of a cascade is the retention of its LLM leg: the same numbers, not a copy.
+    pairs = [("The capital of France is", " Paris"), ("Two plus two is", " four")]
+    assert cascade.capabilities.loglikelihood
+    assert cascade.loglikelihood(pairs) == cascade.llm.loglikelihood(pairs)
+    assert cascade.loglikelihood_rolling(["Water boils at one hundred degrees."]) == \
+        cascade.llm.loglikelihood_rolling(["Water boils at one hundred degrees."])
