@@ -263,10 +263,17 @@ class Scoring:
               responses: dict[str, Response | None]) -> dict[str, Any]:
         """Fill record["metrics"] / ["transcripts"]; returns the scorers' shared info."""
         ctx = ScoringContext(task_config=task.raw)
-        if task.needs_asr:
+
+        def transcribe(audio, id=None):
+            # Any scorer may need ASR (e.g. the noise floor transcribes gold-answer speech):
+            # it gets the run's --asr model, loaded on first use and recorded in the results.
             t = self.transcriber()
-            ctx.transcribe = t
-            ctx.info["asr"] = t.info
+            ctx.info.setdefault("asr", t.info)
+            return t(audio, id=id)
+
+        ctx.transcribe = transcribe
+        if task.needs_asr:
+            ctx.info["asr"] = self.transcriber().info
         fns = [(spec, get_scorer(spec.name)) for spec in task.scorers]
         # A failed sample counts as its metrics' on_failure says, whatever a scorer makes of
         # it; only ratio denominators (e.g. reference word counts) are kept to weigh it.

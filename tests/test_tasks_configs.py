@@ -97,13 +97,19 @@ def test_noise_floor_end_to_end(configs):
     """The real noise-floor scorer: Piper speaks the gold answers, Whisper tiny.en transcribes."""
     cfg = next(c for c in configs.values() if c.name == "spoken_qa_asr_noise_floor")
     docs = {d["id"]: d for d in load_docs(cfg)}
+    from deeptalk_eval.scoring.asr import make_transcriber
+
     score = get_scorer("gold_answer_asr")
-    ctx = ScoringContext(task_config=cfg.raw)
+    asr = make_transcriber({"model": "tiny.en"})  # the runner hands every scorer the run's --asr
+    ctx = ScoringContext(task_config=cfg.raw, transcribe=asr)
     spec = cfg.scorers[0]
     out = [score(SampleView(doc=docs[i], response=None, channel="text", channel_text=None), ctx, **spec.args)
            for i in ("europe-020", "asia-003", "elements-026")]  # Berlin, Canberra, Iron
     assert [o["acc"] for o in out] == [1.0, 1.0, 1.0]
-    assert ctx.info["asr"]["model"] == "tiny.en" and ctx.info["noise_floor_tts"]["voice"] == "joe"
+    assert ctx.info["noise_floor_tts"]["voice"] == "joe"
+    with pytest.raises(ValueError, match="needs the harness's ASR"):
+        score(SampleView(doc=docs["europe-020"], response=None, channel="text", channel_text=None),
+              ScoringContext(task_config=cfg.raw), **spec.args)
 
 
 @pytest.mark.slow

@@ -11,8 +11,6 @@ answers. Importing this module (through the task's process_docs hook) registers 
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 from deeptalk_eval.api import Audio
 from deeptalk_eval.scoring.base import SampleView, ScoringContext, register_scorer
 from deeptalk_eval.scoring.match import answer_match, answer_match_whisper
@@ -21,13 +19,6 @@ from deeptalk_eval.scoring.match import answer_match, answer_match_whisper
 def docs(docs: list[dict]) -> list[dict]:
     """process_docs hook: the docs unchanged (importing this module registers the scorer)."""
     return docs
-
-
-@lru_cache(maxsize=1)
-def _default_transcriber():
-    from deeptalk_eval.scoring.asr import make_transcriber
-
-    return make_transcriber(None)
 
 
 @register_scorer("gold_answer_asr")
@@ -41,12 +32,10 @@ def gold_answer_asr(sample: SampleView, ctx: ScoringContext, answer_field: str =
     if not gold or not aliases:
         raise ValueError(f"sample {sid!r}: needs fields {answer_field!r} and {answers_field!r}")
     samples, sr = synthesize(template.format(answer=gold), engine=engine, voice=voice)
-    transcribe = ctx.transcribe
-    if transcribe is None:  # the runner builds ASR only for speech-channel tasks
-        transcribe = _default_transcriber()
-        ctx.info.setdefault("asr", transcribe.info)
+    if ctx.transcribe is None:
+        raise ValueError("gold_answer_asr needs the harness's ASR (ScoringContext.transcribe)")
     ctx.info.setdefault("noise_floor_tts", {"engine": engine, "voice": voice, "template": template})
-    text = transcribe(Audio(samples, sr))
+    text = ctx.transcribe(Audio(samples, sr), id=sid)
     return {"acc": float(answer_match(text, aliases).correct),
             "acc_whisper_norm": float(answer_match_whisper(text, aliases).correct),
             "no_answer": float(not (text or "").strip())}
