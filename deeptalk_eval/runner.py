@@ -19,6 +19,7 @@ import random
 import sys
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,7 @@ class Generator:
     def __init__(self, model: SpokenModel, cache: ResponseCache, opts: RunOptions):
         self.model, self.cache, self.opts = model, cache, opts
         self.fingerprint = model.fingerprint()
+        self.measurement = ""  # id of the current measurement (keys streamed responses)
         self.model_calls = 0  # requests actually sent to the model (not cache hits)
 
     def _check(self, resp: Any, req: Request) -> Response:
@@ -361,7 +363,8 @@ def run_generate_task(task: TaskConfig, docs: list[dict[str, Any]], gen: Generat
         req = requests.get(rec["id"])
         if req is None:
             continue
-        key = request_key(gen.fingerprint, task.file_sha256, req)
+        stream_id = f"|measurement:{gen.measurement}" if task.kind == "stream" else ""
+        key = request_key(gen.fingerprint + stream_id, task.file_sha256, req)
         rec["cache_key"] = key
         got = gen.cache.get(key) if req.options.is_deterministic else None
         if got is not None and not (opts.retry_failed and got[1] is not None):
@@ -460,6 +463,14 @@ def run(plan: Plan) -> RunResult:
                              "fingerprint": model.fingerprint(), **model.describe()}
     cache = ResponseCache(opts.output_dir / ".cache" / f"{safe_name(opts.model_label)}.sqlite")
     gen = Generator(model, cache, opts)
+    # Streamed (latency) responses are cached under a measurement id that lives until this
+    # command completes: a resumed run keeps what it measured before the kill, a new run of a
+    # finished command measures again instead of replaying old timings.
+    shard = f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else ""
+    measurement_file = cache.path.with_name(f"{cache.path.stem}{shard}.measurement")
+    if not measurement_file.is_file():
+        measurement_file.write_text(uuid.uuid4().hex)
+    gen.measurement = measurement_file.read_text().strip()
     scoring = Scoring(opts)
     outcomes: list[TaskOutcome] = []
     try:
@@ -502,6 +513,7 @@ def run(plan: Plan) -> RunResult:
     results["run"] = {"model_calls": sum(o.model_calls for o in outcomes),
                       "cache_hits": sum(o.cache_hits for o in outcomes)}
     path = write_results(model_dir / f"{stamp}.json", results)
+    measurement_file.unlink(missing_ok=True)
     return RunResult(results, path, _exit_code(outcomes), outcomes)
 
 

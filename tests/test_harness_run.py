@@ -122,6 +122,20 @@ def test_stream_task_is_timed_by_the_harness(cli, scripted, test_tasks, tmp_path
     assert all(b["t_rel"] >= a["t_rel"] for a, b in zip(events[1:], events[2:]))
 
 
+def test_a_new_run_measures_latency_again_but_reuses_other_responses(cli, scripted, test_tasks, tmp_path):
+    # Streamed responses carry timings: once a command has completed, running it again must
+    # measure again rather than replay the cache; plain responses are reused.
+    args = base_args(scripted, test_tasks, tmp_path, "--tasks", "echo_stream,echo_fast", "--limit", "3")
+    assert cli(*args)[0] == 0
+    first = results_of(tmp_path)
+    assert first["run"]["model_calls"] == 6 and first["run"]["cache_hits"] == 0
+    assert not list((tmp_path / ".cache").glob("*.measurement"))  # cleared when the run completed
+    assert cli(*args)[0] == 0
+    second = max(tmp_path.glob("*/*.json"), key=lambda p: p.name)
+    run = json.loads(second.read_text())["run"]
+    assert run == {"model_calls": 3, "cache_hits": 3}
+
+
 def test_capability_missing_is_reported_not_silent(cli, test_tasks, tmp_path):
     path = tmp_path / "textonly.py"
     path.write_text(
