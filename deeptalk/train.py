@@ -299,14 +299,19 @@ def _answer_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
+def _spoken_items(item_set, encoder, desc: str):
+    """(item, Whisper features, number of speech positions) for every spoken item of a set."""
     from deeptalk.data import load_wav
     from deeptalk.speech.encoder import num_positions, prepare_audio
 
+    for item in tqdm(item_set.items, desc=desc):
+        feats = encoder.whisper_features(prepare_audio(load_wav(item_set, item), 16000, name=item["id"]))
+        yield item, feats, num_positions(feats.shape[0], encoder.config.stride)
+
+
+def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
     out = []
-    for item in tqdm(asr_set.items, desc="whisper features (asr)"):
-        feats = encoder.whisper_features(prepare_audio(load_wav(asr_set, item), 16000, name=item["id"]))
-        p = num_positions(feats.shape[0], encoder.config.stride)
+    for item, feats, p in _spoken_items(asr_set, encoder, "whisper features (asr)"):
         ids, mod, _ = build_prompt_ids(tokenizer, config, ASR_INSTRUCTION, p, speak=False)
         ans = _answer_ids(tokenizer, item["text"]) + [tokenizer.eos_token_id]
         out.append(Example(ids + ans, [-100] * len(ids) + ans, mod + [TEXT_MODALITY] * len(ans), feats))
@@ -314,13 +319,8 @@ def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
 
 
 def qa_examples(qa_set, encoder, tokenizer, config) -> list[Example]:
-    from deeptalk.data import load_wav
-    from deeptalk.speech.encoder import num_positions, prepare_audio
-
     out = []
-    for item in tqdm(qa_set.items, desc="whisper features (spoken qa)"):
-        feats = encoder.whisper_features(prepare_audio(load_wav(qa_set, item), 16000, name=item["id"]))
-        p = num_positions(feats.shape[0], encoder.config.stride)
+    for item, feats, p in _spoken_items(qa_set, encoder, "whisper features (spoken qa)"):
         ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True)
         codes = np.load(qa_set.path(item, "codes"))
         text, grid = answer_steps(_answer_ids(tokenizer, item["answer"]), codes, config)
