@@ -73,7 +73,10 @@ def test_encode_resamples_other_rates(codec, speech):
     wav16 = librosa.resample(wav, orig_sr=sr, target_sr=16000)
     codes = codec.encode(wav16, 16000)
     assert codes.shape[1] == -(-int(round(len(wav16) * sr / 16000)) // codec.samples_per_frame)
-    assert np.mean(codes[0] == codec.encode(wav, sr)[0][: codes.shape[1]]) > 0.5
+    native = codec.encode(wav, sr)
+    n = min(codes.shape[1], native.shape[1])  # resampling rounding may add or drop one frame
+    assert abs(codes.shape[1] - native.shape[1]) <= 1
+    assert np.mean(codes[0, :n] == native[0, :n]) > 0.5
 
 
 def test_chunked_decode_matches_full(codec, speech):
