@@ -176,21 +176,29 @@ def base_llm_answerer(model, tokenizer, max_new_tokens: int = 48, system: str | 
     import torch
 
     def answer(prompts: Sequence[str]) -> list[str]:
-        outs = []
-        for p in prompts:
-            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
-            enc = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.eos_token_id)
-            outs.append(tokenizer.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
-        return outs
+        # one left-padded batch: greedy decoding per row is unchanged by the padding (masked)
+        texts = [tokenizer.apply_chat_template(
+            ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}],
+            add_generation_prompt=True, tokenize=False) for p in prompts]
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        finally:
+            tokenizer.padding_side = side
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                 else tokenizer.eos_token_id)
+        return [tokenizer.decode(g[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for g in gen]
 
     return answer
 
 
-def cached_answers(prompts: Sequence[str], answerer: Answerer, answerer_id: str, desc: str = "answers") -> list[str]:
-    """Answers keyed by (answerer_id, prompt) in one JSONL file; only new prompts are generated."""
+def cached_answers(prompts: Sequence[str], answerer: Answerer, answerer_id: str, desc: str = "answers",
+                   batch_size: int = 16) -> list[str]:
+    """Answers keyed by (answerer_id, prompt) in one JSONL file; only new prompts are generated,
+    `batch_size` at a time (the answerer_id should name the batching: padding can move a logit)."""
     path = cache_dir() / "data" / "answers" / f"{_sha(answerer_id)[:16]}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     known: dict[str, str] = {}
@@ -201,11 +209,15 @@ def cached_answers(prompts: Sequence[str], answerer: Answerer, answerer_id: str,
                 known[d["prompt"]] = d["answer"]
     todo = [p for p in dict.fromkeys(prompts) if p not in known]
     with path.open("a") as f:
-        for p in tqdm(todo, desc=desc, disable=not todo):
-            a = answerer([p])[0]
-            known[p] = a
-            f.write(json.dumps({"prompt": p, "answer": a}) + "\n")
+        bar = tqdm(total=len(todo), desc=desc, disable=not todo)
+        for s in range(0, len(todo), batch_size):
+            chunk = todo[s : s + batch_size]
+            for p, a in zip(chunk, answerer(chunk)):
+                known[p] = a
+                f.write(json.dumps({"prompt": p, "answer": a}) + "\n")
             f.flush()  # a killed build keeps what it generated
+            bar.update(len(chunk))
+        bar.close()
     return [known[p] for p in prompts]
 
 

@@ -1,7 +1,7 @@
 """The staged trainer (`deeptalk-train`), on accelerate: the same command on a CPU or many GPUs.
 
     deeptalk-train --recipe tiny|reference|PATH [--stages 1,assign,2.1,2.2,3] [--output DIR]
-                   [--resume] [--hook "CMD {stage} {checkpoint}"]
+                   [--resume] [--hook "CMD {stage} {checkpoint}"] [--export DIR]
     accelerate launch --multi_gpu --num_processes 2 -m deeptalk.train --recipe tiny ...   # 2 CPU processes
     (accelerate 1.15's `launch --cpu --num_processes 2` starts one process: it needs mpirun)
 
@@ -12,6 +12,9 @@ Stages (the paper's):
             routing "masked": text experts unreachable and frozen
     2.2     text experts on text instructions; speech experts unreachable and frozen
     3       joint: every expert, audio tensors and projector, unmasked routing
+A recipe stage may list what it trains (`train: [speech_experts, audio, ...]`, see
+TRAIN_GROUPS); the defaults above are the paper's. `--export DIR` writes the last finished
+stage as a delta over the base LLM (deeptalk/export.py), the form the reference ships in.
 
 Every stage writes OUTPUT/stage-<tag>/: the model (save_pretrained, safetensors), the
 projector, tokenizer, `stage.json` (steps, tokens, tokens/s, seconds, seed, hook result),
@@ -53,8 +56,19 @@ ENCODER_FILE, ENCODER_CONFIG, CODEC_FILE = "speech_encoder.safetensors", "speech
 # --------------------------------------------------------------------------------------
 # Recipes
 # --------------------------------------------------------------------------------------
-def load_recipe(name_or_path: str) -> dict:
-    """A recipe by name (deeptalk/recipes/<name>.yaml) or path; yaml.safe_load, checked."""
+def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, mappings merged key by key (a stage's settings included)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict:
+    """A recipe by name (deeptalk/recipes/<name>.yaml) or path; yaml.safe_load, checked.
+
+    `extends: <recipe>` starts from that recipe and overrides what this one names: the
+    ablations are the reference with one thing changed, so they share data and budget."""
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPE_DIR / f"{name_or_path}.yaml"
@@ -64,6 +78,14 @@ def load_recipe(name_or_path: str) -> dict:
     recipe = yaml.safe_load(path.read_text())
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: a recipe is a mapping, got {type(recipe).__name__}")
+    if "extends" in recipe:
+        parent = recipe.pop("extends")
+        if parent in _seen or str(path) in _seen:
+            raise ValueError(f"{path}: `extends` loops through {parent!r}")
+        base = load_recipe(parent, _seen + (str(path),))
+        base.pop("_path", None)
+        recipe = _merge(base, recipe)
+        recipe["extends"] = parent
     for key in ("name", "seed", "base", "speech_encoder", "codec", "data", "stages"):
         if key not in recipe:
             raise ValueError(f"{path}: missing field {key!r}")
@@ -210,8 +232,11 @@ def save_checkpoint(path: Path, model, tokenizer, encoder, codec_ref: dict, info
     tmp.rename(path)
 
 
-def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float32, codec: str | None = None) -> Bundle:
-    """Load a stage checkpoint (or a shipped model directory in the same layout)."""
+def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float32, codec: str | None = None,
+                    base=None) -> Bundle:
+    """Load a stage checkpoint (or a shipped model directory in the same layout).
+
+    `base`: for a delta checkpoint, the dense base model (default: the one delta.json names)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
@@ -224,7 +249,7 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
     if missing:
         raise FileNotFoundError(f"{path}: not a DeepTalk checkpoint (missing {', '.join(missing)})")
     if (path / "delta.json").is_file():
-        model = DeepTalkForCausalLM.load_delta(path, dtype=dtype)
+        model = DeepTalkForCausalLM.load_delta(path, base=base, dtype=dtype)
     else:
         model = DeepTalkForCausalLM.from_pretrained(path, dtype=dtype)
     model = model.to(device).eval()
@@ -261,7 +286,7 @@ def build_data(recipe: dict, tokenizer_dir_hint: str | None = None) -> dict:
 
     answerer_name = d.get("answerer", "smollm2-135m-instruct")
     max_new = d.get("answer_max_new_tokens", 48)
-    answerer_id = f"{answerer_name}|greedy|{max_new}"
+    answerer_id = f"{answerer_name}|greedy|{max_new}|batch16"
     need = [p for p in qa_q + text_p]
     lazy = {}
 
@@ -388,43 +413,88 @@ class Trainee(nn.Module):
 # --------------------------------------------------------------------------------------
 # One training stage
 # --------------------------------------------------------------------------------------
-def set_trainable(model, encoder, stage: str) -> str:
-    """Freeze / unfreeze per stage; returns the routing mode used while training it."""
+# What each stage trains (the paper's schedule). A recipe stage may name its own list under
+# `train:` (e.g. the shipped reference keeps text experts frozen to fit its delta budget).
+TRAIN_GROUPS = ("projector", "audio", "speech_experts", "text_experts", "experts", "shared_experts", "routers",
+                "llm_ffn", "llm")
+DEFAULT_TRAIN = {
+    "1": ["projector"],
+    "2.1": ["speech_experts", "audio"],
+    "2.2": ["text_experts"],
+    "3": ["speech_experts", "text_experts", "audio", "projector"],
+}
+# no modality split (pure MoE) or no MoE at all (dense fine-tune): the same stages, no groups
+DEFAULT_TRAIN_UNSPLIT = {
+    "1": ["projector"],
+    "2.1": ["experts", "audio"],
+    "2.2": ["experts"],
+    "3": ["experts", "audio", "projector"],
+}
+
+
+def stage_train_groups(model, stage: str, scfg: dict | None = None) -> list[str]:
+    """The parameter groups `stage` trains: the recipe's `train:` list or the default schedule."""
+    if stage not in DEFAULT_TRAIN:
+        raise ValueError(f"not a training stage: {stage!r}")
+    split = model.config.speech_experts is not None
+    groups = list((scfg or {}).get("train") or (DEFAULT_TRAIN if split else DEFAULT_TRAIN_UNSPLIT)[stage])
+    bad = [g for g in groups if g not in TRAIN_GROUPS]
+    if bad:
+        raise ValueError(f"stage {stage}: unknown train group(s) {bad}; groups are {TRAIN_GROUPS}")
+    if not split and {"speech_experts", "text_experts"} & set(groups):
+        raise ValueError(f"stage {stage}: train groups {groups} need a modality map; this model has none "
+                         "(pure MoE / dense): use 'experts'")
+    return groups
+
+
+def _group_parameters(model, encoder, group: str) -> list:
+    if group == "projector":
+        return list(encoder.projector.parameters())
+    if group == "audio":
+        return [p for n, p in model.named_parameters() if n.startswith(("model.audio_embed", "audio_head"))]
+    if group in ("speech_experts", "text_experts"):
+        want = group == "speech_experts"
+        return [p for moe in model.moe_layers for e, ex in enumerate(moe.experts) if bool(moe.speech_group[e]) == want
+                for p in ex.parameters()]
+    if group == "experts":
+        return [p for moe in model.moe_layers for p in moe.experts.parameters()]
+    if group == "shared_experts":
+        return [p for moe in model.moe_layers if moe.shared_experts is not None for p in moe.shared_experts.parameters()]
+    if group == "routers":
+        return [p for moe in model.moe_layers for p in moe.router.parameters()]
+    if group == "llm_ffn":  # every feed-forward layer, dense or MoE (the dense fine-tune ablation)
+        return [p for layer in model.model.layers for p in layer.mlp.parameters()]
+    if group == "llm":  # every LLM weight: the dense "native MLLM" full fine-tune
+        return list(model.parameters())
+    raise ValueError(f"unknown train group {group!r}")
+
+
+def set_trainable(model, encoder, stage: str, scfg: dict | None = None) -> str:
+    """Freeze everything, unfreeze the stage's groups; returns the routing mode used while training.
+
+    Stages 2.1 / 2.2 of a split model route with the paper's masking (the frozen group's
+    router logits are -inf); stage 1 and 3, and unsplit models, route over every expert.
+    """
+    groups = stage_train_groups(model, stage, scfg)
     model.requires_grad_(False)
     encoder.projector.requires_grad_(False)
-    audio = [p for n, p in model.named_parameters() if n.startswith(("model.audio_embed", "audio_head"))]
-    if stage == "1":
-        encoder.projector.requires_grad_(True)
-        model.set_routing_mode("all")
-        return "all"
-    if stage in ("2.1", "2.2") and model.config.speech_experts is None:
-        # the "pure MoE" ablation: no groups, every routed expert trains on both stages' data
-        model.set_routing_mode("all")
-        for moe in model.moe_layers:
-            moe.experts.requires_grad_(True)
-        for p in audio:
-            p.requires_grad_(stage == "2.1")
-        return "all"
-    if stage in ("2.1", "2.2"):
-        modality = "speech" if stage == "2.1" else "text"
+    split = model.config.speech_experts is not None
+    if split and stage in ("2.1", "2.2"):
         model.set_routing_mode("masked")
-        model.set_trainable_modality(modality)
-        if stage == "2.1":
-            for p in audio:
-                p.requires_grad_(True)
-        return "masked"
-    if stage == "3":
+        model.set_trainable_modality("speech" if stage == "2.1" else "text")  # sets the mask (and expert grads)
+        model.requires_grad_(False)
+    else:
         model.set_routing_mode("all")
-        if model.config.speech_experts is not None:
+        if split:
             model.set_trainable_modality(None)
-        else:
-            for moe in model.moe_layers:
-                moe.experts.requires_grad_(True)
-        for p in audio:
+            model.requires_grad_(False)
+    for g in groups:
+        params = _group_parameters(model, encoder, g)
+        if not params:
+            raise ValueError(f"stage {stage}: train group {g!r} has no parameters in this model")
+        for p in params:
             p.requires_grad_(True)
-        encoder.projector.requires_grad_(True)
-        return "all"
-    raise ValueError(f"not a training stage: {stage!r}")
+    return model.config.routing_mode
 
 
 def plot_losses(csv_path: Path, png_path: Path, title: str) -> None:
@@ -451,7 +521,7 @@ def plot_losses(csv_path: Path, png_path: Path, title: str) -> None:
 def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Example], tokenizer, out: Path,
                 seed: int, resume: bool) -> dict:
     """Train one stage; checkpoint every `checkpoint_every` steps into out/state; returns stats."""
-    routing = set_trainable(model, encoder, stage)
+    routing = set_trainable(model, encoder, stage, scfg)
     trainee = Trainee(model, encoder.projector, encoder.config.stride)
     params = [p for p in trainee.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -717,6 +787,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=None, help="output dir (default runs/<recipe>)")
     ap.add_argument("--resume", action="store_true", help="skip finished stages, continue the running one")
     ap.add_argument("--hook", default=None, help="shell command after each stage ({stage} {checkpoint} {output})")
+    ap.add_argument("--export", default=None, metavar="DIR",
+                    help="afterwards, write the last finished stage as a delta over the base LLM into DIR")
+    ap.add_argument("--export-dtype", default="bfloat16", help="bfloat16 | float16 | float32 (exact)")
+    ap.add_argument("--export-max-mb", type=float, default=64.0, help="refuse a delta bigger than this")
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(a.recipe)
@@ -725,9 +799,25 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown stage(s) {bad}; stages are {','.join(STAGES)}")
     out = Path(a.output or Path("runs") / recipe["name"])
-    summary = run(recipe, out, stages, resume=a.resume, hook=a.hook)
-    print(json.dumps({s: {k: v.get(k) for k in ("steps", "tokens_per_s", "final_loss", "wall_seconds") if k in v}
-                      for s, v in summary["stages"].items()}, indent=1))
+    if stages:
+        summary = run(recipe, out, stages, resume=a.resume, hook=a.hook)
+        print(json.dumps({s: {k: v.get(k) for k in ("steps", "tokens_per_s", "final_loss", "wall_seconds") if k in v}
+                          for s, v in summary["stages"].items()}, indent=1))
+    if a.export:
+        from deeptalk.export import export_checkpoint
+
+        last = [out / f"stage-{s}" for s in STAGES if stage_done(out / f"stage-{s}")]
+        if not last:
+            raise SystemExit(f"--export: no finished stage under {out}")
+        dense = build_base(recipe)[0] if recipe["base"].get("kind") == "random_tiny" else None
+        try:
+            meta = export_checkpoint(last[-1], a.export, dtype=a.export_dtype, max_mb=a.export_max_mb, base=dense,
+                                     run_files={"recipe.yaml": out / "recipe.yaml", "summary.json": out / "summary.json"})
+        except ValueError as e:
+            raise SystemExit(f"--export: {e}")
+        print(f"exported {last[-1]} -> {a.export}: {meta['size_mb']} MB delta ({meta['dtype']})")
+    elif not stages:
+        ap.error("nothing to do: give --stages and/or --export")
     return 0
 
 

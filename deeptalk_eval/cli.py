@@ -25,6 +25,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default="all", help="all | comma-separated task names, groups or YAML files")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="another folder of task YAMLs (repeatable)")
+    p.add_argument("--retention-tasks", metavar="NAMES",
+                   help="lm-eval task names (comma list) added as text-retention tasks; most need --online")
     p.add_argument("--limit", type=int, help="first N samples of each task")
     p.add_argument("--seed", type=int, default=1234, help="python / numpy / torch seed (recorded)")
     p.add_argument("--output-dir", default="results", type=Path)
@@ -85,6 +87,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from deeptalk_eval import runner
 
     offline_by_default(args.online)
+    if args.retention_tasks:
+        from deeptalk_eval.retention_tasks import write_retention_tasks
+
+        folder = args.output_dir / ".retention_tasks"
+        try:
+            added = write_retention_tasks(args.retention_tasks, folder)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        args.include_path = [*args.include_path, str(folder)]
+        if args.tasks.strip() != "all":
+            args.tasks = ",".join([args.tasks, *added])
 
     opts = options_from_args(args)
     if args.rescore:

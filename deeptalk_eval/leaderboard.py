@@ -4,8 +4,9 @@
 
 One row per model (its latest run by "date"), or per (model, stage) with --per-stage.
 Columns are `task/metric` for every task metric, plus `group/metric`: the mean of that
-metric over the group's tasks within one run (e.g. `spoken_qa/s2s_acc`). Those group
-columns are what published rows line up with. `all/failure_rate` is the share of failed
+metric over the group's tasks within one run (e.g. `spoken_qa/s2s_acc`), leaving out the
+members of `<group>_controls` (a silent-audio control's accuracy is not a QA score). Those
+group columns are what published rows line up with. `all/failure_rate` is the share of failed
 samples over every task of the run. `text_retention/drop_rel` of a measured row is
 (avg_base - avg_model) / avg_base over the text_retention tasks it shares with the latest
 `base_llm` run (same limit, seed, task versions; see `add_retention`).
@@ -99,8 +100,9 @@ def flatten_metrics(data: dict[str, Any], path: str = "?") -> dict[str, float]:
             continue
         if not isinstance(tasks, list):
             raise LeaderboardError(f"{path}: groups[{group!r}] must be a list of task names")
+        controls = set(groups.get(f"{group}_controls") or [])
         by_metric: dict[str, list[float]] = {}
-        for task in tasks:
+        for task in (t for t in tasks if t not in controls):
             for key, value in (results.get(task) or {}).items():
                 if _is_metric(key, value) and value is not None:
                     by_metric.setdefault(key, []).append(float(value))

@@ -57,6 +57,14 @@ def test_group_means_and_aliases():
     assert flat["latency/ttfa_p50"] == 0.3  # lines up with the reported column
 
 
+def test_controls_stay_out_of_their_groups_mean():
+    data = {"results": {"qa_s2t": {"s2t_acc": 0.5}, "silent": {"s2t_acc": 0.0}, "shuffled": {"s2t_acc": 0.1}},
+            "groups": {"qa": ["qa_s2t", "silent", "shuffled"], "qa_controls": ["silent", "shuffled"]}}
+    flat = flatten_metrics(data)
+    assert flat["qa/s2t_acc"] == 0.5 and flat["qa_controls/s2t_acc"] == pytest.approx(0.05)
+    assert flat["silent/s2t_acc"] == 0.0
+
+
 def test_latest_run_per_model_and_per_stage(results_dir):
     rows = collect_rows(results_dir)
     measured = {r.model: r for r in rows if r.kind == "measured"}

@@ -51,6 +51,24 @@ def test_all_stages_and_hook(tmp_path):
             w = f"model.layers.{l}.mlp.experts.{e}.up_proj.weight"
             same = bool((a[w] == b[w]).all())
             assert same == (e not in speech), (w, speech)
+    # export: the last stage as a delta over the base; exact in float32, refused over the cap
+    ship = tmp_path / "ship"
+    p = train("--recipe", "tiny", "--output", str(out), "--stages", "", "--export", str(ship), "--export-dtype", "float32")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert not (ship / "model.safetensors").exists() and (ship / "delta.safetensors").is_file()
+    assert (ship / "modality_load.png").is_file() or (ship / "loss.png").is_file()
+    import torch
+
+    from deeptalk.train import build_base, load_checkpoint, load_recipe
+
+    dense = build_base(load_recipe("tiny"))[0]
+    shipped, trained = load_checkpoint(ship, base=dense), load_checkpoint(out / "stage-3")
+    ids = torch.arange(5, 25).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.equal(shipped.model(input_ids=ids).logits, trained.model(input_ids=ids).logits)
+    p = train("--recipe", "tiny", "--output", str(out), "--stages", "", "--export", str(tmp_path / "big"),
+              "--export-max-mb", "0.0001")
+    assert p.returncode != 0 and "over the" in p.stderr and not (tmp_path / "big").exists()
     # a failing hook stops the pipeline with its exit code named
     p = train("--recipe", "tiny", "--output", str(tmp_path / "gate"), "--stages", "1", "--hook", "exit 3")
     assert p.returncode != 0 and "hook failed (exit 3)" in p.stderr

@@ -20,10 +20,34 @@ def cfg(q=3, k=16):
                           num_codebooks=q, codebook_size=k, base_vocab_size=100, special_tokens=list(SPECIAL_TOKENS))
 
 
-@pytest.mark.parametrize("name", ["tiny", "reference"])
+@pytest.mark.parametrize("name", ["tiny", "reference", "ablation-random", "ablation-pure", "ablation-dense"])
 def test_shipped_recipes_load(name):
     r = load_recipe(name)
     assert r["name"] == name and set(r["stages"]) <= set(STAGES)
+
+
+def test_ablations_change_one_thing_and_share_data_and_budget():
+    ref = load_recipe("reference")
+    for name, changed in (("ablation-random", {"stages"}), ("ablation-pure", {"stages", "inference_routing"}),
+                          ("ablation-dense", {"stages", "inference_routing", "upcycle"})):
+        r = load_recipe(name)
+        differ = {k for k in set(ref) | set(r) if k not in ("name", "_path", "extends") and r.get(k) != ref.get(k)}
+        assert differ == changed, name
+        for stage in ("1", "2.1", "2.2", "3"):  # the same steps, rates and time caps
+            same = {k: v for k, v in r["stages"][stage].items() if k != "train"}
+            assert same == {k: v for k, v in ref["stages"][stage].items() if k != "train"}, (name, stage)
+
+
+def test_recipe_extends_merges_and_refuses_loops(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"extends": "tiny", "name": "child", "stages": {"2.1": {"max_steps": 9}}}))
+    r = load_recipe(str(child))
+    assert r["stages"]["2.1"]["max_steps"] == 9 and r["stages"]["2.1"]["lr"] == load_recipe("tiny")["stages"]["2.1"]["lr"]
+    assert r["extends"] == "tiny" and r["name"] == "child"
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(yaml.safe_dump({"extends": str(loop), "name": "loop"}))
+    with pytest.raises(ValueError, match="loops"):
+        load_recipe(str(loop))
 
 
 def test_recipe_errors_name_the_problem(tmp_path):

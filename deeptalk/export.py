@@ -1,0 +1,64 @@
+"""Ship a trained stage as a small checkpoint: the model as a delta over its base LLM.
+
+    deeptalk-train --recipe reference --stages "" --output runs/reference --export checkpoints/reference
+
+The exported directory has the layout `train.load_checkpoint` reads (tokenizer, projector,
+encoder config, codec reference, stage.json, the assignment and its heatmap, loss curves)
+with `delta.json` + `delta.safetensors` in place of the full weights (deeptalk/delta.py).
+A size cap guards the repository: git keeps every committed version forever.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from .delta import DELTA_TENSORS
+
+# everything a stage directory holds beside the model weights that a shipped model keeps
+SIDE_FILES = ("speech_encoder.safetensors", "speech_encoder.json", "codec.json", "stage.json", "loss.csv", "loss.png",
+              "assignment.json", "modality_load.csv", "modality_load.png", "modality_load.safetensors")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
+
+
+def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | None = 64.0,
+                      run_files: dict[str, Path] | None = None, base=None) -> dict:
+    """Write `stage_dir`'s model as a delta checkpoint into `out`; returns the delta metadata.
+
+    Raises ValueError (and leaves `out` untouched) when the delta exceeds `max_mb`.
+    `run_files`: extra files to copy in under the given names (the recipe, the run summary).
+    `base`: the dense base model itself, when its name cannot be loaded (a test's random base).
+    """
+    from .train import load_checkpoint
+
+    if dtype not in DTYPES:
+        raise ValueError(f"export dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+    stage_dir, out = Path(stage_dir), Path(out)
+    bundle = load_checkpoint(stage_dir)
+    base = base if base is not None else bundle.model.config.base_model
+    if base is None or base == "":
+        raise ValueError(f"{stage_dir}/config.json names no base_model: cannot write a delta")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    meta = bundle.model.save_delta(tmp, base, dtype=DTYPES[dtype], tokenizer=bundle.tokenizer)
+    size_mb = (tmp / DELTA_TENSORS).stat().st_size / 2**20
+    if max_mb is not None and size_mb > max_mb:
+        shutil.rmtree(tmp)
+        raise ValueError(f"{stage_dir}: the delta is {size_mb:.1f} MB, over the {max_mb:g} MB cap "
+                         "(train fewer tensors, or raise the cap knowingly)")
+    for name in SIDE_FILES:
+        if (stage_dir / name).is_file():
+            shutil.copy(stage_dir / name, tmp / name)
+    ref = json.loads((stage_dir / "codec.json").read_text())
+    if "path" in ref and (stage_dir / ref["path"]).is_file():  # a fitted codec travels along
+        shutil.copy(stage_dir / ref["path"], tmp / ref["path"])
+    for name, src in (run_files or {}).items():
+        if Path(src).is_file():
+            shutil.copy(src, tmp / name)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return {**meta, "size_mb": round(size_mb, 2), "source": str(stage_dir)}
