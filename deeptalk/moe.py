@@ -84,52 +84,90 @@ class MoEFeedForward(nn.Module):
         self.trainable_modality: str | None = None  # for routing_mode "masked"
         self.stats: torch.Tensor | None = None  # [2 (text, speech), E] selection counts when recording
         self.token_counts: torch.Tensor | None = None  # [2] tokens seen when recording
-        self.last_topk_idx: torch.Tensor | None = None  # [N, k] of the last forward (tests, analysis)
+        self.last_topk_idx: torch.Tensor | None = None  # [N, top_k] of the last forward (tests, analysis)
+        # Dense-ish routing runs the experts as one wide matmul (see _fused_experts); experts
+        # with biases always take the gathered path.
+        self.fused = not config.mlp_bias
+        self._fused_cache: dict[tuple[int, ...], tuple] = {}
 
     def set_modality_map(self, speech_group: torch.Tensor | None) -> None:
         self.speech_group = None if speech_group is None else speech_group.to(torch.bool).to(self.router.weight.device)
 
-    def allowed_experts(self, token_modality: torch.Tensor) -> torch.Tensor | None:
-        """[N, E] bool: which routed experts each token may reach under the routing mode."""
+    def routing_parts(self, token_modality: torch.Tensor) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+        """(token rows or None = all, reachable-expert mask [E] or None = all) per group of tokens
+        that share their reachable experts under the routing mode."""
         if self.routing_mode == "all" or self.speech_group is None:
-            return None
+            return [(None, None)]
         if self.routing_mode == "masked":
             if self.trainable_modality is None:
-                return None
-            group = self.speech_group if self.trainable_modality == "speech" else ~self.speech_group
-            return group.unsqueeze(0).expand(token_modality.shape[0], -1)
+                return [(None, None)]
+            return [(None, self.speech_group if self.trainable_modality == "speech" else ~self.speech_group)]
         # "modality": speech tokens -> speech experts, text tokens -> text experts
-        is_speech = token_modality.bool().unsqueeze(1)
-        return torch.where(is_speech, self.speech_group.unsqueeze(0), ~self.speech_group.unsqueeze(0))
+        parts = []
+        for m, group in ((TEXT, ~self.speech_group), (SPEECH, self.speech_group)):
+            rows = (token_modality == m).nonzero().squeeze(1)
+            if len(rows) == len(token_modality):
+                return [(None, group)]
+            if len(rows):
+                parts.append((rows, group))
+        return parts
 
     def forward(self, x: torch.Tensor, token_modality: torch.Tensor | None = None, valid: torch.Tensor | None = None):
         """x [B, T, H]; token_modality [B, T] (0 text / 1 speech); valid [B, T] (False = padding).
 
-        Returns (out [B, T, H], aux_loss scalar).
+        Returns (out [B, T, H], aux_loss scalar). Each group of tokens with the same reachable
+        experts (one group, or two under modality routing) is routed with its own top-k:
+        k = min(top_k, experts it can reach), so a text token next to speech keeps its k.
         """
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         n = x.shape[0]
         mod = token_modality.reshape(-1) if token_modality is not None else x.new_zeros(n, dtype=torch.long)
         ok = valid.reshape(-1) if valid is not None else None
-        allowed = self.allowed_experts(mod)
-        k = self.top_k
-        if allowed is not None:
-            # a group may hold fewer experts than top_k: never select a masked expert
-            k = min(k, int(allowed.sum(-1).min()))
+        total = ok.sum().clamp_min(1) if ok is not None else n
+        parts = self.routing_parts(mod)
+        out = x.new_zeros(n, shape[-1]) if len(parts) > 1 else None
+        topk_all = torch.full((n, self.top_k), -1, dtype=torch.long, device=x.device)
+        aux = x.new_zeros(())
+        for rows, group in parts:
+            xs = x if rows is None else x.index_select(0, rows)
+            reach = self.num_experts if group is None else int(group.sum())
+            k = min(self.top_k, reach)  # a group may hold fewer experts than top_k: never pick a masked one
             if k == 0:
                 raise ValueError(f"MoE layer {self.moe_idx}: a token has no reachable routed expert (empty modality group)")
-        probs, topk_prob, topk_idx = self.router(x, allowed, k)
-        self.last_topk_idx = topk_idx
+            allowed = None if group is None else group.unsqueeze(0).expand(len(xs), -1)
+            probs, topk_prob, topk_idx = self.router(xs, allowed, k)
+            if self.gate_mode == "softmax":
+                weights = topk_prob
+            elif self.gate_mode == "normalized":
+                weights = topk_prob / topk_prob.sum(-1, keepdim=True).clamp_min(1e-20)
+            else:  # "unit": the value is exactly 1 (dense-equivalent sum), the gradient still reaches the router
+                weights = 1.0 + topk_prob - topk_prob.detach()
+            weights = (weights * self.scaling).to(x.dtype)
+            if self.fused and 2 * k >= reach:
+                ys = self._fused_experts(xs, topk_idx, weights, group)
+            else:
+                ys = self._gathered_experts(xs, topk_idx, weights)
+            if rows is None:
+                out = ys
+                topk_all[:, :k] = topk_idx
+            else:
+                out = out.index_copy(0, rows, ys)
+                topk_all[rows, :k] = topk_idx
+            oks = None if ok is None else (ok if rows is None else ok[rows])
+            if self.stats is not None:
+                self._record(topk_idx, mod if rows is None else mod[rows], oks)
+            if self.training and self.aux_alpha > 0:
+                share = (oks.sum() if oks is not None else len(xs)) / total
+                aux = aux + share * self.balance_loss(probs, topk_idx, allowed, oks)
+        self.last_topk_idx = topk_all  # -1 where a token's group took fewer than top_k experts
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out.reshape(shape), aux
 
-        if self.gate_mode == "softmax":
-            weights = topk_prob
-        elif self.gate_mode == "normalized":
-            weights = topk_prob / topk_prob.sum(-1, keepdim=True).clamp_min(1e-20)
-        else:  # "unit": the value is exactly 1 (dense-equivalent sum), the gradient still reaches the router
-            weights = 1.0 + topk_prob - topk_prob.detach()
-        weights = (weights * self.scaling).to(x.dtype)
-
+    def _gathered_experts(self, x, topk_idx, weights):
+        """Sparse routing: a loop over experts, each batched over the tokens that chose it."""
+        n, k = topk_idx.shape
         flat_idx = topk_idx.reshape(-1)
         order = flat_idx.argsort(stable=True)
         counts = torch.bincount(flat_idx, minlength=self.num_experts).tolist()
@@ -138,22 +176,45 @@ class MoEFeedForward(nn.Module):
         # Expert outputs are written slot by slot and summed over the k slots at the end:
         # a CPU index_add_ into `out` costs ~1 ms per call with 2 threads (measured), which
         # dominated a decode step.
-        slots = x.new_empty(n * k, shape[-1])
+        slots = x.new_empty(n * k, x.shape[-1])
         start = 0
-        for e, c in enumerate(counts):  # a loop over experts, batched over their tokens
+        for e, c in enumerate(counts):
             if c == 0:
                 continue
             rows = token_of[start : start + c]
             slots[order[start : start + c]] = self.experts[e](x.index_select(0, rows)) * weight_of[start : start + c, None]
             start += c
-        out = slots.view(n, k, shape[-1]).sum(1)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
+        return slots.view(n, k, x.shape[-1]).sum(1)
 
-        if self.stats is not None:
-            self._record(topk_idx, mod, ok)
-        aux = self.balance_loss(probs, topk_idx, allowed, ok) if self.training and self.aux_alpha > 0 else x.new_zeros(())
-        return out.reshape(shape), aux
+    def _fused_experts(self, x, topk_idx, weights, group):
+        """Dense-ish routing (k >= half the reachable experts): every reachable expert as one
+        wide SwiGLU, each expert's neurons scaled by its gate weight (0 where not chosen).
+        Exactly the gathered sum (up to float summation order), without per-expert gathers."""
+        ids = tuple(range(self.num_experts)) if group is None else tuple(group.nonzero().squeeze(1).tolist())
+        gate_w, up_w, down_w = self._fused_weights(ids)
+        per_expert = x.new_zeros(x.shape[0], self.num_experts).scatter(1, topk_idx, weights)[:, list(ids)]
+        h = self.experts[0].act_fn(F.linear(x, gate_w)) * F.linear(x, up_w)
+        h = (h.view(x.shape[0], len(ids), -1) * per_expert.unsqueeze(-1)).view(x.shape[0], -1)
+        return F.linear(h, down_w)
+
+    def _fused_weights(self, ids: tuple[int, ...]):
+        """The experts' weights side by side; cached while none of them can change (no grad)."""
+        params = [p for e in ids for p in (self.experts[e].gate_proj.weight, self.experts[e].up_proj.weight,
+                                           self.experts[e].down_proj.weight)]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._concat(ids)  # differentiable: each expert gets its own gradient
+        key = tuple((p.data_ptr(), p._version) for p in params)  # an in-place update bumps _version
+        cached = self._fused_cache.get(ids)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self._concat(ids))
+            self._fused_cache[ids] = cached
+        return cached[1]
+
+    def _concat(self, ids):
+        ex = [self.experts[e] for e in ids]
+        return (torch.cat([e.gate_proj.weight for e in ex]), torch.cat([e.up_proj.weight for e in ex]),
+                torch.cat([e.down_proj.weight for e in ex], dim=1))
 
     def balance_loss(self, probs, topk_idx, allowed, valid) -> torch.Tensor:
         """DeepSeek expert-level balance loss: alpha * sum_i f_i * P_i.

@@ -86,8 +86,66 @@ def test_modality_routing_sends_each_token_to_its_group():
     for l, moe in enumerate(m.moe_layers):
         idx = moe.last_topk_idx.view(2, 10, -1)
         speech = set(SPEECH[l])
-        assert set(idx[:, 5:].unique().tolist()) <= speech
+        assert set(idx[:, 5:].unique().tolist()) - {-1} <= speech
         assert not set(idx[:, :5].unique().tolist()) & speech
+        # each group routes with its own k: text tokens keep top_k beside speech tokens
+        assert (idx[:, :5] >= 0).sum(-1).eq(m.config.num_experts_per_tok).all()
+
+
+def test_a_text_token_routes_the_same_with_or_without_speech_beside_it():
+    torch.manual_seed(0)
+    cfg = tiny_config(routing_mode="modality", num_experts_per_tok=4)
+    moe = MoEFeedForward(cfg, 0).eval()
+    x = torch.randn(1, 6, cfg.hidden_size)
+    mixed = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    with torch.no_grad():
+        alone, _ = moe(x[:, :3], torch.zeros(1, 3, dtype=torch.long))
+        both, _ = moe(x, mixed)
+    torch.testing.assert_close(both[:, :3], alone, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode,k", [("all", 6), ("all", 2), ("masked", 8), ("modality", 5), ("modality", 2)])
+def test_fused_experts_equal_the_gathered_loop(mode, k):
+    """Dense-ish routing takes the fused path; outputs, aux loss and every gradient match the loop."""
+    torch.manual_seed(0)
+    cfg = tiny_config(routing_mode=mode, num_experts_per_tok=k)
+    ref = MoEFeedForward(cfg, 1).train()
+    ref.trainable_modality = "text" if mode == "masked" else None
+    fused = MoEFeedForward(cfg, 1).train()
+    fused.load_state_dict(ref.state_dict())
+    fused.trainable_modality, ref.fused = ref.trainable_modality, False
+    x = torch.randn(2, 7, cfg.hidden_size)
+    tm = (torch.arange(7) >= 4).long().expand(2, -1)
+    outs = []
+    for m in (ref, fused):
+        xi = x.clone().requires_grad_(True)
+        y, aux = m(xi, tm)
+        (y.square().sum() + aux).backward()
+        outs.append((y, aux, xi.grad, {n: p.grad for n, p in m.named_parameters()}))
+    (y0, a0, g0, p0), (y1, a1, g1, p1) = outs
+    torch.testing.assert_close(y1, y0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a1, a0)
+    torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-5)
+    for n in p0:
+        if p0[n] is None:
+            assert p1[n] is None or not p1[n].any(), n
+        else:
+            torch.testing.assert_close(p1[n], p0[n], atol=1e-5, rtol=1e-5, msg=n)
+
+
+def test_fused_weight_cache_follows_in_place_updates():
+    torch.manual_seed(0)
+    cfg = tiny_config(routing_mode="all", num_experts_per_tok=8, speech_experts=None)
+    moe = MoEFeedForward(cfg, 0).eval()
+    x = torch.randn(1, 3, cfg.hidden_size)
+    with torch.no_grad():
+        before, _ = moe(x)
+        moe.experts[2].up_proj.weight.mul_(2.0)  # what an optimizer step or load_state_dict does
+        after, _ = moe(x)
+        moe.fused = False
+        loop, _ = moe(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, loop, atol=1e-5, rtol=1e-5)
 
 
 def test_aux_loss_hand_made_case():
