@@ -9,6 +9,14 @@ Retention: the real MMLU dev questions that lm-eval ships as few-shot exemplars
 (`lm_eval/tasks/mmlu/flan_cot_fewshot/_cot_prompts.json`), asked zero-shot; the answer is the
 letter with the highest next-token log-likelihood after "The answer is (".
 Relative loss = (dense - moe) / dense for accuracy, (moe - dense) / dense for perplexity.
+
+`--speech-experts 4 6`: what giving experts to speech costs the text path. With top-k =
+the largest --top-k, text load per expert is counted on the calibration text; then, under
+modality routing (text tokens reach only the text experts), the n least text-loaded experts
+per layer (the adaptive choice when speech load is even) vs n seeded-random ones are taken
+away from text, and held-out perplexity / MMLU are measured again. The reference recipe:
+
+    --top-k 24 26 --speech-experts 4 6 --calibrate-tokens 16384 --eval-tokens 4096 --mmlu-limit 0
 """
 from __future__ import annotations
 
@@ -143,6 +151,8 @@ def main(argv=None):
     ap.add_argument("--mmlu-limit", type=int, default=0, help="0 = every parsed exemplar")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/upcycle_quality.json")
+    ap.add_argument("--speech-experts", type=int, nargs="*", default=[],
+                    help="also measure text experts only, n experts per layer given to speech (least text-loaded vs random)")
     ap.add_argument("--layer-error", type=int, nargs="*", default=None,
                     help="only measure per-layer FFN output error (router vs oracle top-k) on these layers")
     args = ap.parse_args(argv)
@@ -189,9 +199,45 @@ def main(argv=None):
         result["moe"].append(row)
         print(json.dumps(row), flush=True)
         write(result, args.out)  # after every row: a long run leaves its partial figures
+    if args.speech_experts:
+        result["speech_split"] = speech_split(moe, tok, blocks, items, dense_ppl, dense_mmlu, args)
     result["total_seconds"] = time.time() - t0
     write(result, args.out)
     print(f"wrote {args.out}")
+
+
+@torch.no_grad()
+def speech_split(moe, tok, blocks, items, dense_ppl, dense_mmlu, args) -> list[dict]:
+    import random
+
+    set_top_k(moe, max(args.top_k))
+    for m in moe.moe_layers:
+        m.start_recording()
+    calib = token_blocks(tok, calibration_texts("calib"), args.calibrate_tokens)
+    for s in range(0, len(calib), 4):
+        moe(input_ids=calib[s : s + 4], use_cache=False, return_audio_logits=False)
+    text_load = [m.stop_recording()[0][0] for m in moe.moe_layers]
+    rows = []
+    for n in args.speech_experts:
+        rng = random.Random(args.seed)
+        choices = {"least_text_loaded": [load.argsort()[:n].tolist() for load in text_load],
+                   "random": [rng.sample(range(args.routed), n) for _ in text_load]}
+        for how, experts in choices.items():
+            moe.set_modality_map(experts)
+            moe.set_routing_mode("modality")
+            set_top_k(moe, args.routed - n)  # every text expert: the text path is the dense FFN minus n experts
+            t = time.time()
+            ppl = perplexity(moe, blocks, return_audio_logits=False)
+            mm = mmlu_accuracy(moe, tok, items, return_audio_logits=False)
+            row = {"speech_experts": n, "choice": how, "perplexity": ppl,
+                   "perplexity_rel_increase": (ppl - dense_ppl) / dense_ppl, "mmlu_accuracy": mm["accuracy"],
+                   "mmlu_rel_loss": (dense_mmlu["accuracy"] - mm["accuracy"]) / dense_mmlu["accuracy"],
+                   "seconds": time.time() - t}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        moe.set_routing_mode("all")
+        moe.set_modality_map(None)
+    return rows
 
 
 def write(result: dict, path: str) -> None:

@@ -18,8 +18,8 @@ import torch
 from .delta import DELTA_TENSORS
 
 # everything a stage directory holds beside the model weights that a shipped model keeps
-SIDE_FILES = ("speech_encoder.safetensors", "speech_encoder.json", "codec.json", "stage.json", "loss.csv", "loss.png",
-              "assignment.json", "modality_load.csv", "modality_load.png", "modality_load.safetensors")
+SIDE_FILES = ("speech_encoder.safetensors", "speech_encoder.json", "codec.json", "stage.json")
+ASSIGNMENT_FILES = ("assignment.json", "modality_load.csv", "modality_load.png", "modality_load.safetensors")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 
@@ -44,6 +44,10 @@ def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | N
     if tmp.exists():
         shutil.rmtree(tmp)
     meta = bundle.model.save_delta(tmp, base, dtype=DTYPES[dtype], tokenizer=bundle.tokenizer)
+    if (tmp / "tokenizer.json").is_file() and (tmp / "tokenizer.model").is_file():
+        # a GGUF-loaded tokenizer keeps the whole GGUF (~100 MB) as its slow vocab file; the
+        # fast tokenizer loads from tokenizer.json alone
+        (tmp / "tokenizer.model").unlink()
     size_mb = (tmp / DELTA_TENSORS).stat().st_size / 2**20
     if max_mb is not None and size_mb > max_mb:
         shutil.rmtree(tmp)
@@ -52,9 +56,22 @@ def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | N
     for name in SIDE_FILES:
         if (stage_dir / name).is_file():
             shutil.copy(stage_dir / name, tmp / name)
+    # the run's story travels along: the modality assignment and every stage's loss curve
+    run = stage_dir.parent
+    for name in ASSIGNMENT_FILES:
+        src = stage_dir / name if (stage_dir / name).is_file() else run / "stage-assign" / name
+        if src.is_file():
+            shutil.copy(src, tmp / name)
+    for stage in sorted(run.glob("stage-*")):
+        for ext in ("csv", "png"):
+            if (stage / f"loss.{ext}").is_file():
+                shutil.copy(stage / f"loss.{ext}", tmp / f"loss-{stage.name}.{ext}")
     ref = json.loads((stage_dir / "codec.json").read_text())
     if "path" in ref and (stage_dir / ref["path"]).is_file():  # a fitted codec travels along
         shutil.copy(stage_dir / ref["path"], tmp / ref["path"])
+    stages = {st.name: json.loads((st / "stage.json").read_text()) for st in sorted(run.glob("stage-*"))
+              if (st / "stage.json").is_file()}
+    (tmp / "training.json").write_text(json.dumps(stages, indent=1))
     for name, src in (run_files or {}).items():
         if Path(src).is_file():
             shutil.copy(src, tmp / name)

@@ -56,7 +56,8 @@ def test_all_stages_and_hook(tmp_path):
     p = train("--recipe", "tiny", "--output", str(out), "--stages", "", "--export", str(ship), "--export-dtype", "float32")
     assert p.returncode == 0, p.stderr[-3000:]
     assert not (ship / "model.safetensors").exists() and (ship / "delta.safetensors").is_file()
-    assert (ship / "modality_load.png").is_file() or (ship / "loss.png").is_file()
+    assert (ship / "modality_load.png").is_file() and (ship / "assignment.json").is_file()
+    assert {f"loss-stage-{s}.csv" for s in ("1", "2.1", "2.2", "3")} <= {f.name for f in ship.iterdir()}
     import torch
 
     from deeptalk.train import build_base, load_checkpoint, load_recipe

@@ -58,8 +58,8 @@ class DeepTalkModel(SpokenModel):
         if not ckpt.is_dir():
             raise FileNotFoundError(
                 f"deeptalk: checkpoint directory {ckpt} does not exist"
-                + ("" if path else " (no reference checkpoint is shipped yet: train one with "
-                   "`deeptalk-train --recipe reference` and pass --model-args path=<run>/stage-3)"))
+                + ("" if path else " (the reference checkpoint ships in the repository: is this a partial "
+                   "checkout? Or train one: `deeptalk-train --recipe reference --export checkpoints/reference`)"))
         if dtype not in DTYPES:
             raise ValueError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
         if threads is not None:
