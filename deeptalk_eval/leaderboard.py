@@ -9,7 +9,7 @@ members of `<group>_controls` (a silent-audio control's accuracy is not a QA sco
 group columns are what published rows line up with. `all/failure_rate` is the share of failed
 samples over every task of the run. `text_retention/drop_rel` of a measured row is
 (avg_base - avg_model) / avg_base over the text_retention tasks it shares with the latest
-`base_llm` run (same limit, seed, task versions; see `add_retention`).
+`base_llm` run of the same limit and seed (and task versions; see `add_retention`).
 
 Rows read from files with `"reported": true` (results/reported/*.json, figures from
 papers) are marked "reported" and carry their "source" string. They are shown next to
@@ -159,23 +159,31 @@ def read_row(path: Path) -> Row | None:
     )
 
 
-def collect_rows(results_dir: str | Path, per_stage: bool = False) -> list[Row]:
-    """Latest measured run per model (or per model and stage) plus every reported row."""
+def all_rows(results_dir: str | Path) -> list[Row]:
+    """Every results file under the folder (hidden folders left out), as rows."""
     root = Path(results_dir)
     if not root.is_dir():
         raise LeaderboardError(f"{root}: no such results folder")
     files = sorted(p for p in root.rglob("*.json")
                    if not any(part.startswith(".") for part in p.relative_to(root).parts))
-    latest: dict[tuple, Row] = {}
-    reported: list[Row] = []
+    rows = []
     for path in files:
         row = read_row(path)
-        if row is None:
-            continue
+        if row is not None:
+            if row.kind == "measured":
+                row.source = str(path.relative_to(root))  # short, and the same wherever results/ lives
+            rows.append(row)
+    return rows
+
+
+def collect_rows(results_dir: str | Path, per_stage: bool = False) -> list[Row]:
+    """Latest measured run per model (or per model and stage) plus every reported row."""
+    latest: dict[tuple, Row] = {}
+    reported: list[Row] = []
+    for row in all_rows(results_dir):
         if row.kind == "reported":
             reported.append(row)
             continue
-        row.source = str(path.relative_to(root))  # short, and the same wherever results/ lives
         key = (row.model, row.stage) if per_stage else (row.model,)
         old = latest.get(key)
         if old is None or (row.date or "", row.path) > (old.date or "", old.path):
@@ -185,25 +193,30 @@ def collect_rows(results_dir: str | Path, per_stage: bool = False) -> list[Row]:
 
 
 def add_retention(rows: Sequence[Row], baseline_model: str = "base_llm", group: str = "text_retention",
-                  metric: str = "acc") -> list[str]:
-    """Fill `text_retention/drop_rel` of measured rows from the baseline model's latest run.
+                  metric: str = "acc", baselines: Sequence[Row] | None = None) -> list[str]:
+    """Fill `text_retention/drop_rel` of measured rows from a run of the baseline model.
 
-    The baseline is the row labelled exactly `baseline_model` (model name, no model args),
-    so `base_llm (checkpoint=runs/x)` is compared with plain `base_llm`.
-    drop = (avg_base - avg_model) / avg_base over the group's tasks both runs have, as in
-    DESIGN.md §2. Only runs with the same limit, seed and task versions are compared; a
-    row that already carries the figure keeps it. Returns notes on rows left out and why.
+    The baseline is a run labelled exactly `baseline_model` (model name, no model args),
+    so `base_llm (checkpoint=runs/x)` is compared with plain `base_llm`: the latest one with
+    the row's limit and seed, out of `baselines` (every run of it, e.g. `all_rows`) or else
+    the rows given. drop = (avg_base - avg_model) / avg_base over the group's tasks both
+    runs have, as in DESIGN.md §2. Task versions must match too; a row that already
+    carries the figure keeps it. Returns notes on rows left out and why.
     """
     column = f"{group}/drop_rel"
-    bases = [r for r in rows if r.kind == "measured" and r.model == baseline_model]
+    pool = baselines if baselines is not None else rows
+    bases = sorted((r for r in pool if r.kind == "measured" and r.model == baseline_model),
+                   key=lambda r: (r.date or "", r.path), reverse=True)
     if not bases:
         return []
-    base = max(bases, key=lambda r: (r.date or "", r.path))
-    base_tasks = {t for t in base.groups.get(group, []) if not math.isnan(base.metrics.get(f"{t}/{metric}", math.nan))}
     notes = []
     for r in rows:
         if r.kind != "measured" or r.model == baseline_model or column in r.metrics:
             continue
+        same_run = [b for b in bases if all(b.run_config.get(k) == r.run_config.get(k) for k in ("limit", "seed"))]
+        base = same_run[0] if same_run else bases[0]
+        base_tasks = {t for t in base.groups.get(group, [])
+                      if not math.isnan(base.metrics.get(f"{t}/{metric}", math.nan))}
         tasks = sorted(t for t in r.groups.get(group, []) if t in base_tasks
                        and not math.isnan(r.metrics.get(f"{t}/{metric}", math.nan)))
         if not tasks:
@@ -221,6 +234,7 @@ def add_retention(rows: Sequence[Row], baseline_model: str = "base_llm", group: 
             continue
         r.metrics[column] = (avg_base - avg_model) / avg_base
         r.metrics[f"{group}/drop_rel_tasks"] = float(len(tasks))
+        r.metrics[f"{group}/base_avg"] = avg_base
     return notes
 
 
@@ -425,7 +439,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"leaderboard: {e}", file=sys.stderr)
         return 2
     if args.retention_baseline != "none":
-        for note in add_retention(rows, args.retention_baseline):
+        for note in add_retention(rows, args.retention_baseline, baselines=all_rows(args.results_dir)):
             print(f"leaderboard: {note}", file=sys.stderr)
     if args.no_reported:
         rows = [r for r in rows if r.kind != "reported"]

@@ -211,14 +211,14 @@ def test_html_renders_in_headless_chromium(results_dir, tmp_path):
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
-def write_retention_run(folder: Path, model: str, accs: dict, limit=None, model_args=None):
+def write_retention_run(folder: Path, model: str, accs: dict, limit=None, model_args=None, date="2026-01-03"):
     data = {"results": {t: {"acc": a, "acc_stderr": 0.01, "samples": 50, "failed": 0, "failure_rate": 0.0}
                         for t, a in accs.items()},
             "groups": {"text_retention": list(accs), "all": list(accs)},
             "versions": {t: 1 for t in accs},
             "config": {"model": model, "model_args": model_args or {}, "seed": 1234, "limit": limit},
-            "date": "2026-01-03T00:00:00Z"}
-    path = folder / model / "2026-01-03.json"
+            "date": f"{date}T00:00:00Z"}
+    path = folder / model / f"{date}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data))
 
@@ -238,6 +238,18 @@ def test_measured_retention_drop_against_the_base_llm(tmp_path, capsys):
     assert run_cli(root, "--format", "csv", "--columns", "text_retention/drop_rel") == 0
     table = {r["model"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
     assert float(table["deeptalk"]["text_retention/drop_rel"]) == pytest.approx(0.125)
+
+
+def test_each_row_is_compared_with_the_base_run_of_its_own_limit(tmp_path):
+    root = tmp_path / "results"
+    write_retention_run(root, "base_llm", {"tr_a": 0.5}, date="2026-01-01")  # full sets
+    write_retention_run(root, "base_llm", {"tr_a": 0.8}, limit=30, date="2026-01-02")  # the latest, limit 30
+    write_retention_run(root, "full", {"tr_a": 0.4})
+    write_retention_run(root, "quick", {"tr_a": 0.6}, limit=30)
+    rows = {r.model: r for r in collect_rows(root)}
+    assert leaderboard.add_retention(list(rows.values()), baselines=leaderboard.all_rows(root)) == []
+    assert rows["full"].metrics["text_retention/drop_rel"] == pytest.approx(0.2)
+    assert rows["quick"].metrics["text_retention/drop_rel"] == pytest.approx(0.25)
 
 
 def test_shards_are_not_rows(tmp_path, capsys):
