@@ -116,11 +116,15 @@ def flatten_metrics(data: dict[str, Any], path: str = "?") -> dict[str, float]:
     return flat
 
 
+# How a run executes, not which model it is: left out of row labels.
+EXECUTION_ARGS = ("threads", "decode_threads", "device", "batch_size")
+
+
 def _model_label(config: dict[str, Any]) -> str:
     model = str(config.get("model") or "?")
     args = config.get("model_args")
     if isinstance(args, dict) and args:
-        args = ",".join(f"{k}={v}" for k, v in sorted(args.items()))
+        args = ",".join(f"{k}={v}" for k, v in sorted(args.items()) if k not in EXECUTION_ARGS)
     return f"{model} ({args})" if args else model
 
 

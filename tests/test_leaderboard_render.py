@@ -252,6 +252,12 @@ def test_each_row_is_compared_with_the_base_run_of_its_own_limit(tmp_path):
     assert rows["quick"].metrics["text_retention/drop_rel"] == pytest.approx(0.25)
 
 
+def test_execution_arguments_stay_out_of_row_labels(tmp_path):
+    root = tmp_path / "results"
+    write_retention_run(root, "deeptalk", {"tr_a": 0.5}, model_args={"threads": 1, "path": "runs/x"})
+    assert [r.model for r in collect_rows(root)] == ["deeptalk (path=runs/x)"]
+
+
 def test_shards_are_not_rows(tmp_path, capsys):
     root = tmp_path / "results"
     write_retention_run(root, "base_llm", {"tr_a": 0.5})
