@@ -16,7 +16,8 @@ modality routing (text tokens reach only the text experts), the n least text-loa
 per layer (the adaptive choice when speech load is even) vs n seeded-random ones are taken
 away from text, and held-out perplexity / MMLU are measured again. The reference recipe:
 
-    --top-k 24 26 --speech-experts 4 6 --calibrate-tokens 16384 --eval-tokens 4096 --mmlu-limit 0
+    --top-k 24 26 --speech-experts 4 6 --calibrate-tokens 8192 --router-steps 200 --eval-tokens 4096 \
+        --out benchmarks/results/upcycle_speech_split.json
 """
 from __future__ import annotations
 
