@@ -45,7 +45,9 @@ KEY_COLUMNS = (
 )
 # Measured names of the same figures where a task names them differently: the latency
 # task aggregates its per-sample "ttfa" as a p50 under the name "ttfa".
-LINEUP_ALIASES = {"latency/ttfa_p50": ("latency/ttfa",), "latency/ttft_p50": ("latency/ttft",)}
+LINEUP_ALIASES = {"latency/ttfa_p50": ("latency/ttfa",), "latency/ttft_p50": ("latency/ttft",),
+                  # the TTS task scores the spoken channel as speech_wer (text_wer is the text channel)
+                  "tts/wer": ("tts/speech_wer",)}
 # Per-task keys that describe a metric rather than being one.
 _SUFFIXES = ("_stderr", "_ci", "_n")
 _NOT_METRICS = ("samples", "failed", "failure_rate")

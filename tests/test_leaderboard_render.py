@@ -55,6 +55,9 @@ def test_group_means_and_aliases():
     assert [k for k in flat if k.startswith("all/")] == ["all/failure_rate"]  # no mean over "all"
     assert flat["all/failure_rate"] == pytest.approx(1 / 4)
     assert flat["latency/ttfa_p50"] == 0.3  # lines up with the reported column
+    tts = flatten_metrics({"results": {"tts_repeat": {"speech_wer": 0.2, "text_wer": 0.9}},
+                           "groups": {"tts": ["tts_repeat"]}})
+    assert tts["tts/wer"] == 0.2  # the spoken channel's WER is what published TTS WERs are
 
 
 def test_controls_stay_out_of_their_groups_mean():
