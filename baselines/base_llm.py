@@ -343,3 +343,16 @@ class BaseLLM(SpokenModel):
             resp.extra = {**stats, "seed": r.options.seed, "sampled": r.options.temperature > 0}
             out.append(resp)
         return out
+
+
+class TextPathScoring:
+    """Mixin for models whose text path is a causal LM: `loglikelihood*` go to the BaseLLM
+    in `text_scorer` (the cascade's LLM leg, the DeepTalk model's text path)."""
+
+    text_scorer: BaseLLM
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
+        return self.text_scorer.loglikelihood(pairs)
+
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
+        return self.text_scorer.loglikelihood_rolling(texts)

@@ -20,7 +20,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 from baselines import to_bool
-from baselines.base_llm import BaseLLM
+from baselines.base_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -67,7 +67,7 @@ def parse_tts_spec(spec: str) -> tuple[str, str]:
     return engine, voice or defaults[engine]
 
 
-class Cascade(SpokenModel):
+class Cascade(TextPathScoring, SpokenModel):
     """ASR -> LLM -> TTS. Speech or text in; text, speech or both out.
 
     model_args: asr (Whisper model, default tiny.en), asr_backend (openai-whisper |
@@ -213,13 +213,10 @@ class Cascade(SpokenModel):
             out.append(resp)
         return out
 
-    # -- text scoring ---------------------------------------------------------------------------
     # A cascade's text path is its LLM: text retention scores the LLM leg as it is configured.
-    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        return self.llm.loglikelihood(pairs)
-
-    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
-        return self.llm.loglikelihood_rolling(texts)
+    @property
+    def text_scorer(self) -> BaseLLM:
+        return self.llm
 
     def close(self) -> None:
         self.transcriber.close()

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from baselines import to_bool, to_int
+from baselines.base_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -37,7 +38,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OUTPUTS = {"text": "text", "speech": "speech", "both": "both"}
 
 
-class DeepTalkModel(SpokenModel):
+class DeepTalkModel(TextPathScoring, SpokenModel):
     name = "deeptalk"
     capabilities = Capabilities(text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True,
                                 loglikelihood=True)
@@ -78,12 +79,11 @@ class DeepTalkModel(SpokenModel):
                                           decode_threads=to_int(decode_threads, "decode_threads"))
         self.generator = SpeechGenerator(model, self.bundle.tokenizer, encoder=self.bundle.encoder,
                                          codec=self.bundle.codec)
-        from baselines.base_llm import BaseLLM
 
         # lm-eval's conventions for text scoring, shared with the base-LLM baseline: same
         # tokenisation and windows, so retention compares like with like
-        self._scorer = BaseLLM(path=str(ckpt), device=device, batch_size=batch_size, model=model,
-                               tokenizer=self.bundle.tokenizer, max_length=model.config.max_position_embeddings)
+        self.text_scorer = BaseLLM(path=str(ckpt), device=device, batch_size=batch_size, model=model,
+                                    tokenizer=self.bundle.tokenizer, max_length=model.config.max_position_embeddings)
         self._sha: str | None = None
 
     # -- identity -------------------------------------------------------------------------
@@ -189,12 +189,6 @@ class DeepTalkModel(SpokenModel):
             out.append(resp)
         return out
 
-    # -- text scoring -------------------------------------------------------------------------
-    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
-        return self._scorer.loglikelihood(pairs)
-
-    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
-        return self._scorer.loglikelihood_rolling(texts)
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
