@@ -46,6 +46,7 @@ def _convert_bundled(name: str) -> Path:
     """Dequantise the bundled GGUF once and store it as safetensors + tokenizer."""
     out = converted_dir(name)
     if (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file():
+        drop_gguf_copy(out)  # caches converted before this rule
         return out
     gguf = bundled_gguf(name)
     log.info("converting %s (GGUF -> safetensors, once) into %s", gguf, out)
@@ -59,8 +60,20 @@ def _convert_bundled(name: str) -> Path:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    drop_gguf_copy(tmp)
     tmp.rename(out) if not out.exists() else None  # another process may have finished first
     return out
+
+
+def drop_gguf_copy(folder: Path) -> None:
+    """A GGUF-loaded tokenizer saves the whole GGUF (~98 MB) as its "slow" `tokenizer.model`;
+    tokenizer.json alone loads the same tokenizer, and without this file every checkpoint
+    saved from it (each training stage) carries a copy."""
+    vocab = folder / "tokenizer.model"
+    if vocab.is_file():
+        with vocab.open("rb") as f:
+            if f.read(4) == b"GGUF":
+                vocab.unlink()
 
 
 def resolve_base(name_or_path: str) -> str:

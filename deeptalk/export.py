@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .base_llm import drop_gguf_copy
 from .delta import DELTA_TENSORS
 
 # everything a stage directory holds beside the model weights that a shipped model keeps
@@ -44,10 +45,7 @@ def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | N
     if tmp.exists():
         shutil.rmtree(tmp)
     meta = bundle.model.save_delta(tmp, base, dtype=DTYPES[dtype], tokenizer=bundle.tokenizer)
-    if (tmp / "tokenizer.json").is_file() and (tmp / "tokenizer.model").is_file():
-        # a GGUF-loaded tokenizer keeps the whole GGUF (~100 MB) as its slow vocab file; the
-        # fast tokenizer loads from tokenizer.json alone
-        (tmp / "tokenizer.model").unlink()
+    drop_gguf_copy(tmp)  # stage folders written before the base's cache dropped it carry it
     size_mb = (tmp / DELTA_TENSORS).stat().st_size / 2**20
     if max_mb is not None and size_mb > max_mb:
         shutil.rmtree(tmp)

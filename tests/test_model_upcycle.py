@@ -1,5 +1,6 @@
 """Upcycling a dense Llama into the DeepTalk MoE: exactness, clustering, router calibration."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,25 @@ def test_smollm2_every_expert_active_reproduces_dense_logits():
     with torch.no_grad():
         diff = (moe(ids, return_audio_logits=False).logits[..., :49152] - dense(ids).logits).abs().max()
     assert diff < 1e-4
+
+
+def test_base_tokenizer_saves_without_the_gguf_copy(tmp_path):
+    """The bundled base's tokenizer must not drag the 98 MB GGUF into every saved checkpoint."""
+    from transformers import AutoTokenizer
+
+    from deeptalk.base_llm import drop_gguf_copy, resolve_base
+
+    src = Path(resolve_base("smollm2-135m-instruct"))
+    assert not (src / "tokenizer.model").exists()
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved" / "tokenizer.model").exists()
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved")("Paris, <|im_end|>").input_ids == tok("Paris, <|im_end|>").input_ids
+    # the rule removes only a GGUF copy, never a real sentencepiece vocabulary
+    (tmp_path / "gguf").mkdir()
+    (tmp_path / "gguf" / "tokenizer.model").write_bytes(b"GGUF" + bytes(8))
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "tokenizer.model").write_bytes(b"\n\x0e" + bytes(8))
+    drop_gguf_copy(tmp_path / "gguf")
+    drop_gguf_copy(tmp_path / "spm")
+    assert not (tmp_path / "gguf" / "tokenizer.model").exists() and (tmp_path / "spm" / "tokenizer.model").exists()
