@@ -453,6 +453,7 @@ def run(plan: Plan) -> RunResult:
     stamp = timestamp() + (f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else "")
     run_dir = model_dir / stamp
     results = _results_skeleton(opts, plan.tasks, plan.index)
+    t_start = time.monotonic()
     try:
         model = plan.model_cls(**opts.model_args)
     except TypeError as e:
@@ -473,9 +474,12 @@ def run(plan: Plan) -> RunResult:
     gen.measurement = measurement_file.read_text().strip()
     scoring = Scoring(opts)
     outcomes: list[TaskOutcome] = []
+    # wall time per task (cache hits make a resumed task fast: see model_calls / cache_hits)
+    seconds: dict[str, float] = {"model_load": round(time.monotonic() - t_start, 2)}
     try:
         # Streaming (latency) tasks first, so that their first request is the model's real cold start.
         for task in sorted(plan.tasks, key=lambda t: t.kind != "stream"):
+            t_task = time.monotonic()
             missing = missing_capability(task, plan.model_cls)
             if online_only(task, opts):
                 out = TaskOutcome(task.name, "skipped: online-only dataset (run with --online)")
@@ -497,6 +501,7 @@ def run(plan: Plan) -> RunResult:
                 write_samples(f, out.records)
                 results["samples_files"][out.name] = str(f.relative_to(model_dir))
             outcomes.append(out)
+            seconds[out.name] = round(time.monotonic() - t_task, 2)
             _report(out)
     finally:
         cache.close()
@@ -511,7 +516,8 @@ def run(plan: Plan) -> RunResult:
             if {k: v for k, v in out.info.items() if k != "asr"}:
                 results.setdefault("scoring_info", {})[out.name] = {k: v for k, v in out.info.items() if k != "asr"}
     results["run"] = {"model_calls": sum(o.model_calls for o in outcomes),
-                      "cache_hits": sum(o.cache_hits for o in outcomes)}
+                      "cache_hits": sum(o.cache_hits for o in outcomes),
+                      "seconds": {**seconds, "total": round(time.monotonic() - t_start, 2)}}
     path = write_results(model_dir / f"{stamp}.json", results)
     measurement_file.unlink(missing_ok=True)
     return RunResult(results, path, _exit_code(outcomes), outcomes)
@@ -657,6 +663,10 @@ def merge(out_path: str | Path, inputs: list[str | Path]) -> RunResult:
     merged.update({"results": {}, "samples_files": {}, "status": {}, "merged_from": [p["_path"] for p in parts]})
     merged["config"] = dict(first["config"], shard=None)
     merged["configs"] = {t: c for p in parts for t, c in p["configs"].items()}
+    runs = [p.get("run") or {} for p in parts]
+    merged["run"] = {"model_calls": sum(r.get("model_calls", 0) for r in runs),
+                     "cache_hits": sum(r.get("cache_hits", 0) for r in runs),
+                     "shard_seconds": [r.get("seconds") for r in runs]}  # shards run side by side
     run_dir = out_path.with_suffix("")
     tasks = list(dict.fromkeys(t for p in parts for t in p["configs"]))
     for t in tasks:

@@ -22,6 +22,11 @@ def results_of(out_dir: Path) -> dict:
     return d
 
 
+def calls(results: dict) -> dict:
+    """The run's model calls and cache hits (its wall times differ run to run)."""
+    return {k: results["run"][k] for k in ("model_calls", "cache_hits")}
+
+
 def base_args(scripted, test_tasks, out, *extra):
     return ["--model-path", scripted, "--include-path", test_tasks, "--output-dir", out, "--no-progress", *extra]
 
@@ -73,7 +78,7 @@ def test_rerun_hits_cache_and_reproduces_metrics(cli, scripted, test_tasks, tmp_
     second = results_of(tmp_path / "out")
     assert second["_path"] != first["_path"]
     assert len(counter.read_text().split()) == 40  # nothing sent to the model again
-    assert second["run"] == {"model_calls": 0, "cache_hits": 40}
+    assert calls(second) == {"model_calls": 0, "cache_hits": 40}
     assert json.dumps(metrics_identity(first)) == json.dumps(metrics_identity(second))
 
 
@@ -129,11 +134,15 @@ def test_a_new_run_measures_latency_again_but_reuses_other_responses(cli, script
     assert cli(*args)[0] == 0
     first = results_of(tmp_path)
     assert first["run"]["model_calls"] == 6 and first["run"]["cache_hits"] == 0
+    timing = first["run"]["seconds"]
+    assert set(timing) == {"model_load", "echo_stream", "echo_fast", "total"}
+    parts = [timing[k] for k in ("model_load", "echo_stream", "echo_fast")]  # disjoint spans inside the total
+    assert min(parts) >= 0 and sum(parts) <= timing["total"] + 0.02
     assert not list((tmp_path / ".cache").glob("*.measurement"))  # cleared when the run completed
     assert cli(*args)[0] == 0
     second = max(tmp_path.glob("*/*.json"), key=lambda p: p.name)
     run = json.loads(second.read_text())["run"]
-    assert run == {"model_calls": 3, "cache_hits": 3}
+    assert calls({"run": run}) == {"model_calls": 3, "cache_hits": 3}
 
 
 def test_capability_missing_is_reported_not_silent(cli, test_tasks, tmp_path):
@@ -210,6 +219,7 @@ def test_shards_merge_to_the_unsharded_figures(cli, scripted, test_tasks, tmp_pa
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert json.dumps(metrics_identity(merged)) == json.dumps(metrics_identity(full))
     assert merged["config"]["shard"] is None
+    assert calls(merged) == calls(full) and len(merged["run"]["shard_seconds"]) == 3
     # a missing shard, or one given twice, is refused
     assert cli("merge", tmp_path / "m2.json", *shard_files[:2])[0] == 2
     assert cli("merge", tmp_path / "m3.json", shard_files[0], shard_files[0], shard_files[1])[0] == 2
@@ -295,9 +305,9 @@ def test_sampled_outputs_are_not_cached_and_failures_can_be_retried(cli, scripte
     assert cli(*args, "--tasks", "echo_fast")[0] == 0
     assert cli(*args, "--tasks", "echo_fast")[0] == 0
     assert len(counter.read_text().split()) == 3  # greedy: cached, the failure too
-    assert results_of(tmp_path / "out")["run"] == {"model_calls": 0, "cache_hits": 4}
+    assert calls(results_of(tmp_path / "out")) == {"model_calls": 0, "cache_hits": 4}
     assert cli(*args, "--tasks", "echo_fast", "--retry-failed")[0] == 0
-    assert results_of(tmp_path / "out")["run"] == {"model_calls": 1, "cache_hits": 3}
+    assert calls(results_of(tmp_path / "out")) == {"model_calls": 1, "cache_hits": 3}
 
 
 @pytest.mark.slow
