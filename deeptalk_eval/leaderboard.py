@@ -43,6 +43,13 @@ KEY_COLUMNS = (
     "tts/wer",
     "asr/wer",
 )
+# `--columns headline`: one readable table (the key figures, the four spoken-QA channels,
+# the retention parts and the failure rate); every other column stays one glob away.
+HEADLINE_COLUMNS = KEY_COLUMNS + (
+    "text_retention/acc", "text_retention/exact_match_first_line", "text_retention/bits_per_byte",
+    "spoken_qa/s2t_acc", "spoken_qa/t2t_acc", "spoken_qa/t2s_acc", "spoken_qa_asr_noise_floor/floor_acc",
+    "latency/ttft_p50", "latency/rtf", "all/failure_rate",
+)
 # Measured names of the same figures where a task names them differently: the latency
 # task aggregates its per-sample "ttfa" as a p50 under the name "ttfa".
 LINEUP_ALIASES = {"latency/ttfa_p50": ("latency/ttfa",), "latency/ttft_p50": ("latency/ttft",),
@@ -248,14 +255,18 @@ def build_table(rows: Sequence[Row], columns: Sequence[str] | None = None,
                 per_stage: bool = False) -> pd.DataFrame:
     """Rows x (model, kind, [stage], date, metric columns..., source).
 
-    `columns`: glob patterns (fnmatch) selecting metric columns; default all.
+    `columns`: glob patterns (fnmatch) selecting metric columns, or ["headline"]; default all.
     """
     metric_names = sorted({k for r in rows for k in r.metrics})
+    if columns and list(columns) == ["headline"]:
+        metric_names = [c for c in HEADLINE_COLUMNS if c in metric_names]
+        columns = metric_names
     if columns:
         metric_names = [m for m in metric_names if any(fnmatch.fnmatch(m, pat) for pat in columns)]
         # A row with none of the chosen metrics says nothing in this table.
         rows = [r for r in rows if any(not math.isnan(r.metrics.get(m, math.nan)) for m in metric_names)]
-    ordered = [c for c in KEY_COLUMNS if c in metric_names] + [c for c in metric_names if c not in KEY_COLUMNS]
+    first = HEADLINE_COLUMNS if columns else KEY_COLUMNS
+    ordered = [c for c in first if c in metric_names] + [c for c in metric_names if c not in first]
     records = []
     for r in rows:
         rec: dict[str, Any] = {"model": r.model, "kind": r.kind}
@@ -430,7 +441,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("md", "html", "csv"), default="md")
     parser.add_argument("--per-stage", action="store_true", help="one row per (model, training stage)")
     parser.add_argument("--columns", nargs="+", metavar="GLOB",
-                        help="metric columns to keep, as glob patterns (e.g. 'spoken_qa/*' 'latency/*')")
+                        help="metric columns to keep, as glob patterns (e.g. 'spoken_qa/*' 'latency/*'), "
+                             "or 'headline' for the key figures only")
     parser.add_argument("--no-reported", action="store_true", help="leave out published (reported) rows")
     parser.add_argument("--retention-baseline", default="base_llm", metavar="MODEL",
                         help="row label (model, no args) whose latest run is the backbone for "

@@ -134,6 +134,18 @@ def test_csv_and_columns_filter(results_dir, tmp_path):
     assert {r["kind"] for r in csv.DictReader(io.StringIO(out.read_text()))} == {"measured"}
 
 
+def test_headline_columns_in_their_order(results_dir, tmp_path):
+    from deeptalk_eval.leaderboard import HEADLINE_COLUMNS
+
+    out = tmp_path / "lb.csv"
+    assert run_cli(results_dir, "--format", "csv", "--columns", "headline", "--out", out) == 0
+    header = next(csv.reader(io.StringIO(out.read_text())))
+    metrics = header[3:-1]
+    assert metrics and set(metrics) <= set(HEADLINE_COLUMNS)
+    assert metrics == [c for c in HEADLINE_COLUMNS if c in metrics]
+    assert "spoken_qa/s2s_acc_max" not in header  # everything else stays out
+
+
 def test_per_stage_table(results_dir, capsys):
     assert run_cli(results_dir, "--per-stage", "--format", "csv") == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
