@@ -506,7 +506,7 @@ def plot_losses(csv_path: Path, png_path: Path, title: str) -> None:
 
     df = pd.read_csv(csv_path)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for col in ("loss", "text_loss", "audio_loss"):
+    for col in ("loss", "text_loss", "audio_loss", "distill_loss"):
         if col in df and df[col].notna().any():
             ax.plot(df["step"], df[col], label=col)
     ax.set_xlabel("step")
@@ -519,9 +519,22 @@ def plot_losses(csv_path: Path, png_path: Path, title: str) -> None:
 
 
 def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Example], tokenizer, out: Path,
-                seed: int, resume: bool) -> dict:
-    """Train one stage; checkpoint every `checkpoint_every` steps into out/state; returns stats."""
+                seed: int, resume: bool, teacher=None) -> dict:
+    """Train one stage; checkpoint every `checkpoint_every` steps into out/state; returns stats.
+
+    `teacher`: the dense base LLM, needed when the stage sets `distill:` (deeptalk/distill.py)."""
+    from deeptalk.distill import check_config, text_kl
+
     routing = set_trainable(model, encoder, stage, scfg)
+    dcfg = check_config(scfg["distill"], stage) if scfg.get("distill") else None
+    if dcfg is not None:
+        if teacher is None:
+            raise ValueError(f"stage {stage}: distill needs the dense base LLM as teacher")
+        n_teachable = sum(max(e.ids) < teacher.config.vocab_size for e in examples)
+        if not n_teachable:
+            raise ValueError(f"stage {stage}: distill is set but no training example is text-only "
+                             "(the teacher only reads base-vocabulary tokens)")
+        teacher = teacher.to(acc.device, model.dtype).eval()
     trainee = Trainee(model, encoder.projector, encoder.config.stride)
     params = [p for p in trainee.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -556,7 +569,7 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
     elif acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         with csv_path.open("w", newline="") as f:
-            csv.writer(f).writerow(["step", "loss", "text_loss", "audio_loss", "tokens", "seconds"])
+            csv.writer(f).writerow(["step", "loss", "text_loss", "audio_loss", "tokens", "seconds", "distill_loss"])
     acc.wait_for_everyone()
 
     per_epoch = max(len(examples) // (bs * world), 1)
@@ -576,7 +589,11 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
     for step in bar:
         batch = collate(batch_for(step), pad_id, q, scfg.get("max_len"))
         out_ = wrapped(batch)
-        acc.backward(out_.loss)
+        loss_t, kl = out_.loss, None
+        if dcfg is not None:
+            kl, _ = text_kl(out_.logits, teacher, batch["input_ids"], batch["attention_mask"], dcfg["temperature"])
+            loss_t = loss_t + dcfg["weight"] * kl
+        acc.backward(loss_t)
         if scfg.get("grad_clip"):
             acc.clip_grad_norm_(params, float(scfg["grad_clip"]))
         opt.step()
@@ -588,12 +605,13 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
         seconds += now - t_last
         t_last = now
         tokens += n_tok
-        loss = float(acc.reduce(out_.loss.detach(), "mean"))
+        loss = float(acc.reduce(loss_t.detach(), "mean"))
         if acc.is_main_process:
             with csv_path.open("a", newline="") as f:
                 tl = "" if out_.text_loss is None else float(out_.text_loss.detach())
                 al = "" if out_.audio_loss is None else float(out_.audio_loss.detach())
-                csv.writer(f).writerow([step + 1, loss, tl, al, tokens, round(seconds, 3)])
+                dl = "" if kl is None else float(kl.detach())
+                csv.writer(f).writerow([step + 1, loss, tl, al, tokens, round(seconds, 3), dl])
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens / max(seconds, 1e-9):.0f}")
         done = step + 1 >= max_steps or seconds >= max_seconds
         if (step + 1) % every == 0 or done:
@@ -610,7 +628,8 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None, "seq_tokens": seq_tokens,
             "seq_tokens_per_s": round(seq_tokens / seconds, 1) if seconds else None, "routing_mode_train": routing,
             "trainable_params": n_trainable, "world_size": world, "batch_size": bs, "lr": scfg["lr"],
-            "final_loss": loss if max_steps > start else None}
+            "final_loss": loss if max_steps > start else None,
+            "distill": dcfg, "distill_examples": n_teachable if dcfg is not None else None}
 
 
 # --------------------------------------------------------------------------------------
@@ -717,7 +736,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
                 ex = qa_ex + text_ex + asr_ex[: len(qa_ex)]
             acc.free_memory()  # forget the previous stage's prepared objects (save/load_state count them)
-            info = train_stage(acc, stage, scfg, model, encoder, ex, tokenizer, path, seed, resume)
+            info = train_stage(acc, stage, scfg, model, encoder, ex, tokenizer, path, seed, resume, teacher=dense)
         model.set_routing_mode(recipe.get("inference_routing", "all") if model.config.speech_experts is not None
                                else "all")
         if model.config.speech_experts is not None:
