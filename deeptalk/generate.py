@@ -305,36 +305,18 @@ class SpeechGenerator:
             yield "stop", "max_new_tokens"
             return
 
-        c = self.cfg
-        q = c.num_codebooks
+        q = self.cfg.num_codebooks
         audio_bias = self._audio_bias.to(model.device)
-        text_end, text_pad = self.special["<|text_end|>"], self.special["<|text_pad|>"]
-        text_done = False
-        eos_step = None  # step at which codebook 0 emitted EOS
+        row = _SpokenAnswer(self)
         modality = torch.tensor([[SPEECH_MODALITY]] + ([[TEXT_MODALITY]] if parallel else []), device=model.device)
         text_row = 1 if parallel else 0
-        delays = torch.arange(1, q + 1, device=model.device)
         for s in range(cfg.max_speech_steps):
-            if text_done:
-                tok = text_pad
-            else:
-                tok = int(self._pick(out.logits[text_row, -1] + text_bias, cfg, gen))
-                if tok in self.stop_ids:
-                    tok, text_done = text_end, True
+            # once the text has ended nothing is drawn for it (a seeded sampler's stream stays the same)
+            raw = None if row.text_done else int(self._pick(out.logits[text_row, -1] + text_bias, cfg, gen))
             column = self._pick(out.audio_logits[0, -1] + audio_bias, cfg, gen)  # [Q]
-            # the delay pattern is forced, not left to the heads: pad before each codebook
-            # starts, EOS exactly i steps after codebook 0's, pad after it
-            column = torch.where(s < delays, torch.full_like(column, c.audio_pad_id), column)
-            if s < 2 and int(column[0]) == c.audio_eos_id:  # an answer has at least one frame
-                column[0] = int(out.audio_logits[0, -1, 0, : c.codebook_size].argmax())
-            if eos_step is None and int(column[0]) == c.audio_eos_id:
-                eos_step = s
-            if eos_step is not None:
-                offset = s - eos_step - torch.arange(q, device=model.device)
-                column = torch.where(offset == 0, torch.full_like(column, c.audio_eos_id), column)
-                column = torch.where(offset > 0, torch.full_like(column, c.audio_pad_id), column)
+            tok, column, finished = row.step(s, raw, column, out.audio_logits[0, -1])
             yield tok, column
-            if text_done and eos_step is not None and s >= eos_step + q - 1:
+            if finished:
                 yield "stop", "eos"
                 return
             if parallel:
@@ -363,7 +345,7 @@ class SpeechGenerator:
             yield GenEvent("mark", prompt.t_encoder, name="encoder_done")
         q = self.cfg.num_codebooks
         text_ids: list[int] = []
-        shown = ""
+        shown = _TextDeltas(self)
         frames: list[np.ndarray] = []  # complete frames [Q] not yet pushed to the decoder
         grid: list[np.ndarray] = []
         decoder = self.codec.stream_decoder(left_context=cfg.decoder_left_context,
@@ -385,10 +367,9 @@ class SpeechGenerator:
             n_steps += 1
             if tok not in self.stop_ids and not (speak and tok == self.special.get("<|text_pad|>")):
                 text_ids.append(tok)
-                text = self.decode_text(text_ids)
-                if len(text) > len(shown) and not text.endswith("\ufffd"):
-                    yield GenEvent("text", now(), text=text[len(shown):])
-                    shown = text
+                delta = shown.push(tok)
+                if delta:
+                    yield GenEvent("text", now(), text=delta)
             if column is None:
                 continue
             col = column.cpu().numpy()
@@ -444,8 +425,6 @@ class SpeechGenerator:
         text_ids: list[int] = []
         grid: list[np.ndarray] = []
         stop_reason = None
-        eos = self.cfg.audio_eos_id if speak else None
-        q = self.cfg.num_codebooks
         for tok, column in self.steps(prompt, output, cfg):
             if tok == "prefill":
                 timings["prefill_done"] = time.monotonic() - prompt.t_start
@@ -459,16 +438,203 @@ class SpeechGenerator:
                 text_ids.append(tok)
         codes = audio = None
         if speak:
-            eos_at = next((s for s in range(1, len(grid)) if grid[s][0] == eos), None)
-            n = max(len(grid) - q, 0)  # complete frames
-            if eos_at is not None:
-                n = min(n, eos_at - 1)
-            codes = np.stack([self._frame(grid, f, q) for f in range(n)], 1) if n else np.zeros((q, 0), np.int64)
-            audio = self.codec.decode(codes) if n else np.zeros(0, np.float32)
+            codes = self._codes_of(grid)
+            audio = self.codec.decode(codes) if codes.shape[1] else np.zeros(0, np.float32)
         timings["total"] = time.monotonic() - prompt.t_start
         return GenerationResult(self.decode_text(text_ids), text_ids, codes, audio,
                                 self.codec.sample_rate if speak else None, stop_reason,
                                 len(grid) if speak else len(text_ids), timings)
+
+    def text_deltas(self, text_ids: Sequence[int]) -> list[str]:
+        """The text deltas `stream()` yields for these answer ids (empty where it yields none)."""
+        deltas = _TextDeltas(self)
+        return [deltas.push(t) for t in text_ids]
+
+    def decode_as_streamed(self, codes: np.ndarray, cfg: StreamConfig) -> np.ndarray:
+        """The waveform `stream()` plays for these codes: the same chunks through the same
+        streaming decoder (a codec that re-estimates phase per chunk sounds slightly
+        different decoded whole)."""
+        decoder = self.codec.stream_decoder(left_context=cfg.decoder_left_context, lookahead=cfg.decoder_lookahead)
+        n = codes.shape[1]
+        if not n:
+            return np.zeros(0, np.float32)
+        cuts = [min(cfg.first_chunk_frames, n)]
+        while cuts[-1] < n:
+            cuts.append(min(cuts[-1] + cfg.chunk_frames, n))
+        parts, start = [], 0
+        for end in cuts:
+            parts.append(decoder.push(codes[:, start:end].astype(np.int64)))
+            start = end
+        parts.append(decoder.flush())
+        return np.concatenate(parts).astype(np.float32)
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: Sequence[Prompt], output: Output = "text",
+                       cfg: StreamConfig | None = None) -> list[GenerationResult]:
+        """Greedy answers to several prompts in one batch (left-padded, one decoding step for
+        all rows), each as `stream()` would give it: the same tokens up to float summation
+        order, audio decoded chunk by chunk as streamed. Sampling or batch-parallel decoding
+        answers one prompt at a time (a shared sampler would draw differently)."""
+        cfg = cfg or StreamConfig()
+        speak = output in ("speech", "both")
+        if len(prompts) <= 1 or cfg.temperature > 0 or (speak and cfg.batch_parallel):
+            return [self._generate_as_streamed(p, output, cfg) for p in prompts]
+        if speak and (self.codec is None or not self.cfg.num_codebooks):
+            raise ValueError("a spoken answer needs a codec and speech heads")
+        if speak and not all(p.speak for p in prompts):
+            raise ValueError("a spoken answer needs prompts built with speak=True")
+        model, dev = self.model, self.model.device
+        t0 = time.monotonic()
+        b, q = len(prompts), self.cfg.num_codebooks
+        width = max(p.input_ids.shape[1] for p in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((b, width), pad, dtype=torch.long, device=dev)
+        modality = torch.zeros((b, width), dtype=torch.long, device=dev)
+        mask = torch.zeros((b, width), dtype=torch.long, device=dev)
+        for r, p in enumerate(prompts):  # left padding: every row's next token lands in the same column
+            n = p.input_ids.shape[1]
+            ids[r, width - n:], modality[r, width - n:], mask[r, width - n:] = p.input_ids[0], p.token_modality[0], 1
+        speech = [p.speech_embeds[0] for p in prompts if p.speech_embeds is not None]
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        budget = cfg.max_speech_steps if speak else cfg.max_new_tokens
+        cache = None
+        if cfg.cache == "static":
+            from transformers import StaticCache
+
+            cache = StaticCache(config=model.config, max_cache_len=width + budget + 1)
+        elif cfg.cache != "dynamic":
+            raise ValueError(f"StreamConfig.cache={cfg.cache!r}: expected 'dynamic' or 'static'")
+        out = model(input_ids=ids, speech_embeds=torch.cat(speech) if speech else None, token_modality=modality,
+                    attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                    logits_to_keep=1, return_audio_logits=speak)
+        t_prefill = time.monotonic()
+        past, pos = out.past_key_values, positions[:, -1:]
+        text_bias = self._text_bias.to(dev)
+        audio_bias = self._audio_bias.to(dev) if speak else None
+        rows = [_SpokenAnswer(self) for _ in range(b)] if speak else None
+        done, stop = [False] * b, [None] * b
+        text_ids: list[list[int]] = [[] for _ in range(b)]
+        grids: list[list[np.ndarray]] = [[] for _ in range(b)]
+        step_modality = torch.full((b, 1), SPEECH_MODALITY if speak else TEXT_MODALITY, device=dev)
+        threads = torch.get_num_threads()
+        if cfg.decode_threads:
+            torch.set_num_threads(cfg.decode_threads)
+        try:
+            for s in range(budget):
+                picks = (out.logits[:, -1] + text_bias).argmax(-1).tolist()
+                cols = (out.audio_logits[:, -1] + audio_bias).argmax(-1) if speak else None  # [B, Q]
+                next_tok, next_col = [], []
+                for r in range(b):
+                    if done[r]:  # finished rows ride along; their outputs are not read
+                        next_tok.append(pad)
+                        next_col.append(torch.full((q,), self.cfg.audio_pad_id, device=dev) if speak else None)
+                        continue
+                    if speak:
+                        tok, col, finished = rows[r].step(s, picks[r], cols[r], out.audio_logits[r, -1])
+                        grids[r].append(col.cpu().numpy())
+                        keep = tok not in self.stop_ids and tok != self.special.get("<|text_pad|>")
+                    else:
+                        tok, col, finished = picks[r], None, picks[r] in self.stop_ids
+                        keep = not finished
+                    if keep:
+                        text_ids[r].append(tok)
+                    if finished:
+                        done[r], stop[r] = True, "eos"
+                    next_tok.append(tok)
+                    next_col.append(col)
+                if all(done):
+                    break
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                pos = pos + 1
+                out = model(input_ids=torch.tensor(next_tok, device=dev).view(b, 1),
+                            audio_codes=torch.stack(next_col).view(b, q, 1) if speak else None,
+                            attention_mask=mask, position_ids=pos, past_key_values=past,
+                            token_modality=step_modality, use_cache=True, return_audio_logits=speak)
+                past = out.past_key_values
+        finally:
+            torch.set_num_threads(threads)
+        results = []
+        for r in range(b):
+            codes = audio = None
+            if speak:
+                codes = self._codes_of(grids[r])
+                audio = self.decode_as_streamed(codes, cfg)
+            timings = {"prefill_done": t_prefill - t0, "total": time.monotonic() - t0, "batch": float(b)}
+            results.append(GenerationResult(self.decode_text(text_ids[r]), text_ids[r], codes, audio,
+                                            self.codec.sample_rate if speak else None,
+                                            stop[r] or ("max_steps" if speak else "max_new_tokens"),
+                                            len(grids[r]) if speak else len(text_ids[r]), timings))
+        return results
+
+    def _codes_of(self, grid: list[np.ndarray]) -> np.ndarray:
+        """The complete frames [Q, T] of an emitted delay-pattern grid, up to codebook 0's EOS."""
+        q, eos = self.cfg.num_codebooks, self.cfg.audio_eos_id
+        eos_at = next((s for s in range(1, len(grid)) if grid[s][0] == eos), None)
+        n = max(len(grid) - q, 0)
+        if eos_at is not None:
+            n = min(n, eos_at - 1)
+        return np.stack([self._frame(grid, f, q) for f in range(n)], 1) if n else np.zeros((q, 0), np.int64)
+
+    def _generate_as_streamed(self, prompt: Prompt, output: Output, cfg: StreamConfig) -> GenerationResult:
+        res = self.generate(prompt, output, cfg)
+        if res.codes is not None:
+            res.audio = self.decode_as_streamed(res.codes, cfg)
+        return res
+
+
+class _TextDeltas:
+    """Text as `stream()` shows it: after each token, the newly decoded characters, held back
+    while the decode ends in a partial character (U+FFFD). Joined, the deltas can differ from
+    decoding all ids at once where the tokenizer's clean-up rewrites earlier text."""
+
+    def __init__(self, gen: "SpeechGenerator"):
+        self.gen, self.ids, self.shown = gen, [], 0
+
+    def push(self, tok: int) -> str:
+        self.ids.append(tok)
+        text = self.gen.decode_text(self.ids)
+        if len(text) > self.shown and not text.endswith("\ufffd"):
+            delta, self.shown = text[self.shown:], len(text)
+            return delta
+        return ""
+
+
+class _SpokenAnswer:
+    """The protocol rules of one spoken answer, applied to the heads' picks at step s: the
+    text channel ends at a stop token, then pads; the delay pattern is forced, not left to
+    the heads (pad before each codebook starts, EOS exactly i steps after codebook 0's, pad
+    after it); an answer has at least one frame; it is over when the text has ended and every
+    codebook has emitted its EOS."""
+
+    def __init__(self, gen: "SpeechGenerator"):
+        c = gen.cfg
+        self.c, self.stop_ids = c, gen.stop_ids
+        self.text_end, self.text_pad = gen.special["<|text_end|>"], gen.special["<|text_pad|>"]
+        self.text_done = False
+        self.eos_step: int | None = None  # step at which codebook 0 emitted EOS
+        self.delays = torch.arange(1, c.num_codebooks + 1)
+
+    def step(self, s: int, text_id: int | None, column: torch.Tensor, audio_logits: torch.Tensor):
+        """(text token, audio column [Q], finished) for step s; text_id is ignored once the text ended."""
+        c, q = self.c, self.c.num_codebooks
+        if self.text_done:
+            tok = self.text_pad
+        else:
+            tok = text_id
+            if tok in self.stop_ids:
+                tok, self.text_done = self.text_end, True
+        delays = self.delays.to(column.device)
+        column = torch.where(s < delays, torch.full_like(column, c.audio_pad_id), column)
+        if s < 2 and int(column[0]) == c.audio_eos_id:
+            column[0] = int(audio_logits[0, : c.codebook_size].argmax())
+        if self.eos_step is None and int(column[0]) == c.audio_eos_id:
+            self.eos_step = s
+        if self.eos_step is not None:
+            offset = s - self.eos_step - torch.arange(q, device=column.device)
+            column = torch.where(offset == 0, torch.full_like(column, c.audio_eos_id), column)
+            column = torch.where(offset > 0, torch.full_like(column, c.audio_pad_id), column)
+        finished = self.text_done and self.eos_step is not None and s >= self.eos_step + q - 1
+        return tok, column, finished
 
 
 def first_audio_floor_steps(first_chunk_frames: int, num_codebooks: int) -> int:

@@ -96,6 +96,26 @@ def test_speech_to_text_and_text_to_speech(adapter, question_audio):
     assert b.audio is not None and len(b.audio.samples) > 0
 
 
+@pytest.mark.parametrize("output", ["text", "speech"])
+def test_a_batch_answers_as_one_by_one(adapter, question_audio, output):
+    from deeptalk.speech.tts import synthesize
+
+    short, sr = synthesize("Name a colour.", engine="flite", voice="slt")
+    reqs = [Request("q1", audio=question_audio, output_modality=output),
+            Request("q2", audio=Audio(short, sr), output_modality=output),
+            Request("q3", text="Say hi to the team.", output_modality=output)]
+    batched = adapter.generate(reqs)
+    for req, b in zip(reqs, batched):
+        (one,) = adapter.generate([req])
+        assert b.extra["batch"] == 3 and b.prompt == one.prompt
+        assert (b.text, b.tokens, b.extra["stop_reason"]) == (one.text, one.tokens, one.extra["stop_reason"])
+        if output == "speech":
+            assert b.audio.sample_rate == one.audio.sample_rate
+            assert np.allclose(b.audio.samples, one.audio.samples, atol=1e-5)
+        else:
+            assert b.audio is None and one.audio is None
+
+
 def test_stream_events_are_api_events(adapter, question_audio):
     from deeptalk_eval.api import StreamEvent
 
@@ -127,3 +147,12 @@ def test_describe_records_setup(adapter):
         assert k in d
     assert d["first_chunk_frames"] == 2 and d["batch_parallel"] is False and len(d["checkpoint_sha256"]) == 64
     assert adapter.checkpoint_sha256()[:16] in adapter.fingerprint()
+
+
+def test_stop_cut_never_takes_back_shown_text():
+    from deeptalk_eval.adapters.deeptalk import _StopCut
+
+    cut = _StopCut(["\n\n", "Q:"])
+    assert [cut.push(d) for d in ("The answer", " is 4.\n", "\n", "Q: next")] == ["The answer", " is 4.\n", "", ""]
+    cut = _StopCut([])
+    assert "".join(cut.push(d) for d in ("a", "", "b")) == "ab"

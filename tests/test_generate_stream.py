@@ -181,3 +181,48 @@ def test_static_cache_gives_the_same_tokens(gen):
     t1 = gen.generate(gen.prompt(text="Hi"), "text", StreamConfig(max_new_tokens=6, cache="dynamic"))
     t2 = gen.generate(gen.prompt(text="Hi"), "text", StreamConfig(max_new_tokens=6, cache="static"))
     assert t1.text_ids == t2.text_ids
+
+
+PROMPTS = ["What is a baby lion called?", "Name a colour.", "Which planet is known as the red planet, and why?"]
+
+
+def ending_generator(tiny_model, tokenizer, prompts, output, cfg, eos_bias=None):
+    """A generator on the tiny model whose rows end at different steps: the 4th text token of
+    the first prompt's answer becomes a stop token (and, with eos_bias, codebook 0 leans
+    towards EOS, so spoken answers end too)."""
+    g = SpeechGenerator(tiny_model, tokenizer, codec=FrameTableCodec())
+    if eos_bias is not None:
+        g._audio_bias = g._audio_bias.clone()
+        g._audio_bias[0, tiny_model.config.audio_eos_id] = eos_bias
+    first = g.generate(g.prompt(text=prompts[0], speak=output != "text"), output, cfg)
+    g.stop_ids = g.stop_ids | {first.text_ids[3]}
+    return g
+
+
+@pytest.mark.parametrize("output,eos_bias", [("text", None), ("speech", None), ("speech", 50.0)])
+def test_batched_answers_equal_one_by_one(tiny_model, tokenizer, output, eos_bias):
+    cfg = StreamConfig(max_new_tokens=12, max_speech_steps=24, first_chunk_frames=2, chunk_frames=5)
+    g = ending_generator(tiny_model, tokenizer, PROMPTS, output, cfg, eos_bias)
+    speak = output != "text"
+    prompts = [g.prompt(text=t, speak=speak) for t in PROMPTS]
+    assert len({p.input_ids.shape[1] for p in prompts}) == 3  # left padding is exercised
+    batched = g.generate_batch(prompts, output, cfg)
+    for p, b in zip(prompts, batched):
+        events, info = run_stream(g, p, output, cfg)
+        assert b.text_ids == info["text_ids"] and b.stop_reason == info["stop_reason"]
+        assert b.text == "".join(e.text for e in events if e.kind == "text")
+        if speak:
+            assert np.array_equal(b.codes, info["codes"])
+            assert np.allclose(b.audio, np.concatenate([e.audio for e in events if e.kind == "audio"]), atol=1e-6)
+    stops = [b.stop_reason for b in batched]
+    lengths = [len(b.text_ids) for b in batched]
+    assert len(set(lengths)) > 1  # the text of the rows really ended at different steps
+    if output == "text" or eos_bias is not None:
+        assert "eos" in stops
+
+
+def test_batch_of_sampled_answers_runs_one_by_one(gen):
+    cfg = StreamConfig(max_new_tokens=8, temperature=0.9, seed=3)
+    prompts = [gen.prompt(text=t) for t in PROMPTS[:2]]
+    batched = gen.generate_batch(prompts, "text", cfg)
+    assert [b.text_ids for b in batched] == [gen.generate(p, "text", cfg).text_ids for p in prompts]

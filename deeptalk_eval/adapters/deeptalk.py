@@ -155,16 +155,12 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
         prompt = self._prompt(request, t0)
         if _info is not None:
             _info.update(prompt=prompt.rendered, audio_flags=prompt.audio_flags)
-        stops = request.options.stop
-        shown = ""
-        full = ""
+        shown = _StopCut(request.options.stop)
         for ev in self.generator.stream(prompt, OUTPUTS[request.output_modality], self._config(request)):
             if ev.kind == "text":
-                full += ev.text
-                cut = _cut_at_stop(full, stops)
-                if len(cut) > len(shown):
-                    yield StreamEvent("text", ev.t, text=cut[len(shown):])
-                    shown = cut
+                delta = shown.push(ev.text)
+                if delta:
+                    yield StreamEvent("text", ev.t, text=delta)
             elif ev.kind == "audio":
                 yield StreamEvent("audio", ev.t, audio=Audio(ev.audio, ev.sample_rate))
             elif ev.kind == "mark":
@@ -175,6 +171,8 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
                 yield StreamEvent("end", ev.t)
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
+        if len(requests) > 1:
+            return self._generate_batch(requests)
         out = []
         for r in requests:
             info: dict = {}
@@ -190,10 +188,49 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
         return out
 
 
+    def _generate_batch(self, requests: Sequence[Request]) -> list[Response]:
+        """Several requests decoded together (`--batch-size N`): greedy requests with the same
+        output and settings share each decoding step; each answer is what `stream()` gives."""
+        out: list[Response | None] = [None] * len(requests)
+        groups: dict[tuple, tuple[str, Any, list[int]]] = {}
+        for i, r in enumerate(requests):
+            if r.output_modality not in OUTPUTS:
+                raise UnsupportedRequest(f"request {r.id}: unknown output modality {r.output_modality!r}")
+            cfg = self._config(r)
+            key = (r.output_modality, tuple(sorted(cfg.to_dict().items())))
+            groups.setdefault(key, (r.output_modality, cfg, []))[2].append(i)
+        for output, cfg, idx in groups.values():
+            t0 = time.monotonic()
+            prompts = [self._prompt(requests[i], t0) for i in idx]
+            results = self.generator.generate_batch(prompts, OUTPUTS[output], cfg)
+            for i, p, res in zip(idx, prompts, results):
+                shown = _StopCut(requests[i].options.stop)  # the text exactly as stream() shows it
+                text = "".join(shown.push(d) for d in self.generator.text_deltas(res.text_ids) if d)
+                audio = None
+                if output in ("speech", "both"):
+                    audio = Audio(res.audio if res.audio is not None else np.zeros(0, np.float32),
+                                  self.bundle.codec.sample_rate)
+                frames = 0 if res.codes is None else int(res.codes.shape[1])
+                out[i] = Response(text=text or None, audio=audio, timings=res.timings, prompt=p.rendered,
+                                  tokens={"text": len(res.text_ids), "steps": res.steps, "audio_frames": frames},
+                                  extra={"stop_reason": res.stop_reason, "audio_flags": p.audio_flags,
+                                         "batch": len(idx)})
+        return out
 
-def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    cut = len(text)
-    for s in stops:
-        if s and s in text:
-            cut = min(cut, text.index(s))
-    return text[:cut]
+
+class _StopCut:
+    """Streamed text up to the first stop string: push a delta, get what may be shown of it."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops, self.full, self.shown = stops, "", 0
+
+    def push(self, delta: str) -> str:
+        self.full += delta
+        cut = len(self.full)
+        for s in self.stops:
+            if s and s in self.full:
+                cut = min(cut, self.full.index(s))
+        if cut <= self.shown:
+            return ""
+        out, self.shown = self.full[self.shown:cut], cut
+        return out
