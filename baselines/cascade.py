@@ -164,8 +164,10 @@ class Cascade(TextPathScoring, SpokenModel):
         else:
             raise UnsupportedRequest(f"request {request.id}: neither text nor audio")
 
+        # an lm-eval context (raw prompt) reaches the LLM untemplated, as base_llm gets it
         llm_request = Request(id=request.id, text=user_text, history=history, system=request.system,
-                              output_modality="text", options=request.options)
+                              output_modality="text", options=request.options,
+                              raw_prompt=request.raw_prompt and request.audio is None)
         llm_stats: dict[str, Any] = {}
         sentences = SentenceBuffer()
         spoken: list[str] = []

@@ -193,14 +193,25 @@ class SpeechGenerator:
     # -- prompts ------------------------------------------------------------------
     def prompt(self, text: str | None = None, audio: np.ndarray | None = None, sample_rate: int | None = None,
                system: str | None = None, history: Sequence[tuple[str, str]] = (), speak: bool = False,
-               name: str = "audio", t_start: float | None = None) -> Prompt:
+               name: str = "audio", t_start: float | None = None, raw: bool = False) -> Prompt:
         """Chat-template the request; a spoken turn becomes <|audio_in|> x P + <|audio_in_end|>.
+
+        `raw`: `text` is a complete prompt (an lm-eval few-shot context), tokenised as the base
+        LLM's own scoring does (special tokens added, no template); text only.
 
         `history` is (role, text) pairs. With both `text` and `audio`, the text follows the audio.
         """
         t0 = time.monotonic() if t_start is None else t_start
         if text is None and audio is None:
             raise ValueError("a prompt needs text or audio")
+        if raw:
+            if audio is not None or system or history or text is None:
+                raise ValueError("a raw prompt is one complete text: no audio, system prompt or history")
+            ids = self.tokenizer(text)["input_ids"] + ([self.cfg.special_token_id("<|speech_start|>")] if speak else [])
+            dev = self.model.device
+            return Prompt(input_ids=torch.tensor([ids], device=dev),
+                          token_modality=torch.full((1, len(ids)), TEXT_MODALITY, device=dev), speech_embeds=None,
+                          rendered=text + ("<|speech_start|>" if speak else ""), speak=speak, t_start=t0)
         speech, flags, t_enc = None, {}, None
         if audio is not None:
             if self.encoder is None:

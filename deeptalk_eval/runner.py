@@ -42,6 +42,11 @@ from deeptalk_eval.taskconfig import (
 )
 
 
+# lm-eval response caches live per model fingerprint and this version (bump when what an
+# adapter answers to an lm-eval request changes)
+LM_EVAL_CACHE_VERSION = 2
+
+
 @dataclass
 class RunOptions:
     model: str | None = None
@@ -549,7 +554,9 @@ def _report(out: TaskOutcome) -> None:
 def _run_lm_eval(task: TaskConfig, model: SpokenModel, fingerprint: str, opts: RunOptions) -> TaskOutcome:
     from deeptalk_eval.lm_bridge import run_lm_eval
 
-    cache_prefix = opts.output_dir / ".cache" / f"lm_eval_{hashlib.sha256(fingerprint.encode()).hexdigest()[:16]}"
+    # v2: adapters feed lm-eval contexts untemplated (raw_prompt); v1 caches hold templated answers
+    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    cache_prefix = opts.output_dir / ".cache" / f"lm_eval_v{LM_EVAL_CACHE_VERSION}_{key}"
     try:
         metrics, records, info = run_lm_eval(task, model, seed=opts.seed, limit=opts.limit,
                                              cache_path=str(cache_prefix))

@@ -156,3 +156,15 @@ def test_stop_cut_never_takes_back_shown_text():
     assert [cut.push(d) for d in ("The answer", " is 4.\n", "\n", "Q: next")] == ["The answer", " is 4.\n", "", ""]
     cut = _StopCut([])
     assert "".join(cut.push(d) for d in ("a", "", "b")) == "ab"
+
+
+def test_lm_eval_contexts_are_fed_untemplated(adapter):
+    context = "Q: Is the sky blue?\nA: Yes\n\nQ: Is grass red?\nA:"
+    opts = GenerationOptions(max_new_tokens=3)
+    (raw,) = adapter.generate([Request("bbh", text=context, options=opts, raw_prompt=True)])
+    (chat,) = adapter.generate([Request("chat", text=context, options=opts)])
+    assert raw.prompt == context and chat.prompt != context and "<|im_start|>" in chat.prompt
+    prompt = adapter.generator.prompt(text=context, raw=True)
+    assert prompt.input_ids[0].tolist() == adapter.bundle.tokenizer(context)["input_ids"]
+    with pytest.raises(UnsupportedRequest, match="raw prompt"):
+        adapter.generate([Request("x", text=context, raw_prompt=True, system="Be brief.")])

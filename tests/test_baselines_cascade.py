@@ -120,3 +120,14 @@ def test_text_path_scores_like_its_llm(cascade):
     assert cascade.loglikelihood(pairs) == cascade.llm.loglikelihood(pairs)
     assert cascade.loglikelihood_rolling(["Water boils at one hundred degrees."]) == \
         cascade.llm.loglikelihood_rolling(["Water boils at one hundred degrees."])
+
+
+def test_lm_eval_contexts_reach_the_llm_untemplated(cascade):
+    # generate_until tasks (BBH) must see the few-shot context as base_llm does, not inside a chat turn
+    opts = GenerationOptions(max_new_tokens=4, stop=("\n",))
+    context = "Q: Is the sky blue?\nA: Yes\n\nQ: Is grass red?\nA:"
+    (resp,) = cascade.generate([Request(id="bbh", text=context, options=opts, raw_prompt=True)])
+    (direct,) = cascade.llm.generate([Request(id="bbh", text=context, options=opts, raw_prompt=True)])
+    assert resp.prompt == context == direct.prompt and resp.text == direct.text
+    (chat,) = cascade.generate([Request(id="chat", text=context, options=opts)])
+    assert chat.prompt != context and "<|im_start|>" in chat.prompt

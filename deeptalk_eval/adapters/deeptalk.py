@@ -144,7 +144,8 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
             return self.generator.prompt(
                 text=request.text, audio=None if audio is None else audio.samples,
                 sample_rate=None if audio is None else audio.sample_rate, system=request.system,
-                history=history, speak=speak, name=f"request {request.id} audio", t_start=t_start)
+                history=history, speak=speak, name=f"request {request.id} audio", t_start=t_start,
+                raw=request.raw_prompt)
         except ValueError as e:  # bad audio (empty, NaN, ...): a clear per-request error
             raise UnsupportedRequest(str(e)) from None
 
