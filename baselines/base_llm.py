@@ -15,6 +15,7 @@ deltas as they are decoded, cutting at the first stop string.
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
 from typing import Any, Iterator, Sequence
@@ -52,6 +53,19 @@ class _TimedStreamer(TextIteratorStreamer):
             self.token_times.extend([time.monotonic()] * int(value.numel()))
         self._seen_prompt = True
         super().put(value)
+
+
+# a generation thread that yields no token for this long is taken as hung
+TOKEN_TIMEOUT_S = 600.0
+
+
+def _named_timeout(streamer: "_TimedStreamer", request_id: str) -> Iterator[str]:
+    """The streamer's chunks; its bare queue.Empty on a stall becomes a clear TimeoutError."""
+    try:
+        yield from streamer
+    except queue.Empty:
+        raise TimeoutError(f"request {request_id}: the LLM produced no token for {streamer.timeout:g} s "
+                           "(a hung generation thread, or the process was suspended)") from None
 
 
 class _StopFlag(StoppingCriteria):
@@ -269,7 +283,7 @@ class BaseLLM(SpokenModel):
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
         stats.update(prompt=prompt, prompt_tokens=int(enc.input_ids.shape[1]))
 
-        streamer = _TimedStreamer(self.tokenizer, timeout=600.0)
+        streamer = _TimedStreamer(self.tokenizer, timeout=TOKEN_TIMEOUT_S)
         stop_flag = _StopFlag()
         sample = opts.temperature > 0
         eos = self._eos_ids()
@@ -299,7 +313,7 @@ class BaseLLM(SpokenModel):
         hold = max((len(s) for s in stops), default=1) - 1  # a stop string may straddle chunks
         buf, first = "", True
         try:
-            for chunk in streamer:
+            for chunk in _named_timeout(streamer, request.id):
                 if first and streamer.token_times:
                     yield StreamEvent("mark", streamer.token_times[0], name="first_token")
                     first = False

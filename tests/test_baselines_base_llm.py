@@ -159,3 +159,11 @@ def test_fingerprint_tracks_weights_and_options(loaded, llm):
     assert llm.weights_sha256() == other.weights_sha256()  # same weights, hashed independently
     assert llm.fingerprint() != other.fingerprint()  # different options
     assert llm.describe()["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_a_stalled_generation_is_a_named_timeout():
+    from baselines.base_llm import _named_timeout, _TimedStreamer
+
+    streamer = _TimedStreamer(None, timeout=0.05)  # nothing will ever be produced
+    with pytest.raises(TimeoutError, match="request q7: the LLM produced no token for 0.05 s"):
+        list(_named_timeout(streamer, "q7"))
