@@ -20,7 +20,8 @@ def cfg(q=3, k=16):
                           num_codebooks=q, codebook_size=k, base_vocab_size=100, special_tokens=list(SPECIAL_TOKENS))
 
 
-@pytest.mark.parametrize("name", ["tiny", "reference", "ablation-random", "ablation-pure", "ablation-dense"])
+@pytest.mark.parametrize("name", ["tiny", "reference", "ablation-random", "ablation-pure", "ablation-dense",
+                                  "reference-distill"])
 def test_shipped_recipes_load(name):
     r = load_recipe(name)
     assert r["name"] == name and set(r["stages"]) <= set(STAGES)
@@ -116,3 +117,11 @@ def test_first_sentences_keeps_whole_sentences():
     assert first_sentences("A cub. It is small and cute. More here.", 7) == "A cub. It is small and cute."
     assert first_sentences("A cub. It is small and cute. More here.", 6) == "A cub."
     assert first_sentences("one two three four five", 3) == "one two three"
+
+
+def test_the_distill_probe_changes_only_stage_2_2():
+    ref, probe = load_recipe("reference"), load_recipe("reference-distill")
+    assert probe["stages"]["2.2"]["distill"] == {"weight": 1.0, "temperature": 1.0}
+    assert {k: v for k, v in probe["stages"]["2.2"].items() if k not in ("distill", "lr")} == \
+        {k: v for k, v in ref["stages"]["2.2"].items() if k != "lr"}
+    assert {s: c for s, c in probe["stages"].items() if s != "2.2"} == {s: c for s, c in ref["stages"].items() if s != "2.2"}
