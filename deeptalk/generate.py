@@ -264,14 +264,7 @@ class SpeechGenerator:
         gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None and cfg.temperature > 0 else None
         model = self.model
         text_bias = self._text_bias.to(model.device)
-        cache = None
-        if cfg.cache == "static":
-            from transformers import StaticCache
-
-            budget = cfg.max_speech_steps if speak else cfg.max_new_tokens
-            cache = StaticCache(config=model.config, max_cache_len=prompt.input_ids.shape[1] + budget + 1)
-        elif cfg.cache != "dynamic":
-            raise ValueError(f"StreamConfig.cache={cfg.cache!r}: expected 'dynamic' or 'static'")
+        cache = self._new_cache(cfg, prompt.input_ids.shape[1], speak)
         mask = None
         if parallel:
             # the paper's batch-parallel decoding: row 0 speaks, row 1 answers the same request
@@ -299,6 +292,17 @@ class SpeechGenerator:
             yield from self._decode(out, past, mask, parallel, speak, cfg, gen, text_bias)
         finally:
             torch.set_num_threads(threads)
+
+    def _new_cache(self, cfg: StreamConfig, prompt_len: int, speak: bool):
+        """A static KV cache sized for the prompt and the step budget, or None (dynamic)."""
+        if cfg.cache == "dynamic":
+            return None
+        if cfg.cache != "static":
+            raise ValueError(f"StreamConfig.cache={cfg.cache!r}: expected 'dynamic' or 'static'")
+        from transformers import StaticCache
+
+        budget = cfg.max_speech_steps if speak else cfg.max_new_tokens
+        return StaticCache(config=self.model.config, max_cache_len=prompt_len + budget + 1)
 
     def _decode(self, out, past, mask, parallel, speak, cfg, gen, text_bias):
         model = self.model
@@ -355,8 +359,7 @@ class SpeechGenerator:
         if prompt.t_encoder is not None:
             yield GenEvent("mark", prompt.t_encoder, name="encoder_done")
         q = self.cfg.num_codebooks
-        text_ids: list[int] = []
-        shown = _TextDeltas(self)
+        shown = _TextDeltas(self)  # holds the answer's text ids
         frames: list[np.ndarray] = []  # complete frames [Q] not yet pushed to the decoder
         grid: list[np.ndarray] = []
         decoder = self.codec.stream_decoder(left_context=cfg.decoder_left_context,
@@ -377,7 +380,6 @@ class SpeechGenerator:
                 continue
             n_steps += 1
             if tok not in self.stop_ids and not (speak and tok == self.special.get("<|text_pad|>")):
-                text_ids.append(tok)
                 delta = shown.push(tok)
                 if delta:
                     yield GenEvent("text", now(), text=delta)
@@ -408,7 +410,7 @@ class SpeechGenerator:
         codes = np.stack([self._frame(grid, f, q) for f in range(n_frames)], 1) if speak and n_frames else None
         if speak and codes is None:
             codes = np.zeros((q, 0), dtype=np.int64)
-        yield GenEvent("end", now(), info={"stop_reason": stop_reason, "steps": n_steps, "text_ids": text_ids,
+        yield GenEvent("end", now(), info={"stop_reason": stop_reason, "steps": n_steps, "text_ids": shown.ids,
                                            "codes": codes, "frames": n_frames})
 
     @staticmethod
@@ -426,8 +428,10 @@ class SpeechGenerator:
             yield GenEvent("audio", t, audio=wav, sample_rate=sr)
 
     # -- non-streaming ---------------------------------------------------------------
-    def generate(self, prompt: Prompt, output: Output = "text", cfg: StreamConfig | None = None) -> GenerationResult:
-        """The same loop without chunked decoding; a spoken answer is decoded once, whole."""
+    def generate(self, prompt: Prompt, output: Output = "text", cfg: StreamConfig | None = None,
+                 as_streamed: bool = False) -> GenerationResult:
+        """The same loop without chunked decoding; a spoken answer is decoded once, whole
+        (`as_streamed`: in the chunks `stream()` decodes, so the audio is the one it plays)."""
         cfg = cfg or StreamConfig()
         speak = output in ("speech", "both")
         timings: dict[str, float] = {}
@@ -450,7 +454,10 @@ class SpeechGenerator:
         codes = audio = None
         if speak:
             codes = self._codes_of(grid)
-            audio = self.codec.decode(codes) if codes.shape[1] else np.zeros(0, np.float32)
+            if as_streamed:
+                audio = self.decode_as_streamed(codes, cfg)
+            else:
+                audio = self.codec.decode(codes) if codes.shape[1] else np.zeros(0, np.float32)
         timings["total"] = time.monotonic() - prompt.t_start
         return GenerationResult(self.decode_text(text_ids), text_ids, codes, audio,
                                 self.codec.sample_rate if speak else None, stop_reason,
@@ -489,7 +496,7 @@ class SpeechGenerator:
         cfg = cfg or StreamConfig()
         speak = output in ("speech", "both")
         if len(prompts) <= 1 or cfg.temperature > 0 or (speak and cfg.batch_parallel):
-            return [self._generate_as_streamed(p, output, cfg) for p in prompts]
+            return [self.generate(p, output, cfg, as_streamed=True) for p in prompts]
         if speak and (self.codec is None or not self.cfg.num_codebooks):
             raise ValueError("a spoken answer needs a codec and speech heads")
         if speak and not all(p.speak for p in prompts):
@@ -508,13 +515,7 @@ class SpeechGenerator:
         speech = [p.speech_embeds[0] for p in prompts if p.speech_embeds is not None]
         positions = (mask.cumsum(1) - 1).clamp_min(0)
         budget = cfg.max_speech_steps if speak else cfg.max_new_tokens
-        cache = None
-        if cfg.cache == "static":
-            from transformers import StaticCache
-
-            cache = StaticCache(config=model.config, max_cache_len=width + budget + 1)
-        elif cfg.cache != "dynamic":
-            raise ValueError(f"StreamConfig.cache={cfg.cache!r}: expected 'dynamic' or 'static'")
+        cache = self._new_cache(cfg, width, speak)
         out = model(input_ids=ids, speech_embeds=torch.cat(speech) if speech else None, token_modality=modality,
                     attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
                     logits_to_keep=1, return_audio_logits=speak)
@@ -586,11 +587,6 @@ class SpeechGenerator:
             n = min(n, eos_at - 1)
         return np.stack([self._frame(grid, f, q) for f in range(n)], 1) if n else np.zeros((q, 0), np.int64)
 
-    def _generate_as_streamed(self, prompt: Prompt, output: Output, cfg: StreamConfig) -> GenerationResult:
-        res = self.generate(prompt, output, cfg)
-        if res.codes is not None:
-            res.audio = self.decode_as_streamed(res.codes, cfg)
-        return res
 
 
 class _TextDeltas:

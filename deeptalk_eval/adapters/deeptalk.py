@@ -188,7 +188,6 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
             out.append(resp)
         return out
 
-
     def _generate_batch(self, requests: Sequence[Request]) -> list[Response]:
         """Several requests decoded together (`--batch-size N`): greedy requests with the same
         output and settings share each decoding step; each answer is what `stream()` gives."""
