@@ -5,16 +5,20 @@ the MoE deterministically once each MoE layer's `neuron_index` (which dense neur
 expert neuron came from) is known. So a checkpoint only needs the tensors that differ:
 
   <dir>/config.json          DeepTalkConfig (its `base_model` names the base LLM)
-  <dir>/delta.json           {"format": "deeptalk-delta", "version": 1, "base": ..., "base_fingerprint": sha256,
+  <dir>/delta.json           {"format": "deeptalk-delta", "version": 2, "base": ..., "base_fingerprint": sha256,
                                "dtype": "bfloat16", "tensors": {name: "full" | "rows" | "base"}}
   <dir>/delta.safetensors    "full":  name                        -> the whole tensor
                              "rows":  name + ".rows" (int64 row ids), name + ".values" (those rows)
+                             "lowrank": name + ".lowrank_u" [m, r], name + ".lowrank_v" [r, n]:
+                                        the tensor is its base value + u @ v
                              every `neuron_index` buffer, always, exactly
   <dir>/tokenizer files      when a tokenizer is given
 
 "base" tensors are rebuilt from the base LLM (`copy_from_dense`). "rows" is used for 2-D
 tensors where fewer than half of the rows changed (e.g. embeddings with new special
-tokens). Stored floating tensors are cast to `dtype` (bf16 by default, None keeps them):
+tokens). "lowrank" is used for 2-D tensors whose change from the base has a low rank (experts
+trained as W + B A, deeptalk/lowrank.py), when the factors take under half the numbers of the
+whole tensor; the factors hold the change, so bf16 rounds the change, not the weight. Stored floating tensors are cast to `dtype` (bf16 by default, None keeps them):
 loading gives the model back exactly for dtype=None, to bf16 rounding otherwise.
 The base fingerprint guards against rebuilding from a different base LLM.
 """
@@ -28,9 +32,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import DeepTalkConfig
+from .lowrank import lowrank_factors
 from .modeling import DeepTalkForCausalLM
 
-FORMAT, VERSION = "deeptalk-delta", 1
+FORMAT, VERSION = "deeptalk-delta", 2
+READABLE_VERSIONS = (1, 2)  # version 1 had no "lowrank" tensors
+LOWRANK_MAX_NUMEL = 1 << 22  # an SVD per changed tensor: only for tensors up to 4 M numbers
 DELTA_META, DELTA_TENSORS = "delta.json", "delta.safetensors"
 
 
@@ -95,6 +102,15 @@ def save_delta(model: DeepTalkForCausalLM, path, base, dtype: torch.dtype | None
                 tensors[name + ".values"] = cast(t[changed]).contiguous()
                 kinds[name] = "rows"
                 continue
+        # factors reproduce the change to rounding, not bit for bit: only when storage rounds anyway
+        if (dtype is not None and t.dim() == 2 and r.shape == t.shape and t.is_floating_point()
+                and t.numel() <= LOWRANK_MAX_NUMEL):
+            m, n = t.shape
+            factors = lowrank_factors(t.float() - r.float(), max_rank=int(0.5 * m * n / (m + n)))
+            if factors is not None:
+                tensors[name + ".lowrank_u"], tensors[name + ".lowrank_v"] = (cast(f).contiguous() for f in factors)
+                kinds[name] = "lowrank"
+                continue
         tensors[name], kinds[name] = cast(t).contiguous(), "full"
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,8 +136,9 @@ def load_delta(path, base=None, dtype: torch.dtype = torch.float32) -> DeepTalkF
     if not meta_file.is_file():
         raise FileNotFoundError(f"{meta_file} missing: {path} is not a deeptalk delta checkpoint")
     meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"{meta_file}: format {meta.get('format')!r} v{meta.get('version')}, expected {FORMAT!r} v{VERSION}")
+    if meta.get("format") != FORMAT or meta.get("version") not in READABLE_VERSIONS:
+        raise ValueError(f"{meta_file}: format {meta.get('format')!r} v{meta.get('version')}, expected {FORMAT!r} "
+                         f"v{' or v'.join(map(str, READABLE_VERSIONS))}")
     dense = base if base is not None and not isinstance(base, str) else load_base_llm(base or meta["base"])[0]
     if base_fingerprint(dense) != meta["base_fingerprint"]:
         raise ValueError(f"{path}: the base LLM {meta['base']!r} loaded here is not the one the delta was saved against "
@@ -146,6 +163,9 @@ def load_delta(path, base=None, dtype: torch.dtype = torch.float32) -> DeepTalkF
                 state[name].copy_(stored[name])
             elif kind == "rows":
                 state[name][stored[name + ".rows"]] = stored[name + ".values"].to(state[name].dtype)
+            elif kind == "lowrank":
+                change = stored[name + ".lowrank_u"].float() @ stored[name + ".lowrank_v"].float()
+                state[name].copy_((state[name].float() + change).to(state[name].dtype))
             elif kind != "base":
                 raise ValueError(f"{meta_file}: tensor {name} has unknown kind {kind!r}")
     if config.tie_word_embeddings:

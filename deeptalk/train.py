@@ -13,7 +13,9 @@ Stages (the paper's):
     2.2     text experts on text instructions; speech experts unreachable and frozen
     3       joint: every expert, audio tensors and projector, unmasked routing
 A recipe stage may list what it trains (`train: [speech_experts, audio, ...]`, see
-TRAIN_GROUPS); the defaults above are the paper's. `--export DIR` writes the last finished
+TRAIN_GROUPS); the defaults above are the paper's. `text_experts_lowrank` with `lowrank_rank: r`
+trains the text experts as W + B A (deeptalk/lowrank.py), merged when the stage ends, so the
+shipped delta stores thin factors for them. `--export DIR` writes the last finished
 stage as a delta over the base LLM (deeptalk/export.py), the form the reference ships in.
 
 Every stage writes OUTPUT/stage-<tag>/: the model (save_pretrained, safetensors), the
@@ -415,8 +417,8 @@ class Trainee(nn.Module):
 # --------------------------------------------------------------------------------------
 # What each stage trains (the paper's schedule). A recipe stage may name its own list under
 # `train:` (e.g. the shipped reference keeps text experts frozen to fit its delta budget).
-TRAIN_GROUPS = ("projector", "audio", "speech_experts", "text_experts", "experts", "shared_experts", "routers",
-                "llm_ffn", "llm")
+TRAIN_GROUPS = ("projector", "audio", "speech_experts", "text_experts", "text_experts_lowrank", "experts",
+                "shared_experts", "routers", "llm_ffn", "llm")
 DEFAULT_TRAIN = {
     "1": ["projector"],
     "2.1": ["speech_experts", "audio"],
@@ -441,7 +443,9 @@ def stage_train_groups(model, stage: str, scfg: dict | None = None) -> list[str]
     bad = [g for g in groups if g not in TRAIN_GROUPS]
     if bad:
         raise ValueError(f"stage {stage}: unknown train group(s) {bad}; groups are {TRAIN_GROUPS}")
-    if not split and {"speech_experts", "text_experts"} & set(groups):
+    if {"text_experts", "text_experts_lowrank"} <= set(groups):
+        raise ValueError(f"stage {stage}: train the text experts in full or low-rank, not both")
+    if not split and {"speech_experts", "text_experts", "text_experts_lowrank"} & set(groups):
         raise ValueError(f"stage {stage}: train groups {groups} need a modality map; this model has none "
                          "(pure MoE / dense): use 'experts'")
     return groups
@@ -456,6 +460,10 @@ def _group_parameters(model, encoder, group: str) -> list:
         want = group == "speech_experts"
         return [p for moe in model.moe_layers for e, ex in enumerate(moe.experts) if bool(moe.speech_group[e]) == want
                 for p in ex.parameters()]
+    if group == "text_experts_lowrank":  # the factors train_stage registered (deeptalk/lowrank.py)
+        from deeptalk.lowrank import lowrank_parameters
+
+        return lowrank_parameters(model, "text")
     if group == "experts":
         return [p for moe in model.moe_layers for p in moe.experts.parameters()]
     if group == "shared_experts":
@@ -524,7 +532,13 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
 
     `teacher`: the dense base LLM, needed when the stage sets `distill:` (deeptalk/distill.py)."""
     from deeptalk.distill import check_config, text_kl
+    from deeptalk.lowrank import add_lowrank, merge_lowrank
 
+    lowrank = "text_experts_lowrank" in stage_train_groups(model, stage, scfg)
+    if lowrank:  # W + B A on every text expert matrix, merged back once the stage ends
+        add_lowrank(model, int(scfg.get("lowrank_rank", 8)), seed, "text")
+    elif scfg.get("lowrank_rank") is not None:
+        raise ValueError(f"stage {stage}: lowrank_rank is set but the stage does not train 'text_experts_lowrank'")
     routing = set_trainable(model, encoder, stage, scfg)
     dcfg = check_config(scfg["distill"], stage) if scfg.get("distill") else None
     if dcfg is not None:
@@ -624,12 +638,15 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
         if done:
             break
     steps_done = step + 1 if max_steps > start else start
+    if lowrank:
+        merge_lowrank(model)
     return {"stage": stage, "steps": steps_done, "tokens": tokens, "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None, "seq_tokens": seq_tokens,
             "seq_tokens_per_s": round(seq_tokens / seconds, 1) if seconds else None, "routing_mode_train": routing,
             "trainable_params": n_trainable, "world_size": world, "batch_size": bs, "lr": scfg["lr"],
             "final_loss": loss if max_steps > start else None,
-            "distill": dcfg, "distill_examples": n_teachable if dcfg is not None else None}
+            "distill": dcfg, "distill_examples": n_teachable if dcfg is not None else None,
+            "lowrank_rank": int(scfg.get("lowrank_rank", 8)) if lowrank else None}
 
 
 # --------------------------------------------------------------------------------------
