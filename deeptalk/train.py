@@ -366,6 +366,16 @@ def text_examples(text_set, tokenizer, config) -> list[Example]:
     return out
 
 
+def corpus_examples(tokenizer, num_tokens: int, block: int = 256) -> list[Example]:
+    """Plain offline prose (the upcycling calibration split, deeptalk/upcycle.py) as text-only
+    language-modelling rows: broad text for stage 2.2 to heal the text path on, beside the
+    instruction answers (`data.text_corpus_tokens` in a recipe)."""
+    from deeptalk.upcycle import calibration_texts, token_blocks
+
+    blocks = token_blocks(tokenizer, calibration_texts("calib"), num_tokens, block)
+    return [Example(row.tolist(), row.tolist(), [TEXT_MODALITY] * block) for row in blocks]
+
+
 def collate(examples: list[Example], pad_id: int, num_codebooks: int, max_len: int | None = None) -> dict:
     """Right-padded batch; audio rows -1 (nothing) / labels -100 where absent."""
     n = max(len(e.ids) for e in examples)
@@ -746,7 +756,8 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
                 ex = qa_ex
             elif stage == "2.2":
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
-                ex = text_ex
+                corpus = int(recipe["data"].get("text_corpus_tokens", 0))
+                ex = text_ex + (corpus_examples(tokenizer, corpus) if corpus else [])
             else:
                 asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config)
                 qa_ex = qa_ex or qa_examples(qa_set, encoder, tokenizer, model.config)

@@ -125,3 +125,20 @@ def test_the_distill_probe_changes_only_stage_2_2():
     assert {k: v for k, v in probe["stages"]["2.2"].items() if k not in ("distill", "lr")} == \
         {k: v for k, v in ref["stages"]["2.2"].items() if k != "lr"}
     assert {s: c for s, c in probe["stages"].items() if s != "2.2"} == {s: c for s, c in ref["stages"].items() if s != "2.2"}
+
+
+def test_corpus_rows_are_calibration_prose_for_language_modelling():
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from deeptalk.train import TEXT_MODALITY, corpus_examples
+    from deeptalk.upcycle import calibration_texts
+
+    tok = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "checkpoints" / "reference")
+    rows = corpus_examples(tok, 1000, block=128)
+    assert len(rows) == 7 and all(len(r.ids) == 128 and r.labels == r.ids for r in rows)
+    assert all(set(r.modality) == {TEXT_MODALITY} and r.feats is None and r.audio is None for r in rows)
+    first = tok.decode(rows[0].ids).split(tok.eos_token)[0][:200]
+    assert first and first in calibration_texts("calib")[0]
+    assert not any(first in t for t in calibration_texts("heldout"))  # never the held-out perplexity text
