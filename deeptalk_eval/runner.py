@@ -9,7 +9,10 @@ CLI's exit status 2. `run()` then evaluates task by task:
 - an adapter that raises fails only its samples (a failing batch is retried one by one to
   find the culprit); failures are recorded with their error and counted per task;
 - a model lacking a capability a task needs skips that task, said out loud in the results;
-- speech-channel scorers read Whisper transcripts (`scoring.asr`), loaded only when needed.
+- speech-channel scorers read Whisper transcripts (`scoring.asr`), loaded only when needed;
+- after each task, `<run folder>/progress.json` holds the finished tasks' metrics and wall
+  times (`run.finished` false), so a run killed hours in keeps what it measured; the final
+  results file replaces it.
 """
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ from deeptalk_eval.taskconfig import (
 # lm-eval response caches live per model fingerprint and this version (bump when what an
 # adapter answers to an lm-eval request changes)
 LM_EVAL_CACHE_VERSION = 2
+# in the run folder while a run goes on: the finished tasks (results format, run.finished false)
+PROGRESS_FILE = "progress.json"
 
 
 @dataclass
@@ -508,10 +513,23 @@ def run(plan: Plan) -> RunResult:
             outcomes.append(out)
             seconds[out.name] = round(time.monotonic() - t_task, 2)
             _report(out)
+            # the finished tasks so far, readable if the run is killed before the end
+            write_results(run_dir / PROGRESS_FILE, _filled(results, outcomes, seconds, t_start, finished=False))
     finally:
         cache.close()
         model.close()
 
+    path = write_results(model_dir / f"{stamp}.json", _filled(results, outcomes, seconds, t_start, finished=True))
+    (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    measurement_file.unlink(missing_ok=True)
+    return RunResult(results, path, _exit_code(outcomes), outcomes)
+
+
+def _filled(results: dict[str, Any], outcomes: list[TaskOutcome], seconds: dict[str, float], t_start: float,
+            finished: bool) -> dict[str, Any]:
+    """`results` with the outcomes' statuses, metrics and timings entered."""
     for out in outcomes:
         results["status"][out.name] = out.status
         if out.status == "ok":
@@ -522,10 +540,9 @@ def run(plan: Plan) -> RunResult:
                 results.setdefault("scoring_info", {})[out.name] = {k: v for k, v in out.info.items() if k != "asr"}
     results["run"] = {"model_calls": sum(o.model_calls for o in outcomes),
                       "cache_hits": sum(o.cache_hits for o in outcomes),
-                      "seconds": {**seconds, "total": round(time.monotonic() - t_start, 2)}}
-    path = write_results(model_dir / f"{stamp}.json", results)
-    measurement_file.unlink(missing_ok=True)
-    return RunResult(results, path, _exit_code(outcomes), outcomes)
+                      "seconds": {**seconds, "total": round(time.monotonic() - t_start, 2)},
+                      "finished": finished}
+    return results
 
 
 def _exit_code(outcomes: list[TaskOutcome]) -> int:

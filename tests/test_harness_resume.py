@@ -66,3 +66,33 @@ def test_sigkill_then_resume_is_exactly_once_and_identical(tmp_path):
     assert json.dumps(metrics_identity(resumed_results)) == json.dumps(metrics_identity(fresh_results))
     m = resumed_results["results"]["echo_fast"]
     assert m["samples"] == 12 and m["failed"] == 1
+
+
+def test_a_killed_run_keeps_its_finished_tasks_in_progress_json(tmp_path):
+    counter = tmp_path / "calls.txt"
+    out = tmp_path / "out"
+    args = ["--model-path", SCRIPTED, "--include-path", TEST_TASKS, "--tasks", "echo_qa,echo_fast", "--limit", "4",
+            "--output-dir", out, "--no-progress", "--model-args", f"delay={DELAY},counter={counter}"]
+    proc = subprocess.Popen([sys.executable, "-m", "deeptalk_eval", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (counter.exists() and len(counter.read_text().split()) >= 6):  # inside the second task
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not list(out.glob("*/*.json"))
+    (progress,) = out.glob("*/*/progress.json")
+    kept = json.loads(progress.read_text())
+    assert kept["run"]["finished"] is False and list(kept["results"]) == ["echo_qa"]
+    assert kept["results"]["echo_qa"]["samples"] == 4 and kept["run"]["seconds"]["echo_qa"] > 0
+
+    resumed = run_subprocess(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    final, files = _results(out)
+    assert len(files) == 1 and final["run"]["finished"] is True and set(final["results"]) == {"echo_qa", "echo_fast"}
+    assert len(list(out.glob("*/*/progress.json"))) == 1  # the finished run left none, the killed one's stays
