@@ -21,7 +21,7 @@ def cfg(q=3, k=16):
 
 
 @pytest.mark.parametrize("name", ["tiny", "reference", "ablation-random", "ablation-pure", "ablation-dense",
-                                  "reference-distill"])
+                                  "reference-distill", "reference-lowrank"])
 def test_shipped_recipes_load(name):
     r = load_recipe(name)
     assert r["name"] == name and set(r["stages"]) <= set(STAGES)
@@ -142,3 +142,11 @@ def test_corpus_rows_are_calibration_prose_for_language_modelling():
     first = tok.decode(rows[0].ids).split(tok.eos_token)[0][:200]
     assert first and first in calibration_texts("calib")[0]
     assert not any(first in t for t in calibration_texts("heldout"))  # never the held-out perplexity text
+
+
+def test_the_lowrank_recipe_shares_stages_1_to_2_1_and_keeps_shared_experts_frozen():
+    ref, r = load_recipe("reference"), load_recipe("reference-lowrank")
+    assert all(r["stages"][s] == ref["stages"][s] for s in ("1", "assign", "2.1"))
+    assert r["stages"]["2.2"]["train"] == ["text_experts_lowrank"] and r["data"]["text_corpus_tokens"] > 0
+    # the shared experts stay the base's in every stage: their bytes pay for the factors
+    assert not any("shared_experts" in r["stages"][s].get("train", []) for s in ("2.1", "2.2", "3"))
