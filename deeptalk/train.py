@@ -545,8 +545,9 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
     from deeptalk.lowrank import add_lowrank, merge_lowrank
 
     lowrank = "text_experts_lowrank" in stage_train_groups(model, stage, scfg)
+    lowrank_rank = int(scfg.get("lowrank_rank", 8)) if lowrank else None
     if lowrank:  # W + B A on every text expert matrix, merged back once the stage ends
-        add_lowrank(model, int(scfg.get("lowrank_rank", 8)), seed, "text")
+        add_lowrank(model, lowrank_rank, seed, "text")
     elif scfg.get("lowrank_rank") is not None:
         raise ValueError(f"stage {stage}: lowrank_rank is set but the stage does not train 'text_experts_lowrank'")
     routing = set_trainable(model, encoder, stage, scfg)
@@ -656,7 +657,7 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
             "trainable_params": n_trainable, "world_size": world, "batch_size": bs, "lr": scfg["lr"],
             "final_loss": loss if max_steps > start else None,
             "distill": dcfg, "distill_examples": n_teachable if dcfg is not None else None,
-            "lowrank_rank": int(scfg.get("lowrank_rank", 8)) if lowrank else None}
+            "lowrank_rank": lowrank_rank}
 
 
 # --------------------------------------------------------------------------------------
