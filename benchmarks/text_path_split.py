@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 
 from deeptalk.base_llm import load_base_llm
 from deeptalk.train import load_checkpoint
-from deeptalk.upcycle import calibration_texts, capture_ffn_inputs, dense_mlp, token_blocks
+from deeptalk.upcycle import calibration_texts, capture_ffn_inputs, dense_mlp, neuron_activations, token_blocks
 
 
 @torch.no_grad()
@@ -49,12 +49,6 @@ def heldout_nll(model, blocks: torch.Tensor, batch: int = 8) -> float:
     return total / n
 
 
-def expert_activations(moe, ids: list[int], x: torch.Tensor) -> torch.Tensor:
-    """act(gate x) * up x of the listed experts' neurons, side by side: [n_tokens, len(ids) * width]."""
-    return torch.cat([F.silu(F.linear(x, moe.experts[e].gate_proj.weight)) * F.linear(x, moe.experts[e].up_proj.weight)
-                      for e in ids], 1)
-
-
 @torch.no_grad()
 def repair_directions(model, dense, inputs: dict[int, torch.Tensor], ridge: float) -> dict[int, tuple]:
     """Per MoE layer: (text expert ids, full solution [width * n_text, H], output directions Vh)."""
@@ -64,7 +58,7 @@ def repair_directions(model, dense, inputs: dict[int, torch.Tensor], ridge: floa
         text = [e for e in range(moe.num_experts) if not moe.speech_group[e]]
         kept = sum(moe.experts[e](x) for e in text) + moe.shared_experts(x)
         missing = dense_mlp(dense, li)(x) - kept  # what the speech experts' neurons added for text
-        h = expert_activations(moe, text, x)
+        h = torch.cat([neuron_activations(moe.experts[e], x) for e in text], 1)  # [n, width * n_text]
         gram = h.T @ h
         gram += ridge * gram.diagonal().mean() * torch.eye(len(gram))
         w = torch.linalg.solve(gram, h.T @ missing)

@@ -588,7 +588,6 @@ class SpeechGenerator:
         return np.stack([self._frame(grid, f, q) for f in range(n)], 1) if n else np.zeros((q, 0), np.int64)
 
 
-
 class _TextDeltas:
     """Text as `stream()` shows it: after each token, the newly decoded characters, held back
     while the decode ends in a partial character (U+FFFD). Joined, the deltas can differ from
