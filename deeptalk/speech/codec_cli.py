@@ -27,6 +27,9 @@ from deeptalk.speech import codec_data
 from deeptalk.speech.codec import load_codec
 
 ASR_RATE = 16000
+# what eval transcribes: the speech, its unquantised log-mel through the vocoder (the
+# ceiling), the codec round trip, and (codecs with a mel refiner) the round trip without it
+AUDIO_VARIANTS = ("original", "unquantized", "roundtrip", "roundtrip_unrefined")
 FEATURE_SCALE = 24.0
 
 
@@ -58,21 +61,19 @@ def cmd_fit(args) -> dict:
     t0 = time.time()
     mel_cfg = MelConfig()
     if args.features:            # fit from features saved by an earlier `fit --features-out`
-        f = np.load(args.features)
-        vectors = (f["vectors_int8"].astype(np.float32) / float(f["scale"]) if "vectors_int8" in f
-                   else f["vectors"].astype(np.float32))
-        mean, std = f["mean"], f["std"]
-        data_info = json.loads(str(f["data_info"]))
+        vectors, mean, std, data_info = load_features(args.features)
         if int(data_info["stack"]) != args.stack:
             raise ValueError(f"{args.features}: features were stacked {data_info['stack']}, not {args.stack}")
     else:
         vectors, mean, std, data_info = fit_features(args, mel_cfg)
+    lengths = data_info.pop("utterance_positions", None)   # kept beside the vectors, not in the manifest
     if args.features_out:
         # int8 in steps of 1/24 (z-scores clipped to +-5.3): 4x smaller than fp32, the
         # rounding (<= 0.02) is far below the quantiser's error
         q = np.clip(np.round(vectors * FEATURE_SCALE), -127, 127).astype(np.int8)
+        extra = {"lengths": np.asarray(lengths, np.int64)} if lengths is not None else {}
         np.savez(args.features_out, vectors_int8=q, scale=FEATURE_SCALE, mean=mean, std=std,
-                 data_info=json.dumps(data_info))
+                 data_info=json.dumps(data_info), **extra)
         print(f"wrote {args.features_out}: {vectors.shape[0]} vectors")
         return data_info
     t_data = time.time() - t0
@@ -107,6 +108,63 @@ def cmd_fit(args) -> dict:
     return codec.manifest
 
 
+def load_features(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Vectors, mean, std and data info written by `fit --features-out` (lengths inside the info)."""
+    f = np.load(path)
+    vectors = (f["vectors_int8"].astype(np.float32) / float(f["scale"]) if "vectors_int8" in f
+               else f["vectors"].astype(np.float32))
+    info = json.loads(str(f["data_info"]))
+    info["utterance_positions"] = f["lengths"].tolist() if "lengths" in f else None
+    return vectors, f["mean"], f["std"], info
+
+
+# --- refine --------------------------------------------------------------------------
+
+def cmd_refine(args) -> dict:
+    """Train the mel refiner on the fit speech's (quantised, exact) pairs; save codec + refiner."""
+    import torch
+
+    from deeptalk.speech.codec_offline import OfflineCodec
+    from deeptalk.speech.mel_refiner import RefinerConfig, train_refiner, validation_l1
+
+    _seed_all(args.seed)
+    codec = OfflineCodec.load(None if args.codec == "offline" else args.codec, refine=False)
+    vectors, mean, std, info = load_features(args.features)
+    if not (np.allclose(mean, codec.mel_mean.ravel(), atol=1e-4) and np.allclose(std, codec.mel_std.ravel(), atol=1e-4)):
+        raise ValueError(f"{args.features}: its normalisation stats are not the codec's "
+                         f"({args.codec}): fit the refiner on the features the codec was fitted on")
+    if info.get("utterance_positions") is None:
+        raise ValueError(f"{args.features}: no utterance lengths (subsampled or old features): "
+                         "re-run `fit --features-out` with --max-vectors above the vector count")
+    quantised = codec.dequantize(codec.quantize(vectors))
+    val = {}
+    for engine, voice in codec_data.HELDOUT_VOICES + codec_data.SEEN_VOICE:
+        utts = codec_data.eval_utterances(args.val_n, seed=args.seed + 1, voices=((engine, voice),))
+        exact = np.concatenate([codec.features(*codec_data.synthesize(u.text, u.engine, u.voice)) for u in utts])
+        val[f"{engine}/{voice}"] = (codec.dequantize(codec.quantize(exact)), exact)
+    cfg = RefinerConfig(n_mels=codec.mel_cfg.n_mels, stack=codec.stack, channels=args.channels,
+                        blocks=args.blocks, kernel=args.kernel, right=args.right)
+    torch.set_num_threads(args.threads)
+    model, record = train_refiner(vectors, quantised, info["utterance_positions"], cfg, steps=args.steps,
+                                  batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
+                                  max_seconds=args.max_seconds)
+    record["val_heldout_quiz"] = {k: validation_l1(model, q, x, cfg) for k, (q, x) in val.items()}
+    record["val_note"] = (f"{args.val_n} quiz sentences per voice drawn with seed {args.seed + 1}: "
+                          "held out from fitting; `deeptalk-codec eval` measures WER on its own draw")
+    record["features"] = {"file": Path(args.features).name, "vectors": int(len(vectors)),
+                          "utterances": len(info["utterance_positions"])}
+    record["command"] = "deeptalk-codec " + " ".join(sys.argv[1:])
+    record["versions"] = _versions("numpy", "torch")
+    codec.refiner, codec.refine = model, True
+    manifest = {k: v for k, v in codec.manifest.items() if k != "refiner"}
+    manifest["codec"] = "offline residual k-means over stacked log-mel + mel refiner + Griffin-Lim"
+    path = codec.save(args.out, {**manifest, "refiner": record})
+    print(json.dumps(record["val_heldout_quiz"], indent=1))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): refiner {record['parameters']} parameters, "
+          f"{record['steps']} steps in {record['seconds']:.0f} s")
+    return record
+
+
 def fit_features(args, mel_cfg):
     """Synthesise the fit speech and turn it into normalised stacked log-mel vectors."""
     from tqdm import tqdm
@@ -126,7 +184,10 @@ def fit_features(args, mel_cfg):
     mean, std = allmel.mean(axis=1), allmel.std(axis=1) + 1e-5
     vectors = np.concatenate([stack_frames((m - mean[:, None]) / std[:, None], args.stack) for m in mels])
     total = len(vectors)
+    # utterance lengths in positions: the mel refiner trains on runs that stay in one utterance
+    lengths = [m.shape[1] // args.stack for m in mels]
     if len(vectors) > args.max_vectors:
+        lengths = None   # subsampled vectors are no longer in time order
         rng = np.random.default_rng(args.seed)
         vectors = vectors[rng.choice(len(vectors), args.max_vectors, replace=False)]
     info = {"recipe": "deeptalk.speech.codec_data.fit_utterances",
@@ -135,6 +196,7 @@ def fit_features(args, mel_cfg):
             "pitch_shifted_copies": [f"{e}/{v} +{s:g} semitones" for e, v, s in codec_data.FIT_PITCH_SHIFTED],
             "utterances": len(utts), "hours": round(seconds / 3600, 3), "stack": args.stack,
             "vectors_total": int(total), "vectors_used": int(len(vectors)), "seed": args.seed,
+            "utterance_positions": lengths,
             "feature_versions": _versions("numpy", "torch", "librosa", "piper-tts", "soundfile")}
     return vectors, mean, std, info
 
@@ -258,6 +320,9 @@ def evaluate(codec, utts, asr, progress: bool = True, seed: int = 0, stream_chec
             if hasattr(codec, "features"):     # ceiling: same vocoder, no quantisation
                 ceil = codec.vocode(codec.vectors_to_log_mel(codec.features(wav, sr)))
                 variants["unquantized"] = (ceil, codec.sample_rate)
+            if getattr(codec, "refine", False):   # what the mel refiner adds: the same codes without it
+                raw = codec.vocode(codec.vectors_to_log_mel(codec.dequantize(codes)))
+                variants["roundtrip_unrefined"] = (raw, codec.sample_rate)
             for k, (w, r) in variants.items():
                 hyp = asr(_to16k(w, r))
                 e, n = wer_counts(u.text, hyp, norm)
@@ -283,12 +348,15 @@ def summarize(rows, failures, seed: int = 0) -> dict:
     for name, g in groups.items():
         words = g.ref_words.to_numpy(float)
         entry = {}
-        for k in ("original", "unquantized", "roundtrip"):
+        for k in AUDIO_VARIANTS:
             if f"{k}_errors" in g:
                 entry[k] = wer_summary(g[f"{k}_errors"].to_numpy(float), words, seed=seed)
         if "unquantized" in entry:
             entry["roundtrip_minus_unquantized"] = paired_gap(
                 g.roundtrip_errors.to_numpy(float), g.unquantized_errors.to_numpy(float), words, seed=seed)
+        if "roundtrip_unrefined" in entry:
+            entry["roundtrip_minus_unrefined"] = paired_gap(
+                g.roundtrip_errors.to_numpy(float), g.roundtrip_unrefined_errors.to_numpy(float), words, seed=seed)
         out.setdefault("wer", {})[name] = entry
     out["speed"] = {"encode_s_per_audio_s": float(df.encode_s.sum() / df.seconds.sum()),
                     "decode_s_per_audio_s": float(df.decode_s.sum() / df.seconds.sum()),
@@ -342,7 +410,7 @@ def _print_table(report: dict) -> None:
 
     rows = []
     for group, entry in report["wer"].items():
-        for k in ("original", "unquantized", "roundtrip"):
+        for k in AUDIO_VARIANTS:
             if k in entry:
                 e = entry[k]
                 rows.append([group, k, f"{100 * e['corpus_wer']:.2f}",
@@ -390,12 +458,28 @@ def main(argv=None) -> int:
     e.add_argument("--no-seen-voice", action="store_true", help="only voices unseen in fitting")
     e.add_argument("--per-utterance", action="store_true", help="keep transcripts in the JSON")
     e.add_argument("--out", default="benchmarks/results/codec_eval.json")
+    rf = sub.add_parser("refine", help="train the mel refiner (decoding only; the codes stay the same)")
+    rf.add_argument("--features", required=True, help="fit vectors from `fit --features-out` (with lengths)")
+    rf.add_argument("--codec", default="offline", help="the codec whose codes it refines")
+    rf.add_argument("--steps", type=int, default=3000)
+    rf.add_argument("--batch", type=int, default=32)
+    rf.add_argument("--crop", type=int, default=128, help="frames per training crop")
+    rf.add_argument("--lr", type=float, default=2e-3)
+    rf.add_argument("--channels", type=int, default=192)
+    rf.add_argument("--blocks", type=int, default=4)
+    rf.add_argument("--kernel", type=int, default=5)
+    rf.add_argument("--right", type=int, default=1, help="frames each block looks ahead")
+    rf.add_argument("--val-n", type=int, default=30, help="held-out sentences per eval voice for the L1 check")
+    rf.add_argument("--threads", type=int, default=1)
+    rf.add_argument("--max-seconds", type=float, default=None)
+    rf.add_argument("--seed", type=int, default=0)
+    rf.add_argument("--out", default=str(Path(__file__).resolve().parent / "assets" / "offline_codec.safetensors"))
     r = sub.add_parser("roundtrip", help="encode + decode a wav file")
     r.add_argument("input")
     r.add_argument("output")
     r.add_argument("--codec", default="offline")
     args = p.parse_args(argv)
-    {"fit": cmd_fit, "eval": cmd_eval, "roundtrip": cmd_roundtrip}[args.cmd](args)
+    {"fit": cmd_fit, "refine": cmd_refine, "eval": cmd_eval, "roundtrip": cmd_roundtrip}[args.cmd](args)
     return 0
 
 

@@ -3,7 +3,10 @@
     encode: wav -> 80-bin log-mel (22.05 kHz, hop 256) -> normalise per bin -> stack
             `stack` frames into one vector (21.5 positions/s for stack 4) -> residual
             k-means: codebook q quantises what codebooks < q left over -> codes [Q, T]
-    decode: codes -> sum of centroids -> un-normalise -> unstack -> Griffin-Lim
+    decode: codes -> sum of centroids -> unstack -> [mel refiner] -> un-normalise -> Griffin-Lim
+
+The optional mel refiner (mel_refiner.py) is a small conv net trained on (quantised,
+exact) pairs of the fit speech; it changes decoding only, never the codes.
 
 Fitted by `deeptalk-codec fit` on synthetic speech (codec_data.py) and shipped as one
 safetensors file (codebooks + normalisation stats) with a JSON manifest beside it
@@ -30,7 +33,8 @@ class OfflineCodec(SpeechCodec):
 
     def __init__(self, codebooks: np.ndarray, mel_mean: np.ndarray, mel_std: np.ndarray,
                  stack: int, mel: MelConfig = MelConfig(), gl_iters: int = 32, gl_power: float = 1.0,
-                 manifest: dict | None = None, projection: np.ndarray | None = None):
+                 manifest: dict | None = None, projection: np.ndarray | None = None,
+                 refiner=None, refine: bool = True):
         codebooks = np.asarray(codebooks, dtype=np.float32)
         dim = mel.n_mels * stack
         # optional PCA: quantise the top principal directions of the stacked vectors only
@@ -51,6 +55,11 @@ class OfflineCodec(SpeechCodec):
         self.gl_iters, self.gl_power = int(gl_iters), float(gl_power)
         self._vocoder = None       # built on first use: fitting and saving need no librosa
         self.manifest = manifest or {}
+        if refiner is not None and (refiner.cfg.n_mels != mel.n_mels or refiner.cfg.stack != self.stack):
+            raise CodecError(f"refiner is for {refiner.cfg.n_mels} mels x stack {refiner.cfg.stack}, "
+                             f"the codec has {mel.n_mels} x {self.stack}")
+        self.refiner = refiner     # a MelRefiner or None
+        self.refine = bool(refine) and refiner is not None
 
     @property
     def vocoder(self) -> GriffinLim:
@@ -104,7 +113,15 @@ class OfflineCodec(SpeechCodec):
         return self.quantize(self.features(wav, sr))
 
     def decode(self, codes: np.ndarray, *, frame_offset: int = 0) -> np.ndarray:
-        return self.vocode(self.vectors_to_log_mel(self.dequantize(codes)), frame_offset=frame_offset)
+        return self.vocode(self.codes_to_log_mel(codes, frame_offset), frame_offset=frame_offset)
+
+    def codes_to_log_mel(self, codes: np.ndarray, frame_offset: int = 0) -> np.ndarray:
+        """Codes -> the log-mel the vocoder gets: centroids summed, refined when a refiner is on."""
+        vectors = self.dequantize(codes)
+        if not self.refine:
+            return self.vectors_to_log_mel(vectors)
+        mel = unstack_frames(vectors, self.stack, self.mel_cfg.n_mels)
+        return self.refiner.refine(mel) * self.mel_std + self.mel_mean
 
     def vocode(self, log_mel: np.ndarray, frame_offset: int = 0) -> np.ndarray:
         """Log-mel -> waveform; `frame_offset` is in positions (as in `decode`)."""
@@ -112,7 +129,8 @@ class OfflineCodec(SpeechCodec):
 
     def describe(self) -> dict:
         return {**super().describe(), "stack": self.stack, "mel": self.mel_cfg.to_dict(),
-                **self.vocoder.describe(), "file_sha256": self.manifest.get("file_sha256")}
+                **self.vocoder.describe(), "file_sha256": self.manifest.get("file_sha256"),
+                "refiner": self.refiner.cfg.to_dict() if self.refine else None}
 
     # --- files ---------------------------------------------------------------------
     def save(self, path: str | Path, manifest: dict | None = None) -> Path:
@@ -127,8 +145,13 @@ class OfflineCodec(SpeechCodec):
                    "mel_std": torch.from_numpy(self.mel_std.reshape(-1)).contiguous()}
         if self.projection is not None:
             tensors["projection"] = self.projection.contiguous()
-        save_file(tensors,
-                  str(path), metadata={"config": json.dumps(config)})
+        metadata = {"config": json.dumps(config)}
+        if self.refiner is not None:
+            from deeptalk.speech.mel_refiner import state_to_tensors
+
+            tensors.update(state_to_tensors(self.refiner))
+            metadata["refiner"] = json.dumps(self.refiner.cfg.to_dict())
+        save_file(tensors, str(path), metadata=metadata)
         import hashlib
 
         full = {**(manifest or self.manifest), **config,
@@ -141,7 +164,8 @@ class OfflineCodec(SpeechCodec):
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides) -> "OfflineCodec":
-        """Load a codec file (default: the shipped one). `overrides`: gl_iters, gl_power."""
+        """Load a codec file (default: the shipped one). `overrides`: gl_iters, gl_power,
+        refine (False decodes without the file's mel refiner)."""
         path = Path(path) if path is not None else DEFAULT_PATH
         if path.is_dir():
             path = path / DEFAULT_PATH.name
@@ -150,20 +174,27 @@ class OfflineCodec(SpeechCodec):
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            config = json.loads((f.metadata() or {}).get("config", "{}"))
+            meta = f.metadata() or {}
+        config = json.loads(meta.get("config", "{}"))
         if "stack" not in config:
             raise CodecError(f"{path}: not an offline codec file (no 'config' metadata)")
         t = load_file(str(path))
         manifest_path = path.with_suffix(".json")
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-        unknown = set(overrides) - {"gl_iters", "gl_power"}
+        unknown = set(overrides) - {"gl_iters", "gl_power", "refine"}
         if unknown:
             raise TypeError(f"unknown offline codec option(s): {sorted(unknown)}")
+        refiner = None
+        if "refiner" in meta:
+            from deeptalk.speech.mel_refiner import from_tensors
+
+            refiner = from_tensors(t, json.loads(meta["refiner"]))
         return cls(t["codebooks"].float().numpy(), t["mel_mean"].numpy(), t["mel_std"].numpy(),
                    stack=config["stack"], mel=MelConfig(**config["mel"]),
                    gl_iters=overrides.get("gl_iters", config.get("gl_iters", 32)),
                    gl_power=overrides.get("gl_power", config.get("gl_power", 1.0)), manifest=manifest,
-                   projection=t["projection"].numpy() if "projection" in t else None)
+                   projection=t["projection"].numpy() if "projection" in t else None,
+                   refiner=refiner, refine=overrides.get("refine", True))
 
 
 def stack_frames(mel: np.ndarray, stack: int) -> np.ndarray:
