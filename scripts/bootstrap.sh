@@ -9,11 +9,17 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # Debian packages used by the bundled data and checks: real recordings (alsa-utils), factoid
-# QA (bsdgames), extra TTS voices (flite), headless Chromium for the HTML leaderboard test.
+# QA (bsdgames), extra TTS voices (flite; Festival's female voices, which train the codec's
+# mel refiner), headless Chromium for the HTML leaderboard test.
 need_apt=()
 [ -d /usr/share/sounds/alsa ] || need_apt+=(alsa-utils)
 [ -d /usr/share/games/bsdgames/quiz ] || need_apt+=(bsdgames)
 command -v flite >/dev/null 2>&1 || need_apt+=(flite)
+command -v text2wave >/dev/null 2>&1 || need_apt+=(festival)
+[ -d /usr/share/festival/voices/catalan/upc_ca_ona_hts ] || need_apt+=(festvox-ca-ona-hts)
+[ -d /usr/share/festival/voices/czech/czech_dita ] || need_apt+=(festvox-czech-dita)
+[ -d /usr/share/festival/voices/finnish/suo_fi_lj_diphone ] || need_apt+=(festvox-suopuhe-lj)
+[ -d /usr/share/festival/voices/italian/lp_diphone ] || need_apt+=(festvox-italp16k)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -29,9 +29,12 @@ def test_wer_maths():
 
 def test_fit_and_eval_sets_do_not_overlap():
     fit = codec_data.fit_utterances(per_voice=50, seed=0)
+    refine = codec_data.refiner_utterances(per_voice=50, seed=0)
     ev = codec_data.eval_utterances(50, seed=0)
-    assert not {u.text for u in fit} & {u.text for u in ev}
-    assert not {u.voice for u in fit} & {v for _, v in codec_data.HELDOUT_VOICES}
+    assert fit == refine[: len(fit)] and {u.engine for u in refine[len(fit):]} == {"festival"}
+    for train in (fit, refine):
+        assert not {u.text for u in train} & {u.text for u in ev}
+        assert not {u.voice for u in train} & {v for _, v in codec_data.HELDOUT_VOICES}
     assert len(ev) == 50 * len(codec_data.HELDOUT_VOICES) and len({u.id for u in ev}) == len(ev)
 
 

@@ -111,3 +111,27 @@ def test_codec_file_carries_the_refiner(codec, pairs, tmp_path):
         OfflineCodec(np.zeros((1, 2, 160), np.float32), codec.mel_mean, codec.mel_std, stack=2, refiner=model)
     with pytest.raises(TypeError, match="unknown offline codec option"):
         load_codec(DEFAULT_PATH, refiner=False)
+
+
+def test_refine_cli_writes_a_codec_with_its_record(tmp_path, monkeypatch):
+    """`deeptalk-codec refine` end to end on a tiny draw of the real refiner speech."""
+    import json
+
+    from deeptalk.speech import tts
+    from deeptalk.speech.codec_cli import main
+
+    if not all(tts.engine_available(e) for e in ("piper", "flite", "festival")):
+        pytest.skip("piper, flite and festival are needed (scripts/bootstrap.sh installs them as root)")
+    monkeypatch.setenv("DEEPTALK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "codec.safetensors"
+    assert main(["refine", "--per-voice", "2", "--steps", "4", "--batch", "2", "--crop", "16", "--channels", "8",
+                 "--blocks", "1", "--val-n", "2", "--out", str(out)]) == 0
+    codec = load_codec(out)
+    record = json.loads(out.with_suffix(".json").read_text())["refiner"]
+    assert codec.refiner is not None and codec.refiner.cfg.channels == 8 and record["steps"] == 4
+    assert record["training_data"]["utterances"] == 2 * 7 + 2 * 3 + 2 * 4
+    assert "festival/lj-fi" in record["training_data"]["voices"]
+    assert set(record["val_heldout_quiz"]) == {"flite/slt", "piper/joe"}
+    # the codes are the shipped codec's: only decoding changed
+    shipped = load_codec("offline", refine=False)
+    assert np.array_equal(codec.codebooks.numpy(), shipped.codebooks.numpy())

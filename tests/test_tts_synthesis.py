@@ -50,7 +50,9 @@ def test_resample_and_speed_setting(tmp_cache):
 def test_missing_voice_and_engine_errors(tmp_cache):
     with pytest.raises(TTSError, match="unknown flite voice 'nobody'"):
         synthesize("hello", "flite", "nobody")
-    with pytest.raises(TTSError, match="unknown TTS engine 'festival'"):
+    with pytest.raises(TTSError, match="unknown TTS engine 'mbrola'"):
+        synthesize("hello", "mbrola", "us1")
+    with pytest.raises(TTSError, match="unknown festival voice 'kal'"):
         synthesize("hello", "festival", "kal")
     with pytest.raises(TTSError, match="piper voice file not found: /nope/x.onnx"):
         synthesize("hello", "piper", "/nope/x.onnx")
@@ -58,6 +60,19 @@ def test_missing_voice_and_engine_errors(tmp_cache):
         synthesize("   ", "flite", "kal")
     with pytest.raises(TTSError, match="unknown piper setting"):
         synthesize("hello", "piper", "joe", speed=2)
+
+
+@pytest.mark.parametrize("voice", ["ona-ca", "dita-cs", "lj-fi", "lp-it"])
+def test_festival_female_voices(tmp_cache, voice):
+    """The female voices that fit the codec's refiner: real speech, higher pitched than joe."""
+    import librosa
+
+    if not tts.engine_available("festival"):
+        pytest.skip("festival not installed (scripts/bootstrap.sh installs it as root)")
+    wav, sr = synthesize("The train leaves at seven from the old station.", "festival", voice)
+    assert wav.dtype == np.float32 and 1.0 < len(wav) / sr < 8.0 and np.sqrt(np.mean(wav ** 2)) > 0.01
+    f0 = librosa.yin(wav, fmin=60, fmax=400, sr=sr)
+    assert np.median(f0) > 150           # joe and the flite male voices sit near 90-110 Hz
 
 
 def test_voices_listing():

@@ -66,14 +66,12 @@ def cmd_fit(args) -> dict:
             raise ValueError(f"{args.features}: features were stacked {data_info['stack']}, not {args.stack}")
     else:
         vectors, mean, std, data_info = fit_features(args, mel_cfg)
-    lengths = data_info.pop("utterance_positions", None)   # kept beside the vectors, not in the manifest
     if args.features_out:
         # int8 in steps of 1/24 (z-scores clipped to +-5.3): 4x smaller than fp32, the
         # rounding (<= 0.02) is far below the quantiser's error
         q = np.clip(np.round(vectors * FEATURE_SCALE), -127, 127).astype(np.int8)
-        extra = {"lengths": np.asarray(lengths, np.int64)} if lengths is not None else {}
         np.savez(args.features_out, vectors_int8=q, scale=FEATURE_SCALE, mean=mean, std=std,
-                 data_info=json.dumps(data_info), **extra)
+                 data_info=json.dumps(data_info))
         print(f"wrote {args.features_out}: {vectors.shape[0]} vectors")
         return data_info
     t_data = time.time() - t0
@@ -109,52 +107,67 @@ def cmd_fit(args) -> dict:
 
 
 def load_features(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Vectors, mean, std and data info written by `fit --features-out` (lengths inside the info)."""
+    """Vectors, mean, std and data info written by `fit --features-out`."""
     f = np.load(path)
     vectors = (f["vectors_int8"].astype(np.float32) / float(f["scale"]) if "vectors_int8" in f
                else f["vectors"].astype(np.float32))
     info = json.loads(str(f["data_info"]))
-    info["utterance_positions"] = f["lengths"].tolist() if "lengths" in f else None
     return vectors, f["mean"], f["std"], info
 
 
 # --- refine --------------------------------------------------------------------------
 
 def cmd_refine(args) -> dict:
-    """Train the mel refiner on the fit speech's (quantised, exact) pairs; save codec + refiner."""
+    """Train the mel refiner on (quantised, exact) pairs of the refiner speech; save codec + refiner."""
     import torch
+    from tqdm import tqdm
 
     from deeptalk.speech.codec_offline import OfflineCodec
     from deeptalk.speech.mel_refiner import RefinerConfig, train_refiner, validation_l1
 
     _seed_all(args.seed)
     codec = OfflineCodec.load(None if args.codec == "offline" else args.codec, refine=False)
-    vectors, mean, std, info = load_features(args.features)
-    if not (np.allclose(mean, codec.mel_mean.ravel(), atol=1e-4) and np.allclose(std, codec.mel_std.ravel(), atol=1e-4)):
-        raise ValueError(f"{args.features}: its normalisation stats are not the codec's "
-                         f"({args.codec}): fit the refiner on the features the codec was fitted on")
-    if info.get("utterance_positions") is None:
-        raise ValueError(f"{args.features}: no utterance lengths (subsampled or old features): "
-                         "re-run `fit --features-out` with --max-vectors above the vector count")
-    quantised = codec.dequantize(codec.quantize(vectors))
+    utts = codec_data.refiner_utterances(args.per_voice, seed=args.seed)
+    from deeptalk.speech.tts import TTSError
+
+    feats, seconds, failed = [], 0.0, []
+    for u in tqdm(utts, desc="refiner speech (tts + log-mel)", unit="utt"):
+        try:
+            wav = codec_data.load_audio(u, codec.sample_rate)
+        except TTSError as exc:   # a voice that cannot say a sentence: counted and recorded
+            failed.append({"id": u.id, "text": u.text, "error": str(exc)})
+            continue
+        seconds += len(wav) / codec.sample_rate
+        feats.append(codec.features(wav, codec.sample_rate))     # normalised with the codec's stats
+    if failed:
+        print(f"TTS failed on {len(failed)}/{len(utts)} utterances ({len(failed) / len(utts):.1%}); "
+              f"first: {failed[0]['id']}: {failed[0]['error']}", file=sys.stderr)
+    if len(failed) > 0.05 * len(utts):
+        raise RuntimeError(f"TTS failed on {len(failed)}/{len(utts)} refiner utterances (over 5 %): {failed[:3]}")
+    exact = np.concatenate(feats)
+    quantised = codec.dequantize(codec.quantize(exact))
     val = {}
     for engine, voice in codec_data.HELDOUT_VOICES + codec_data.SEEN_VOICE:
-        utts = codec_data.eval_utterances(args.val_n, seed=args.seed + 1, voices=((engine, voice),))
-        exact = np.concatenate([codec.features(*codec_data.synthesize(u.text, u.engine, u.voice)) for u in utts])
-        val[f"{engine}/{voice}"] = (codec.dequantize(codec.quantize(exact)), exact)
+        held = codec_data.eval_utterances(args.val_n, seed=args.seed + 1, voices=((engine, voice),))
+        x = np.concatenate([codec.features(*codec_data.synthesize(u.text, u.engine, u.voice)) for u in held])
+        val[f"{engine}/{voice}"] = (codec.dequantize(codec.quantize(x)), x)
     cfg = RefinerConfig(n_mels=codec.mel_cfg.n_mels, stack=codec.stack, channels=args.channels,
                         blocks=args.blocks, kernel=args.kernel, right=args.right)
     torch.set_num_threads(args.threads)
-    model, record = train_refiner(vectors, quantised, info["utterance_positions"], cfg, steps=args.steps,
+    model, record = train_refiner(exact, quantised, [len(f) for f in feats], cfg, steps=args.steps,
                                   batch=args.batch, crop=args.crop, lr=args.lr, seed=args.seed,
                                   max_seconds=args.max_seconds)
     record["val_heldout_quiz"] = {k: validation_l1(model, q, x, cfg) for k, (q, x) in val.items()}
     record["val_note"] = (f"{args.val_n} quiz sentences per voice drawn with seed {args.seed + 1}: "
                           "held out from fitting; `deeptalk-codec eval` measures WER on its own draw")
-    record["features"] = {"file": Path(args.features).name, "vectors": int(len(vectors)),
-                          "utterances": len(info["utterance_positions"])}
+    record["training_data"] = {"recipe": "deeptalk.speech.codec_data.refiner_utterances", "per_voice": args.per_voice,
+                               "voices": sorted({f"{u.engine}/{u.voice}" for u in utts}),
+                               "pitch_shifted_copies": [f"{e}/{v} +{s:g} semitones" for e, v, s in codec_data.FIT_PITCH_SHIFTED],
+                               "utterances": len(utts) - len(failed), "hours": round(seconds / 3600, 3),
+                               "positions": int(len(exact)), "tts_failed": failed,
+                               "tts_failure_rate": len(failed) / len(utts)}
     record["command"] = "deeptalk-codec " + " ".join(sys.argv[1:])
-    record["versions"] = _versions("numpy", "torch")
+    record["versions"] = _versions("numpy", "torch", "librosa", "piper-tts")
     codec.refiner, codec.refine = model, True
     manifest = {k: v for k, v in codec.manifest.items() if k != "refiner"}
     manifest["codec"] = "offline residual k-means over stacked log-mel + mel refiner + Griffin-Lim"
@@ -184,10 +197,7 @@ def fit_features(args, mel_cfg):
     mean, std = allmel.mean(axis=1), allmel.std(axis=1) + 1e-5
     vectors = np.concatenate([stack_frames((m - mean[:, None]) / std[:, None], args.stack) for m in mels])
     total = len(vectors)
-    # utterance lengths in positions: the mel refiner trains on runs that stay in one utterance
-    lengths = [m.shape[1] // args.stack for m in mels]
     if len(vectors) > args.max_vectors:
-        lengths = None   # subsampled vectors are no longer in time order
         rng = np.random.default_rng(args.seed)
         vectors = vectors[rng.choice(len(vectors), args.max_vectors, replace=False)]
     info = {"recipe": "deeptalk.speech.codec_data.fit_utterances",
@@ -196,7 +206,6 @@ def fit_features(args, mel_cfg):
             "pitch_shifted_copies": [f"{e}/{v} +{s:g} semitones" for e, v, s in codec_data.FIT_PITCH_SHIFTED],
             "utterances": len(utts), "hours": round(seconds / 3600, 3), "stack": args.stack,
             "vectors_total": int(total), "vectors_used": int(len(vectors)), "seed": args.seed,
-            "utterance_positions": lengths,
             "feature_versions": _versions("numpy", "torch", "librosa", "piper-tts", "soundfile")}
     return vectors, mean, std, info
 
@@ -459,7 +468,7 @@ def main(argv=None) -> int:
     e.add_argument("--per-utterance", action="store_true", help="keep transcripts in the JSON")
     e.add_argument("--out", default="benchmarks/results/codec_eval.json")
     rf = sub.add_parser("refine", help="train the mel refiner (decoding only; the codes stay the same)")
-    rf.add_argument("--features", required=True, help="fit vectors from `fit --features-out` (with lengths)")
+    rf.add_argument("--per-voice", type=int, default=150, help="utterances per voice (fit voices + female voices)")
     rf.add_argument("--codec", default="offline", help="the codec whose codes it refines")
     rf.add_argument("--steps", type=int, default=3000)
     rf.add_argument("--batch", type=int, default=32)

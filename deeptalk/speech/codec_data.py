@@ -6,6 +6,8 @@ Fitting and evaluation never share a sentence source or a voice:
   plus templated sentences; fit voices: Piper joe at several rates/noises, flite kal,
   awb, rms, and pitch-raised copies of joe, kal and awb (every offline voice but slt is
   male: without higher voices the codebooks fail on one, measured).
+- refiner speech (decoding only): the fit speech plus four Festival female voices
+  (Catalan, Czech, Finnish, Italian) reading fit sentences.
 - eval sentences: the bsdgames quiz files (capitals, elements, animals, Shakespeare);
   eval voices: flite slt (a voice the codec never saw), and Piper joe reported
   separately as "seen voice, unseen sentences" (the voice the reference model speaks).
@@ -27,6 +29,10 @@ FIT_VOICES = (("piper", "joe"), ("piper", "joe-fast"), ("piper", "joe-slow"),
               ("piper", "joe-lively"), ("flite", "kal"), ("flite", "awb"), ("flite", "rms"))
 # (engine, voice, semitones): pitch-raised copies of fit speech (same sentences, no new TTS)
 FIT_PITCH_SHIFTED = (("piper", "joe", 5.0), ("flite", "kal", 6.0), ("flite", "awb", 7.0))
+# Female voices (Festival, non-English) that train only the mel refiner: the codebooks
+# were fitted without them, and the codes must not change under the models trained on them.
+REFINER_EXTRA_VOICES = (("festival", "ona-ca"), ("festival", "dita-cs"), ("festival", "lj-fi"),
+                        ("festival", "lp-it"))
 HELDOUT_VOICES = (("flite", "slt"),)
 SEEN_VOICE = (("piper", "joe"),)
 
@@ -137,6 +143,17 @@ def fit_utterances(per_voice: int, seed: int = 0) -> list[Utterance]:
     for engine, voice, semitones in FIT_PITCH_SHIFTED:
         same = [u for u in out if u.engine == engine and u.voice == voice and not u.semitones]
         out += [Utterance(f"{u.id}-up{semitones:g}", u.text, engine, voice, semitones) for u in same]
+    return out
+
+
+def refiner_utterances(per_voice: int, seed: int = 0) -> list[Utterance]:
+    """The fit speech plus the refiner's female voices, each reading its own draw of fit sentences."""
+    out = fit_utterances(per_voice, seed=seed)
+    pool = mmlu_sentences() + template_sentences(max(200, per_voice), seed=seed)
+    rng = random.Random(seed + 1)
+    for engine, voice in REFINER_EXTRA_VOICES:
+        out += [Utterance(f"refine-{voice}-{i:05d}", text, engine, voice)
+                for i, text in enumerate(rng.sample(pool, min(per_voice, len(pool))))]
     return out
 
 

@@ -130,7 +130,7 @@ def train_refiner(exact: np.ndarray, quantised: np.ndarray, lengths=None, cfg: R
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     offsets = torch.arange(crop)
     losses, t0, done = [], time.time(), 0
-    bar = tqdm(range(steps), desc="mel refiner", unit="step", disable=not progress)
+    bar = tqdm(range(steps), desc="mel refiner", unit="step", disable=not progress, mininterval=2)
     for step in bar:
         idx = torch.from_numpy(rng.choice(starts, batch))[:, None] + offsets   # [B, crop] frames
         qb, xb = q[idx].transpose(1, 2), x[idx].transpose(1, 2)                # [B, n_mels, crop]

@@ -1,4 +1,4 @@
-"""Text-to-speech for building spoken data: Piper (neural), flite and espeak-ng (classic).
+"""Text-to-speech for building spoken data: Piper (neural), flite, Festival and espeak-ng (classic).
 
 Everything here runs offline. Results are cached on disk under `cache_dir()/tts/`, keyed
 by sha256 of (engine, voice, synthesis settings, text, cache version), so a task or a
@@ -30,7 +30,7 @@ from deeptalk.paths import cache_dir
 # Bump when synthesis code changes what a cached file would contain.
 CACHE_VERSION = 1
 
-ENGINES = ("piper", "flite", "espeak")
+ENGINES = ("piper", "flite", "festival", "espeak")
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,13 @@ _PRESETS = [
     Voice("flite", "rms", "rms", {}),
     Voice("flite", "slt", "slt", {}),
     Voice("flite", "slt-fast", "slt", {"rate": 1.2}),
+    # Festival's only female voices in Debian speak Catalan, Czech, Finnish and Italian:
+    # they read English with their own letter-to-sound rules (not for ASR), and give
+    # female speech for codec training, where every English voice but flite slt is male.
+    Voice("festival", "ona-ca", "upc_ca_ona_hts", {}),
+    Voice("festival", "dita-cs", "czech_dita", {}),
+    Voice("festival", "lj-fi", "suo_fi_lj_diphone", {}),
+    Voice("festival", "lp-it", "lp_diphone", {}),
     Voice("espeak", "en-us", "en-us", {}),
     Voice("espeak", "en-gb", "en", {}),
 ]
@@ -75,6 +82,8 @@ def engine_available(engine: str) -> bool:
         return importlib.util.find_spec("piper") is not None
     if engine == "flite":
         return shutil.which("flite") is not None
+    if engine == "festival":
+        return shutil.which("text2wave") is not None
     if engine == "espeak":
         return shutil.which("espeak-ng") is not None
     return False
@@ -118,8 +127,8 @@ def synthesize(
         raise TTSError(f"cannot synthesise empty text: {text!r}")
     v = resolve_voice(engine, voice)
     if not engine_available(v.engine):
-        raise TTSError(f"TTS engine {engine!r} is not installed here "
-                       f"(piper: pip install piper-tts; flite/espeak: apt-get install flite espeak-ng)")
+        raise TTSError(f"TTS engine {engine!r} is not installed here (piper: pip install piper-tts; "
+                       f"flite/festival/espeak: apt-get install flite festival espeak-ng)")
     merged = {**v.settings, **settings}
     key = _cache_key(v, merged, text, seed)
     path = cache_dir() / "tts" / key[:2] / f"{key}.wav"
@@ -217,6 +226,8 @@ def _run_to_wav(cmd: list[str], wav_path: str) -> tuple[np.ndarray, int]:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0 or not Path(wav_path).is_file():
         raise TTSError(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip()[:300]}")
+    if Path(wav_path).stat().st_size <= 44:   # festival can fail inside its Scheme and still exit 0
+        raise TTSError(f"{cmd[0]} wrote no audio: {proc.stderr.strip()[:300] or 'no message'}")
     wav, sr = sf.read(wav_path, dtype="float32", always_2d=True)
     return wav.mean(axis=1), sr
 
@@ -247,4 +258,22 @@ def _espeak(text: str, voice: str, settings: dict) -> tuple[np.ndarray, int]:
         return _run_to_wav(cmd + [text], out)
 
 
-_ENGINE_FN = {"piper": _piper, "flite": _flite, "espeak": _espeak}
+# Debian package of each Festival voice (named in the error when it is missing)
+FESTIVAL_PACKAGES = {"upc_ca_ona_hts": "festvox-ca-ona-hts", "czech_dita": "festvox-czech-dita",
+                     "suo_fi_lj_diphone": "festvox-suopuhe-lj", "lp_diphone": "festvox-italp16k"}
+FESTIVAL_VOICE_DIR = Path("/usr/share/festival/voices")
+
+
+def _festival(text: str, voice: str, settings: dict) -> tuple[np.ndarray, int]:
+    if settings:
+        raise TTSError(f"unknown festival setting(s): {sorted(settings)}")
+    if not any(FESTIVAL_VOICE_DIR.glob(f"*/{voice}")):
+        raise TTSError(f"festival voice {voice} is not installed (apt-get install "
+                       f"{FESTIVAL_PACKAGES.get(voice, 'its festvox package')})")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = os.path.join(tmp, "in.txt"), os.path.join(tmp, "out.wav")
+        Path(src).write_text(text + "\n", encoding="utf-8")   # a file: no shell quoting of the text
+        return _run_to_wav(["text2wave", "-eval", f"(voice_{voice})", "-o", out, src], out)
+
+
+_ENGINE_FN = {"piper": _piper, "flite": _flite, "festival": _festival, "espeak": _espeak}
