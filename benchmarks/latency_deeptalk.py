@@ -61,6 +61,11 @@ def build(args):
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
     from deeptalk.upcycle import extend_tokenizer, upcycle
 
+    if args.checkpoint:   # a trained model: its own routing, heads, projector and codec
+        from deeptalk.train import load_checkpoint
+
+        b = load_checkpoint(args.checkpoint, codec=None if args.codec == "offline" else args.codec)
+        return b.model.eval(), b.tokenizer, b.encoder.eval(), b.codec
     if args.codec.startswith("random:"):
         from deeptalk.speech.codec_offline import OfflineCodec
 
@@ -231,6 +236,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="smollm2-135m-instruct")
     ap.add_argument("--codec", default="offline", help="offline | PATH | random:Q:K:stack (timing only)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="time a trained DeepTalk checkpoint (e.g. checkpoints/reference) instead of a fresh upcycle")
     ap.add_argument("--routed", type=int, default=30)
     ap.add_argument("--shared", type=int, default=2)
     ap.add_argument("--top-k", type=int, default=6)
@@ -296,10 +303,12 @@ def main(argv=None):
     out = {
         "benchmark": "latency_deeptalk",
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "model": {"base": args.base, "upcycle": {"routed": args.routed, "shared": args.shared, "top_k": args.top_k,
+        "model": ({"checkpoint": args.checkpoint, "top_k": model.config.num_experts_per_tok,
+                   "routing_mode": model.config.routing_mode} if args.checkpoint else
+                  {"base": args.base, "upcycle": {"routed": args.routed, "shared": args.shared, "top_k": args.top_k,
                                                   "calibrate_tokens": args.calibrate_tokens},
-                  "parameters": sum(p.numel() for p in model.parameters()), "dtype": "float32",
-                  "speech_heads": "untrained (timing only)"},
+                   "speech_heads": "untrained (timing only)"})
+                 | {"parameters": sum(p.numel() for p in model.parameters()), "dtype": "float32"},
         "encoder": enc.config.to_dict(), "codec": codec.describe(),
         "hardware": {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg()},

@@ -28,6 +28,8 @@ Events are this package's own `GenEvent` (the harness adapter converts them).
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Literal, Sequence
 
@@ -62,6 +64,10 @@ class StreamConfig:
     # product that uses every thread; a decode step is hundreds of tiny ops for which OpenMP's
     # fork/join costs more than it saves (measured: benchmarks/latency_deeptalk.py)
     decode_threads: int | None = None
+    # decode audio chunks after the first on a worker thread, beside the next decode steps
+    # (the first chunk is decoded in line: it is the time to first audio). Same audio, same
+    # chunks; the codec's time leaves the generation loop (benchmarks/latency_deeptalk.py).
+    background_decode: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -364,49 +370,71 @@ class SpeechGenerator:
         grid: list[np.ndarray] = []
         decoder = self.codec.stream_decoder(left_context=cfg.decoder_left_context,
                                             lookahead=cfg.decoder_lookahead) if speak else None
-        n_frames = 0
-        first_chunk = True
-        stop_reason = None
-        n_steps = 0
         sr = self.codec.sample_rate if speak else None
-        eos = self.cfg.audio_eos_id if speak else None
-        audio_over = False
-        for tok, column in self.steps(prompt, output, cfg):
-            if tok == "prefill":
-                yield GenEvent("mark", now(), name="prefill_done")
-                continue
-            if tok == "stop":
-                stop_reason = column
-                continue
-            n_steps += 1
-            if tok not in self.stop_ids and not (speak and tok == self.special.get("<|text_pad|>")):
-                delta = shown.push(tok)
-                if delta:
-                    yield GenEvent("text", now(), text=delta)
-            if column is None:
-                continue
-            col = column.cpu().numpy()
-            grid.append(col)
-            s = len(grid) - 1
-            # frame s - Q is complete at step s, unless codebook 0 already ended the audio
-            f = s - q
-            if f >= 0 and not audio_over:
-                if grid[f + 1][0] == eos:
-                    audio_over = True
-                else:
-                    frames.append(self._frame(grid, f, q))
-                    n_frames += 1
-            want = cfg.first_chunk_frames if first_chunk else cfg.chunk_frames
-            if len(frames) >= want:
-                yield from self._push(decoder, frames, sr, first_chunk)
-                frames, first_chunk = [], False
-        if speak:
-            if frames:
-                yield from self._push(decoder, frames, sr, first_chunk)
-                first_chunk = False
-            tail = decoder.flush() if n_frames else np.zeros(0, np.float32)
-            if len(tail):
-                yield GenEvent("audio", now(), audio=tail, sample_rate=sr)
+        # one worker keeps the chunks in order: the decoder is stateful
+        pool = ThreadPoolExecutor(1, thread_name_prefix="codec") if speak and cfg.background_decode else None
+        pending: deque = deque()
+
+        def ready(block: bool = False) -> Iterator[GenEvent]:
+            while pending and (block or pending[0].done()):
+                wav = pending.popleft().result()
+                if len(wav):   # timed when handed over: what the listener gets
+                    yield GenEvent("audio", now(), audio=wav, sample_rate=sr)
+
+        def push(chunk: list[np.ndarray], first: bool) -> Iterator[GenEvent]:
+            if first or pool is None:
+                yield from self._push(decoder, chunk, sr, first)
+            else:
+                pending.append(pool.submit(decoder.push, np.stack(chunk, 1).astype(np.int64)))
+
+        try:
+            n_frames = 0
+            first_chunk = True
+            stop_reason = None
+            n_steps = 0
+            eos = self.cfg.audio_eos_id if speak else None
+            audio_over = False
+            for tok, column in self.steps(prompt, output, cfg):
+                if tok == "prefill":
+                    yield GenEvent("mark", now(), name="prefill_done")
+                    continue
+                if tok == "stop":
+                    stop_reason = column
+                    continue
+                n_steps += 1
+                if tok not in self.stop_ids and not (speak and tok == self.special.get("<|text_pad|>")):
+                    delta = shown.push(tok)
+                    if delta:
+                        yield GenEvent("text", now(), text=delta)
+                if column is None:
+                    continue
+                col = column.cpu().numpy()
+                grid.append(col)
+                s = len(grid) - 1
+                # frame s - Q is complete at step s, unless codebook 0 already ended the audio
+                f = s - q
+                if f >= 0 and not audio_over:
+                    if grid[f + 1][0] == eos:
+                        audio_over = True
+                    else:
+                        frames.append(self._frame(grid, f, q))
+                        n_frames += 1
+                want = cfg.first_chunk_frames if first_chunk else cfg.chunk_frames
+                if len(frames) >= want:
+                    yield from push(frames, first_chunk)
+                    frames, first_chunk = [], False
+                yield from ready()
+            if speak:
+                if frames:
+                    yield from push(frames, first_chunk)
+                    first_chunk = False
+                yield from ready(block=True)
+                tail = decoder.flush() if n_frames else np.zeros(0, np.float32)
+                if len(tail):
+                    yield GenEvent("audio", now(), audio=tail, sample_rate=sr)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         codes = np.stack([self._frame(grid, f, q) for f in range(n_frames)], 1) if speak and n_frames else None
         if speak and codes is None:
             codes = np.zeros((q, 0), dtype=np.int64)

@@ -81,7 +81,9 @@ def run_stream(g, prompt, output, cfg):
 
 @pytest.mark.parametrize("cfg", [StreamConfig(max_speech_steps=16, first_chunk_frames=2, chunk_frames=5),
                                  StreamConfig(max_speech_steps=16, first_chunk_frames=1, chunk_frames=3,
-                                              temperature=0.9, top_p=0.9, seed=7)])
+                                              temperature=0.9, top_p=0.9, seed=7),
+                                 StreamConfig(max_speech_steps=16, first_chunk_frames=2, chunk_frames=3,
+                                              background_decode=False)])
 def test_stream_equals_generate_speech(gen, cfg):
     p = gen.prompt(text="What is a baby lion called?", speak=True)
     res = gen.generate(p, "speech", cfg)

@@ -57,6 +57,12 @@ def test_shipped_refiner_fits_the_streaming_lookahead():
     assert shipped.refiner.cfg.right_context <= shipped.stack
     assert shipped.refiner.cfg.left_context <= 8 * shipped.stack      # the decoder's left context
     assert shipped.manifest["refiner"]["val_heldout_quiz"]
+    # a window with 5 positions of left context and 1 held back refines its inside like the full decode
+    codes = np.random.default_rng(0).integers(0, shipped.codebook_size, (shipped.num_codebooks, 40))
+    full, window = shipped.codes_to_log_mel(codes), shipped.codes_to_log_mel(codes[:, 10:30])
+    s = shipped.stack
+    assert np.allclose(window[:, 5 * s : 19 * s], full[:, 15 * s : 29 * s], atol=1e-4)
+    assert not np.allclose(window[:, 19 * s :], full[:, 29 * s : 30 * s], atol=1e-4)   # its right edge does not
 
 
 def test_starts_as_identity():

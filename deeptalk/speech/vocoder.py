@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import threading
+
 import numpy as np
 import torch
 
@@ -89,12 +91,15 @@ class GriffinLim:
     def __call__(self, log_mel: np.ndarray, frame_offset: int = 0) -> np.ndarray:
         """Waveform of exactly T * hop samples for log-mel [n_mels, T]."""
         before = torch.get_num_threads()
-        if self.threads and self.threads != before:
+        # torch's thread count is process-wide: a worker thread (the streaming generator's
+        # codec worker) leaves it alone, or it would change the caller's model steps too
+        change = bool(self.threads) and self.threads != before and threading.current_thread() is threading.main_thread()
+        if change:
             torch.set_num_threads(self.threads)
         try:
             return self._run(log_mel, frame_offset)
         finally:
-            if torch.get_num_threads() != before:
+            if change:
                 torch.set_num_threads(before)
 
     @torch.inference_mode()
