@@ -124,11 +124,11 @@ def cmd_refine(args) -> dict:
 
     from deeptalk.speech.codec_offline import OfflineCodec
     from deeptalk.speech.mel_refiner import RefinerConfig, train_refiner, validation_l1
+    from deeptalk.speech.tts import TTSError
 
     _seed_all(args.seed)
     codec = OfflineCodec.load(None if args.codec == "offline" else args.codec, refine=False)
     utts = codec_data.refiner_utterances(args.per_voice, seed=args.seed)
-    from deeptalk.speech.tts import TTSError
 
     feats, seconds, failed = [], 0.0, []
     for u in tqdm(utts, desc="refiner speech (tts + log-mel)", unit="utt"):
