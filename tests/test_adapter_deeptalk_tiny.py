@@ -141,12 +141,17 @@ def test_bad_audio_is_unsupported_request(adapter):
         adapter.generate([Request("n", audio=Audio(bad, 16000))])
 
 
-def test_describe_records_setup(adapter):
+def test_describe_records_setup(adapter, monkeypatch):
     d = adapter.describe()
     for k in ("routing_mode", "dtype", "first_chunk_frames", "chunk_frames", "batch_parallel", "checkpoint_sha256"):
         assert k in d
     assert d["first_chunk_frames"] == 2 and d["batch_parallel"] is False and len(d["checkpoint_sha256"]) == 64
     assert adapter.checkpoint_sha256()[:16] in adapter.fingerprint()
+    # the codec lives outside the checkpoint: a different decoder is a different fingerprint
+    before, codec = adapter.fingerprint(), adapter.bundle.codec
+    described = codec.describe()
+    monkeypatch.setattr(codec, "describe", lambda: {**described, "file_sha256": "another codec file"})
+    assert adapter.fingerprint() != before
 
 
 def test_stop_cut_never_takes_back_shown_text():

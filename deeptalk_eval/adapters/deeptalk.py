@@ -12,6 +12,7 @@ the same lm-eval conventions as the base-LLM baseline, on the model's text path.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -97,9 +98,15 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
             self._sha = h.hexdigest()
         return self._sha
 
+    def codec_sha256(self) -> str:
+        """sha256 of what the codec records about itself (its file's hash, refiner, vocoder):
+        the codec lives outside the checkpoint, and a new decoder changes every spoken answer."""
+        return hashlib.sha256(json.dumps(self.bundle.codec.describe(), sort_keys=True, default=str).encode()).hexdigest()
+
     def fingerprint(self) -> str:
         opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "threads", "batch_size")}
-        return f"deeptalk:{self.checkpoint_sha256()[:16]}:{opts}:routing={self.bundle.model.config.routing_mode}"
+        return (f"deeptalk:{self.checkpoint_sha256()[:16]}:codec={self.codec_sha256()[:16]}:{opts}"
+                f":routing={self.bundle.model.config.routing_mode}")
 
     def describe(self) -> dict[str, Any]:
         m = self.bundle.model
