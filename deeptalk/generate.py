@@ -387,7 +387,18 @@ class SpeechGenerator:
             else:
                 pending.append(pool.submit(decoder.push, np.stack(chunk, 1).astype(np.int64)))
 
+        def finish_audio() -> Iterator[GenEvent]:
+            nonlocal frames, first_chunk
+            if frames:
+                yield from push(frames, first_chunk)
+                frames, first_chunk = [], False
+            yield from ready(block=True)
+            tail = decoder.flush() if decoder.frames else np.zeros(0, np.float32)
+            if len(tail):
+                yield GenEvent("audio", now(), audio=tail, sample_rate=sr)
+
         try:
+            flushed = False
             n_frames = 0
             first_chunk = True
             stop_reason = None
@@ -424,14 +435,12 @@ class SpeechGenerator:
                     yield from push(frames, first_chunk)
                     frames, first_chunk = [], False
                 yield from ready()
-            if speak:
-                if frames:
-                    yield from push(frames, first_chunk)
-                    first_chunk = False
-                yield from ready(block=True)
-                tail = decoder.flush() if n_frames else np.zeros(0, np.float32)
-                if len(tail):
-                    yield GenEvent("audio", now(), audio=tail, sample_rate=sr)
+                if audio_over and not flushed:
+                    # the audio is complete: play all of it now, not when the text channel ends
+                    yield from finish_audio()
+                    flushed = True
+            if speak and not flushed:
+                yield from finish_audio()
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)

@@ -228,3 +228,24 @@ def test_batch_of_sampled_answers_runs_one_by_one(gen):
     prompts = [gen.prompt(text=t) for t in PROMPTS[:2]]
     batched = gen.generate_batch(prompts, "text", cfg)
     assert [b.text_ids for b in batched] == [gen.generate(p, "text", cfg).text_ids for p in prompts]
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_audio_that_ends_before_the_text_is_played_at_once(tiny_model, tokenizer, background):
+    """Codebook 0 ends the audio early while the text channel runs on: every audio sample
+    is handed over before the next text step, not when the text ends."""
+    g = SpeechGenerator(tiny_model, tokenizer, codec=FrameTableCodec())
+    g._audio_bias = g._audio_bias.clone()
+    g._audio_bias[0, tiny_model.config.audio_eos_id] = 50.0      # codebook 0 ends as soon as it may
+    g._text_bias = g._text_bias.clone()
+    for i in g.stop_ids:                                         # the text never ends
+        g._text_bias[i] = float("-inf")
+    cfg = StreamConfig(max_speech_steps=20, first_chunk_frames=1, chunk_frames=4, background_decode=background)
+    p = g.prompt(text="Say something short.", speak=True)
+    events, info = run_stream(g, p, "speech", cfg)
+    assert info["stop_reason"] == "max_steps" and info["frames"] >= 1
+    kinds = [e.kind for e in events]
+    last_audio = max(i for i, k in enumerate(kinds) if k == "audio")
+    assert kinds[last_audio + 1 :].count("text") >= 5             # the text went on after the audio
+    audio = np.concatenate([e.audio for e in events if e.kind == "audio"])
+    assert np.allclose(audio, g.generate(p, "speech", cfg).audio, atol=1e-6)
