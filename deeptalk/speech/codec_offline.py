@@ -113,15 +113,14 @@ class OfflineCodec(SpeechCodec):
         return self.quantize(self.features(wav, sr))
 
     def decode(self, codes: np.ndarray, *, frame_offset: int = 0) -> np.ndarray:
-        return self.vocode(self.codes_to_log_mel(codes, frame_offset), frame_offset=frame_offset)
+        return self.vocode(self.codes_to_log_mel(codes), frame_offset=frame_offset)
 
-    def codes_to_log_mel(self, codes: np.ndarray, frame_offset: int = 0) -> np.ndarray:
+    def codes_to_log_mel(self, codes: np.ndarray) -> np.ndarray:
         """Codes -> the log-mel the vocoder gets: centroids summed, refined when a refiner is on."""
-        vectors = self.dequantize(codes)
-        if not self.refine:
-            return self.vectors_to_log_mel(vectors)
-        mel = unstack_frames(vectors, self.stack, self.mel_cfg.n_mels)
-        return self.refiner.refine(mel) * self.mel_std + self.mel_mean
+        mel = unstack_frames(self.dequantize(codes), self.stack, self.mel_cfg.n_mels)
+        if self.refine:   # chunks start on a position boundary, as the refiner's frame phase assumes
+            mel = self.refiner.refine(mel)
+        return mel * self.mel_std + self.mel_mean
 
     def vocode(self, log_mel: np.ndarray, frame_offset: int = 0) -> np.ndarray:
         """Log-mel -> waveform; `frame_offset` is in positions (as in `decode`)."""

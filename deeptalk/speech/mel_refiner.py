@@ -67,13 +67,13 @@ class MelRefiner(nn.Module):
         nn.init.zeros_(self.out.conv.weight)   # starts as the identity: never worse than no refiner
         nn.init.zeros_(self.out.conv.bias)
 
-    def phase(self, n_frames: int, frame_offset: int = 0) -> torch.Tensor:
-        """One-hot place of each frame inside its codec position [stack, T]."""
-        idx = (torch.arange(n_frames) + frame_offset) % self.cfg.stack
+    def phase(self, n_frames: int) -> torch.Tensor:
+        """One-hot place of each frame inside its codec position [stack, T] (frame 0 starts one)."""
+        idx = torch.arange(n_frames) % self.cfg.stack
         return nn.functional.one_hot(idx, self.cfg.stack).T.float()
 
-    def forward(self, x: torch.Tensor, frame_offset: int = 0) -> torch.Tensor:
-        ph = self.phase(x.shape[-1], frame_offset).to(x).expand(x.shape[0], -1, -1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ph = self.phase(x.shape[-1]).to(x).expand(x.shape[0], -1, -1)
         h = nn.functional.gelu(self.inp(torch.cat([x, ph], dim=1)))
         for block in self.blocks:
             h = h + nn.functional.gelu(block(h))

@@ -9,9 +9,8 @@ full decode starts from (what makes chunked decoding agree with the full decode)
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import threading
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
