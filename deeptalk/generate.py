@@ -113,12 +113,15 @@ class GenerationResult:
 
 
 def build_prompt_ids(tokenizer, config, text: str | None, speech_positions: int | None, speak: bool,
-                     system: str | None = None, history: Sequence[tuple[str, str]] = ()):
+                     system: str | None = None, history: Sequence[tuple[str, str]] = (),
+                     speech_as_text: bool = False):
     """Token ids, token modality and readable text of a chat-templated request.
 
     A spoken user turn is `<|audio_in|>` x speech_positions + `<|audio_in_end|>` (speech
     modality) followed by `text` if any; `speak` appends `<|speech_start|>`. The trainer
     builds its sequences with this same function, so training and inference agree.
+    `speech_as_text`: the positions are soft text embeddings (a CTC projector): text
+    modality and no end marker, so the LLM reads the turn as it reads a written one.
     """
     if text is None and speech_positions is None:
         raise ValueError("a prompt needs text or audio")
@@ -136,10 +139,11 @@ def build_prompt_ids(tokenizer, config, text: str | None, speech_positions: int 
         before, after = rendered.split(_AUDIO_MARK)
         ids += enc(before)
         modality += [TEXT_MODALITY] * len(ids)
-        ids += [config.special_token_id("<|audio_in|>")] * speech_positions + [config.special_token_id("<|audio_in_end|>")]
-        modality += [SPEECH_MODALITY] * (speech_positions + 1)
+        end = [] if speech_as_text else [config.special_token_id("<|audio_in_end|>")]
+        ids += [config.special_token_id("<|audio_in|>")] * speech_positions + end
+        modality += [TEXT_MODALITY if speech_as_text else SPEECH_MODALITY] * (speech_positions + len(end))
         ids += enc(after)
-        rendered = before + f"<|audio_in|>x{speech_positions}<|audio_in_end|>" + after
+        rendered = before + f"<|audio_in|>x{speech_positions}" + ("" if speech_as_text else "<|audio_in_end|>") + after
     else:
         ids += enc(rendered)
     if speak:
@@ -228,7 +232,8 @@ class SpeechGenerator:
                      "speech_positions": int(speech.shape[0])}
             t_enc = time.monotonic()
         p = int(speech.shape[0]) if speech is not None else None
-        ids, modality, rendered = build_prompt_ids(self.tokenizer, self.cfg, text, p, speak, system, history)
+        ids, modality, rendered = build_prompt_ids(self.tokenizer, self.cfg, text, p, speak, system, history,
+                                                   speech_as_text=self.encoder is not None and self.encoder.reads_as_text)
         dev = self.model.device
         return Prompt(
             input_ids=torch.tensor([ids], device=dev),

@@ -181,11 +181,16 @@ def build_model(recipe: dict, dense, tokenizer, codec):
     return model
 
 
-def build_encoder(recipe: dict, hidden_size: int):
+def build_encoder(recipe: dict, hidden_size: int, tokenizer=None):
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
 
     cfg = SpeechEncoderConfig(hidden_size=hidden_size, **recipe["speech_encoder"])
-    return SpeechEncoder.from_whisper(cfg)
+    vocab = None
+    if cfg.projector == "ctc":  # the head emits the tokens of the hearing corpus
+        from deeptalk.hearing import corpus_vocab
+
+        vocab = corpus_vocab(tokenizer, seed=int(recipe["seed"]))
+    return SpeechEncoder.from_whisper(cfg, ctc_vocab=vocab)
 
 
 @dataclass
@@ -221,7 +226,7 @@ def save_checkpoint(path: Path, model, tokenizer, encoder, codec_ref: dict, info
                 shutil.copy(src.with_suffix(".json"), tmp / Path(ref["path"]).with_suffix(".json").name)
     (tmp / CODEC_FILE).write_text(json.dumps(ref))
     (tmp / "stage.json").write_text(json.dumps(info, indent=1, default=str))
-    for name in ("loss.csv", "loss.png", "assignment.json", "modality_load.safetensors", "modality_load.csv",
+    for name in ("loss.csv", "loss.png", "hearing_curve.csv", "assignment.json", "modality_load.safetensors", "modality_load.csv",
                  "modality_load.png"):
         if (path / name).is_file():
             shutil.copy(path / name, tmp / name)
@@ -257,9 +262,10 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     enc_cfg = SpeechEncoderConfig(**json.loads((path / ENCODER_CONFIG).read_text()))
-    encoder = SpeechEncoder.from_whisper(enc_cfg)
-    encoder.projector.load_state_dict(load_file(str(path / ENCODER_FILE)))
-    encoder = encoder.to(device).eval()
+    state = load_file(str(path / ENCODER_FILE))
+    encoder = SpeechEncoder.from_whisper(enc_cfg, ctc_vocab=state.get("vocab"))
+    encoder.projector.load_state_dict(state)
+    encoder = encoder.to(device).eval().tie(model.get_input_embeddings().weight)
     ref = json.loads((path / CODEC_FILE).read_text())
     codec_src = codec or (str(path / ref["path"]) if "path" in ref else ref["name"])
     info = json.loads((path / "stage.json").read_text()) if (path / "stage.json").is_file() else {}
@@ -333,13 +339,19 @@ def _spoken_items(item_set, encoder, desc: str):
 
     for item in tqdm(item_set.items, desc=desc):
         feats = encoder.whisper_features(prepare_audio(load_wav(item_set, item), 16000, name=item["id"]))
-        yield item, feats, num_positions(feats.shape[0], encoder.config.stride)
+        if encoder.reads_as_text:  # a CTC projector's positions are the tokens it hears (it is frozen after stage 1)
+            with torch.no_grad():
+                p = int(encoder([feats])[1][0])
+        else:
+            p = num_positions(feats.shape[0], encoder.config.stride)
+        yield item, feats, p
 
 
 def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
     out = []
     for item, feats, p in _spoken_items(asr_set, encoder, "whisper features (asr)"):
-        ids, mod, _ = build_prompt_ids(tokenizer, config, ASR_INSTRUCTION, p, speak=False)
+        ids, mod, _ = build_prompt_ids(tokenizer, config, ASR_INSTRUCTION, p, speak=False,
+                                       speech_as_text=encoder.reads_as_text)
         ans = _answer_ids(tokenizer, item["text"]) + [tokenizer.eos_token_id]
         out.append(Example(ids + ans, [-100] * len(ids) + ans, mod + [TEXT_MODALITY] * len(ans), feats))
     return out
@@ -348,7 +360,7 @@ def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
 def qa_examples(qa_set, encoder, tokenizer, config) -> list[Example]:
     out = []
     for item, feats, p in _spoken_items(qa_set, encoder, "whisper features (spoken qa)"):
-        ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True)
+        ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True, speech_as_text=encoder.reads_as_text)
         codes = np.load(qa_set.path(item, "codes"))
         text, grid = answer_steps(_answer_ids(tokenizer, item["answer"]), codes, config)
         audio = torch.full((config.num_codebooks, len(ids) + len(text)), -1, dtype=torch.long)
@@ -506,6 +518,9 @@ def set_trainable(model, encoder, stage: str, scfg: dict | None = None) -> str:
         if split:
             model.set_trainable_modality(None)
             model.requires_grad_(False)
+    if "projector" in groups and encoder.reads_as_text and stage != "1":
+        raise ValueError(f"stage {stage}: a CTC projector trains in stage 1 only (its positions are the tokens it "
+                         "hears, fixed when the stage's examples are built): drop 'projector' from this stage's train list")
     for g in groups:
         params = _group_parameters(model, encoder, g)
         if not params:
@@ -727,9 +742,10 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
         seed_everything(seed)
         model = build_model(recipe, dense, tokenizer, codec)
         seed_everything(seed)
-        encoder = build_encoder(recipe, model.config.hidden_size)
+        encoder = build_encoder(recipe, model.config.hidden_size, tokenizer)
     model.config.speech_encoder_dim = encoder.projector.fc1.in_features // encoder.config.stride
     encoder.projector.to(model.dtype)
+    encoder.tie(model.get_input_embeddings().weight)
 
     asr_ex = qa_ex = text_ex = None
     summary = {"recipe": recipe["name"], "recipe_hash": recipe_hash(recipe), "seed": seed, "stages": {},
@@ -749,7 +765,9 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
         if stage == "assign":
             info = assign_stage(model, encoder, tokenizer, scfg, qa_set, data, path, seed, acc)
         else:
-            if stage == "1":
+            if stage == "1" and encoder.reads_as_text:
+                ex = None  # CTC on the hearing corpus (deeptalk/hearing.py), the LLM untouched
+            elif stage == "1":
                 asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config)
                 ex = asr_ex
             elif stage == "2.1":
@@ -765,7 +783,10 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
                 ex = qa_ex + text_ex + asr_ex[: len(qa_ex)]
             acc.free_memory()  # forget the previous stage's prepared objects (save/load_state count them)
-            info = train_stage(acc, stage, scfg, model, encoder, ex, tokenizer, path, seed, resume, teacher=dense)
+            if ex is None:
+                info = hearing_stage(recipe, scfg, encoder, tokenizer, path, seed, resume, acc)
+            else:
+                info = train_stage(acc, stage, scfg, model, encoder, ex, tokenizer, path, seed, resume, teacher=dense)
         model.set_routing_mode(recipe.get("inference_routing", "all") if model.config.speech_experts is not None
                                else "all")
         if model.config.speech_experts is not None:
@@ -786,6 +807,27 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
         (output / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     acc.end_training()
     return summary
+
+
+def hearing_stage(recipe: dict, scfg: dict, encoder, tokenizer, path: Path, seed: int, resume: bool, acc) -> dict:
+    """Stage 1 for a CTC projector: CTC on the hearing corpus, resumable (state in path/state)."""
+    from deeptalk.hearing import HearingData, HearingTrain, build_hearing_data, train_ctc
+
+    hd = dict(recipe["data"].get("hearing", {}))
+    if "voices" in hd:
+        hd["voices"] = tuple(hd["voices"])
+    with acc.main_process_first():
+        files, dev = build_hearing_data(HearingData(seed=seed, **hd), encoder, tokenizer)
+    keys = {"lr", "batch_size", "max_steps", "max_seconds", "checkpoint_every", "eval_every", "warmup", "spec_augment"}
+    cfg = HearingTrain(stride=encoder.config.stride, seed=seed, **{k: v for k, v in scfg.items() if k in keys})
+    dtype = encoder.projector.fc1.weight.dtype
+    encoder.projector.float()  # CTC trains in fp32 whatever the model's dtype
+    res = train_ctc(encoder.projector, files, dev, tokenizer, cfg, path / "state", resume=resume, log=acc.print)
+    encoder.projector.to(dtype)
+    shutil.copy(path / "state" / "curve.csv", path / "hearing_curve.csv")
+    return {"stage": "1", "steps": res["steps"], "seconds": round(res["seconds"], 2), "trains": "ctc projector",
+            "dev_wer": res["dev_wer"], "utterances": res["utterances"],
+            "trainable_parameters": sum(p.numel() for p in encoder.projector.parameters())}
 
 
 def assign_stage(model, encoder, tokenizer, scfg: dict, qa_set, data, path: Path, seed: int, acc) -> dict:

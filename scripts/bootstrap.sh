@@ -9,7 +9,7 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 # Debian packages used by the bundled data and checks: real recordings (alsa-utils), factoid
-# QA (bsdgames), extra TTS voices (flite; Festival's female voices, which train the codec's
+# QA (bsdgames), WordNet glosses and fortunes (the hearing corpus), extra TTS voices (flite; Festival's female voices, which train the codec's
 # mel refiner), headless Chromium for the HTML leaderboard test.
 need_apt=()
 [ -d /usr/share/sounds/alsa ] || need_apt+=(alsa-utils)
@@ -21,6 +21,9 @@ command -v text2wave >/dev/null 2>&1 || need_apt+=(festival)
 [ -d /usr/share/festival/voices/finnish/suo_fi_lj_diphone ] || need_apt+=(festvox-suopuhe-lj)
 [ -d /usr/share/festival/voices/italian/lp_diphone ] || need_apt+=(festvox-italp16k)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# broad English text for the hearing corpus (deeptalk/hearing_corpus.py)
+[ -f /usr/share/wordnet/data.noun ] || need_apt+=(wordnet-base)
+[ -f /usr/share/games/fortunes/fortunes ] || need_apt+=(fortunes)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need_apt[*]}" >&2

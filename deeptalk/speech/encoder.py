@@ -83,7 +83,11 @@ class SpeechEncoderConfig:
     stride: int = 2  # 50 Hz Whisper frames stacked per LLM position (1 = the paper's 50 Hz)
     window: str = "exact"  # "exact" (real frames only) | "pad30" (Whisper's 30 s window)
     hidden_size: int = 576  # the LLM's hidden size
-    projector_hidden: int | None = None  # MLP width; default: hidden_size
+    projector_hidden: int | None = None  # MLP width; default: hidden_size (ctc: 2 x hidden_size)
+    # "mlp": one position per `stride` frames, read by the speech experts (the paper's projector);
+    # "ctc": CTC over the LLM's vocabulary, one soft text embedding per token heard, read as text
+    # (deeptalk/speech/ctc_projector.py)
+    projector: str = "mlp"
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -117,8 +121,10 @@ def num_positions(num_frames: int, stride: int) -> int:
 class SpeechEncoder(nn.Module):
     """Whisper encoder (frozen) + projector (trainable)."""
 
-    def __init__(self, whisper_encoder: nn.Module, config: SpeechEncoderConfig):
+    def __init__(self, whisper_encoder: nn.Module, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None):
         super().__init__()
+        if config.projector not in ("mlp", "ctc"):
+            raise ValueError(f"SpeechEncoderConfig.projector must be 'mlp' or 'ctc', got {config.projector!r}")
         if config.window not in ("exact", "pad30"):
             raise ValueError(f"SpeechEncoderConfig.window must be 'exact' or 'pad30', got {config.window!r}")
         if config.stride < 1:
@@ -129,14 +135,32 @@ class SpeechEncoder(nn.Module):
         self.whisper.eval()
         self.n_mels = whisper_encoder.conv1.in_channels
         d = whisper_encoder.ln_post.normalized_shape[0]
-        self.projector = Projector(d, config.hidden_size, config.stride, config.projector_hidden)
+        if config.projector == "ctc":
+            from deeptalk.speech.ctc_projector import CTCProjector
+
+            if ctc_vocab is None:
+                raise ValueError("a CTC projector needs its vocabulary (the LLM token ids it can emit)")
+            self.projector = CTCProjector(d, config.hidden_size, config.stride, ctc_vocab, config.projector_hidden)
+        else:
+            self.projector = Projector(d, config.hidden_size, config.stride, config.projector_hidden)
 
     @classmethod
-    def from_whisper(cls, config: SpeechEncoderConfig) -> "SpeechEncoder":
+    def from_whisper(cls, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None) -> "SpeechEncoder":
         from deeptalk.speech.whisper_ckpt import load_whisper
 
         model = load_whisper(config.whisper)
-        return cls(model.encoder, config)
+        return cls(model.encoder, config, ctc_vocab)
+
+    @property
+    def reads_as_text(self) -> bool:
+        """Its positions are soft text embeddings: the LLM reads them on its text path."""
+        return self.config.projector == "ctc"
+
+    def tie(self, embedding_weight: torch.Tensor) -> "SpeechEncoder":
+        """Give a CTC projector the LLM's input embeddings (a no-op for the MLP projector)."""
+        if self.reads_as_text:
+            self.projector.tie(embedding_weight)
+        return self
 
     def train(self, mode: bool = True):  # the Whisper half never leaves eval mode
         super().train(mode)
@@ -174,19 +198,27 @@ class SpeechEncoder(nn.Module):
     # -- projector ----------------------------------------------------------------
     def forward(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Whisper features (a list of [T_i, d]) -> (embeds [B, P, H] right-padded, lengths [B])."""
-        lengths = torch.tensor([num_positions(f.shape[0], self.config.stride) for f in feats])
         t_max = max(f.shape[0] for f in feats)
         batch = torch.zeros(len(feats), t_max, feats[0].shape[1], dtype=feats[0].dtype)
         for i, f in enumerate(feats):
             batch[i, : f.shape[0]] = f
         w = self.projector.fc1.weight
-        return self.projector(batch.to(device=w.device, dtype=w.dtype)), lengths
+        batch = batch.to(device=w.device, dtype=w.dtype)
+        if self.reads_as_text:
+            rows = self.projector(batch, torch.tensor([f.shape[0] for f in feats]))
+            lengths = torch.tensor([r.shape[0] for r in rows])
+            out = batch.new_zeros(len(rows), int(lengths.max()) if len(rows) else 0, self.config.hidden_size)
+            for i, r in enumerate(rows):
+                out[i, : r.shape[0]] = r
+            return out, lengths
+        lengths = torch.tensor([num_positions(f.shape[0], self.config.stride) for f in feats])
+        return self.projector(batch), lengths
 
     def encode(self, samples, sample_rate: int, name: str = "audio") -> tuple[torch.Tensor, PreparedAudio]:
         """One waveform -> (LLM input embeddings [P, H], what prepare_audio did)."""
         audio = prepare_audio(samples, sample_rate, name)
-        embeds, _ = self([self.whisper_features(audio)])
-        return embeds[0], audio
+        embeds, lengths = self([self.whisper_features(audio)])
+        return embeds[0, : int(lengths[0])], audio
 
     def projector_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.projector.state_dict().items()}

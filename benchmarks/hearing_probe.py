@@ -1,0 +1,69 @@
+"""Learning curve of the CTC hearing projector: dev WER (greedy CTC, Whisper normaliser) vs training minutes.
+
+    python benchmarks/hearing_probe.py --sentences 8000 --stride 2 --out runs/hearing/s2 [--resume]
+
+Builds (or reuses) the hearing shards (deeptalk/hearing.py), trains a CTCProjector tied to
+the base LLM's embeddings, and writes `curve.csv` + `summary.json` under --out. One torch
+thread by default, so it runs beside other work.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sentences", type=int, default=8000)
+    ap.add_argument("--dev", type=int, default=200)
+    ap.add_argument("--stride", type=int, default=2)
+    ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-steps", type=int, default=3000)
+    ap.add_argument("--max-minutes", type=float, default=60)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--no-spec-augment", action="store_true")
+    ap.add_argument("--data-only", action="store_true", help="build the shards and stop")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+
+    from deeptalk.base_llm import load_base_llm
+    from deeptalk.hearing import HearingData, HearingTrain, build_hearing_data, corpus_vocab, train_ctc
+    from deeptalk.speech.ctc_projector import CTCProjector
+    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
+
+    llm, tok = load_base_llm()
+    encoder = SpeechEncoder.from_whisper(SpeechEncoderConfig(stride=a.stride, hidden_size=llm.config.hidden_size))
+    t0 = time.monotonic()
+    train_files, dev_file = build_hearing_data(HearingData(sentences=a.sentences, dev=a.dev), encoder, tok)
+    data_s = time.monotonic() - t0
+    print(f"data: {len(train_files)} shards in {data_s / 60:.1f} min", flush=True)
+    if a.data_only:
+        return
+    vocab = corpus_vocab(tok)
+    proj = CTCProjector(encoder.whisper.ln_post.normalized_shape[0], llm.config.hidden_size, a.stride, vocab,
+                        hidden=a.hidden).tie(llm.get_input_embeddings().weight)
+    cfg = HearingTrain(stride=a.stride, hidden=a.hidden, lr=a.lr, batch_size=a.batch_size, max_steps=a.max_steps,
+                       max_seconds=a.max_minutes * 60, eval_every=a.eval_every, spec_augment=not a.no_spec_augment)
+    res = train_ctc(proj, train_files, dev_file, tok, cfg, a.out, resume=a.resume,
+                    log=lambda m: print(m, flush=True))
+    res.update({"vocab": len(vocab), "params": sum(p.numel() for p in proj.parameters()),
+                "threads": a.threads, "data_minutes": round(data_s / 60, 2), "args": {k: str(v) for k, v in vars(a).items()}})
+    (a.out / "summary.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""A projector that hears in the LLM's own words: CTC over the LLM's vocabulary, read back as embeddings.
+
+    Whisper frames (50 Hz) -> stack `stride` -> MLP + conv -> q [T', H]
+        -> logits = scale * q @ E[vocab].T + bias   (E: the LLM's frozen input embeddings)
+           blank  = a learned linear readout of q
+        -> CTC greedy grouping: runs of one argmax; blank runs dropped
+        -> each kept run -> sum_v p(v) E[v]   (probabilities renormalised over the non-blank tokens)
+
+The LLM then reads something close to its own text embeddings, so a frozen LLM answers a
+spoken question the way it answers the written one, and the projector learns with a CTC
+loss alone: no gradient runs through the LLM, and stage 1 costs minutes, not hours
+(LegoSLM, arXiv 2505.11352, does the same with a larger ASR encoder). The number of
+positions is the number of tokens heard, not a fixed frame rate.
+
+`vocab` (a persistent buffer) lists the LLM token ids the head can emit: the tokens of the
+text it was trained on, so the softmax is not spread over tokens it never saw. The LLM
+embedding matrix is not part of this module's state: `tie(embedding_weight)` attaches it
+after loading (it is the LLM's, and saving it here would copy 28 M numbers).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CTCProjector(nn.Module):
+    kind = "ctc"
+
+    def __init__(self, in_dim: int, out_dim: int, stride: int, vocab: torch.Tensor, hidden: int | None = None,
+                 kernel: int = 5):
+        super().__init__()
+        self.stride = stride
+        hidden = hidden or 2 * out_dim
+        self.norm = nn.LayerNorm(in_dim * stride)
+        self.fc1 = nn.Linear(in_dim * stride, hidden)
+        self.conv = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2)
+        self.fc2 = nn.Linear(hidden, out_dim)
+        self.blank = nn.Linear(out_dim, 1)
+        self.register_buffer("vocab", vocab.long().clone())  # LLM ids of the head's classes 1..V (0 = blank)
+        self.token_bias = nn.Parameter(torch.zeros(len(vocab)))
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        self._embed: torch.Tensor | None = None  # [V, H] rows of the LLM's embeddings (not saved)
+
+    def tie(self, embedding_weight: torch.Tensor) -> "CTCProjector":
+        """Attach the LLM's input embedding matrix [vocab_size, H] (frozen)."""
+        w = embedding_weight.detach()
+        if int(self.vocab.max()) >= w.shape[0]:
+            raise ValueError(f"CTC vocabulary holds id {int(self.vocab.max())}, the LLM has {w.shape[0]} embeddings")
+        self._embed = w[self.vocab.to(w.device)].to(self.fc2.weight.dtype)
+        return self
+
+    @property
+    def embed(self) -> torch.Tensor:
+        if self._embed is None:
+            raise RuntimeError("CTCProjector.tie(embedding_weight) must be called before use")
+        return self._embed
+
+    def hidden(self, feats: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, ceil(T/s), H]
+        b, t, d = feats.shape
+        pad = (-t) % self.stride
+        if pad:
+            feats = nn.functional.pad(feats, (0, 0, 0, pad))
+        x = self.norm(feats.reshape(b, (t + pad) // self.stride, d * self.stride))
+        x = nn.functional.gelu(self.fc1(x))
+        x = x + nn.functional.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        return self.fc2(x)
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """[B, T', 1 + V] log-space scores: class 0 is blank, class i is LLM token vocab[i - 1]."""
+        q = self.hidden(feats)
+        tok = self.log_scale.exp() * (q @ self.embed.T.to(q.dtype)) / q.shape[-1] ** 0.5 + self.token_bias
+        return torch.cat([self.blank(q), tok], dim=-1)
+
+    def ctc_loss(self, feats: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+        """Mean CTC loss per target token; `targets` are LLM token ids (each must be in `vocab`)."""
+        logp = self.logits(feats).float().log_softmax(-1)
+        t_len = (lengths + self.stride - 1) // self.stride
+        index = self.class_index()
+        flat = torch.tensor([index[i] for seq in targets for i in seq], dtype=torch.long)
+        tgt_len = torch.tensor([len(s) for s in targets], dtype=torch.long)
+        loss = nn.functional.ctc_loss(logp.transpose(0, 1), flat, t_len, tgt_len, blank=0, reduction="sum",
+                                      zero_infinity=True)
+        return loss / tgt_len.sum().clamp(min=1)
+
+    def class_index(self) -> dict[int, int]:
+        if getattr(self, "_index", None) is None or len(self._index) != len(self.vocab):
+            self._index = {int(v): i + 1 for i, v in enumerate(self.vocab.tolist())}
+        return self._index
+
+    @torch.no_grad()
+    def greedy_ids(self, feats: torch.Tensor) -> list[int]:
+        """CTC greedy transcript of one utterance [1, T, D] as LLM token ids."""
+        return [int(self.vocab[c - 1]) for c, _ in _runs(self.logits(feats)[0].argmax(-1)) if c != 0]
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Soft LLM input embeddings, one [P_i, H] per utterance (P_i = tokens heard, may be 0)."""
+        logits = self.logits(feats)
+        t_len = [logits.shape[1]] * logits.shape[0] if lengths is None else \
+            ((lengths + self.stride - 1) // self.stride).tolist()
+        out = []
+        for row, n in zip(logits, t_len):
+            probs = row[:n].float().softmax(-1)
+            tokens = probs[:, 1:] / probs[:, 1:].sum(-1, keepdim=True).clamp(min=1e-9)
+            keep = [tokens[s:e].mean(0) for c, (s, e) in _runs(probs.argmax(-1)) if c != 0]
+            out.append(torch.stack(keep) @ self.embed.float() if keep else probs.new_zeros(0, self.embed.shape[1]))
+        return [o.to(self.fc2.weight.dtype) for o in out]
+
+
+def _runs(argmax: torch.Tensor) -> list[tuple[int, tuple[int, int]]]:
+    """(class, (start, end)) for each run of equal consecutive values."""
+    vals = argmax.tolist()
+    out, start = [], 0
+    for i in range(1, len(vals) + 1):
+        if i == len(vals) or vals[i] != vals[start]:
+            out.append((vals[start], (start, i)))
+            start = i
+    return out

@@ -1,0 +1,185 @@
+"""The CTC projector: greedy grouping into soft text embeddings, CTC learning on real speech,
+the encoder and prompt wiring (text modality, no end marker), resumable training."""
+import numpy as np
+import pytest
+import torch
+
+from deeptalk.generate import SPEECH_MODALITY, TEXT_MODALITY, build_prompt_ids
+from deeptalk.speech.ctc_projector import CTCProjector, _runs
+
+
+class FixedLogits(CTCProjector):
+    """A projector whose scores are given: isolates the grouping from the network."""
+
+    def __init__(self, scores, embed):
+        super().__init__(8, embed.shape[1], 1, torch.arange(embed.shape[0]))
+        self.scores = scores
+        self.tie(embed)
+
+    def logits(self, feats):
+        return self.scores.unsqueeze(0)
+
+
+def peaked(classes, n_classes, margin=20.0):
+    s = torch.zeros(len(classes), n_classes)
+    s[torch.arange(len(classes)), torch.tensor(classes)] = margin
+    return s
+
+
+def test_runs_groups_equal_neighbours():
+    assert _runs(torch.tensor([0, 3, 3, 0, 5, 5, 3])) == [(0, (0, 1)), (3, (1, 3)), (0, (3, 4)), (5, (4, 6)), (3, (6, 7))]
+
+
+def test_greedy_grouping_gives_one_position_per_token_heard():
+    embed = torch.randn(6, 4)
+    # blank, a, a, blank, b, b, a, blank  (classes are 1 + token index)
+    proj = FixedLogits(peaked([0, 2, 2, 0, 4, 4, 2, 0], 7), embed)
+    (out,) = proj(torch.zeros(1, 8, 8))
+    assert out.shape == (3, 4)
+    # peaked posteriors read back as the tokens' own embeddings
+    torch.testing.assert_close(out, embed[[1, 3, 1]], atol=1e-4, rtol=1e-4)
+    assert proj.greedy_ids(torch.zeros(1, 8, 8)) == [1, 3, 1]
+
+
+def test_soft_embedding_is_the_probability_weighted_sum():
+    embed = torch.randn(3, 4)
+    scores = torch.tensor([[-10.0, 1.0, 0.0, -10.0]])  # one non-blank frame, split between tokens 0 and 1
+    (out,) = FixedLogits(scores, embed)(torch.zeros(1, 1, 8))
+    p = torch.tensor([1.0, 0.0, -10.0]).softmax(0)
+    torch.testing.assert_close(out[0], p @ embed, atol=1e-5, rtol=1e-5)
+
+
+def test_silence_gives_no_positions_and_lengths_are_respected():
+    embed = torch.randn(3, 4)
+    proj = FixedLogits(peaked([0, 0, 1, 1], 4), embed)
+    (out,) = proj(torch.zeros(1, 4, 8), lengths=torch.tensor([2]))  # the token frames are padding
+    assert out.shape == (0, 4)
+
+
+def test_untied_projector_is_a_clear_error():
+    p = CTCProjector(8, 4, 2, torch.arange(5))
+    with pytest.raises(RuntimeError, match="tie"):
+        p(torch.zeros(1, 4, 8))
+    with pytest.raises(ValueError, match="holds id 4"):
+        p.tie(torch.zeros(3, 4))
+
+
+def test_prompt_reads_ctc_positions_as_text():
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from deeptalk.config import DeepTalkConfig
+
+    ref = Path(__file__).resolve().parent.parent / "checkpoints" / "reference"
+    tok, cfg = AutoTokenizer.from_pretrained(ref), DeepTalkConfig.from_pretrained(ref)
+    audio_in, audio_end = cfg.special_token_id("<|audio_in|>"), cfg.special_token_id("<|audio_in_end|>")
+    ids, mod, _ = build_prompt_ids(tok, cfg, None, 3, speak=False)
+    assert ids.count(audio_in) == 3 and audio_end in ids
+    assert [m for i, m in zip(ids, mod) if i in (audio_in, audio_end)] == [SPEECH_MODALITY] * 4
+    ids, mod, rendered = build_prompt_ids(tok, cfg, None, 3, speak=False, speech_as_text=True)
+    assert ids.count(audio_in) == 3 and audio_end not in ids
+    assert set(mod) == {TEXT_MODALITY} and "<|audio_in_end|>" not in rendered
+
+
+@pytest.fixture(scope="module")
+def spoken():
+    """Real Whisper tiny.en features of one Piper sentence, and its SmolLM2 token ids."""
+    from transformers import AutoTokenizer
+
+    from deeptalk.base_llm import resolve_base
+    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig, prepare_audio
+    from deeptalk.speech.tts import synthesize
+
+    text = "Lisbon is the capital of Portugal."
+    tok = AutoTokenizer.from_pretrained(resolve_base("smollm2-135m-instruct"))
+    enc = SpeechEncoder.from_whisper(SpeechEncoderConfig(hidden_size=16, stride=4))
+    wav, sr = synthesize(text)
+    feats = enc.whisper_features(prepare_audio(wav, sr))
+    return tok, feats, tok(" " + text, add_special_tokens=False)["input_ids"], enc
+
+
+def test_ctc_learns_a_real_utterance(one_torch_thread, spoken):
+    tok, feats, ids, _ = spoken
+    torch.manual_seed(0)
+    vocab = torch.tensor(sorted(set(ids) | set(range(100, 300))))
+    proj = CTCProjector(feats.shape[1], 16, 4, vocab, hidden=64).tie(torch.randn(49152, 16))
+    opt = torch.optim.AdamW(proj.parameters(), lr=3e-3)
+    x, n = feats.unsqueeze(0), torch.tensor([feats.shape[0]])
+    first = proj.ctc_loss(x, n, [ids]).item()
+    for _ in range(150):
+        loss = proj.ctc_loss(x, n, [ids])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+    assert proj.greedy_ids(x) == ids
+    assert len(proj(x)[0]) == len(ids)
+
+
+def test_encoder_with_ctc_projector(spoken):
+    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
+
+    _, feats, ids, enc = spoken
+    ctc = SpeechEncoder(enc.whisper, SpeechEncoderConfig(hidden_size=16, stride=4, projector="ctc"),
+                        ctc_vocab=torch.tensor(sorted(set(ids))))
+    assert ctc.reads_as_text and not enc.reads_as_text
+    ctc.tie(torch.randn(49152, 16))
+    embeds, lengths = ctc([feats, feats[:10]])
+    assert embeds.shape[0] == 2 and embeds.shape[2] == 16 and lengths.max() == embeds.shape[1]
+    with pytest.raises(ValueError, match="needs its vocabulary"):
+        SpeechEncoder(enc.whisper, SpeechEncoderConfig(hidden_size=16, projector="ctc"))
+    with pytest.raises(ValueError, match="'mlp' or 'ctc'"):
+        SpeechEncoder(enc.whisper, SpeechEncoderConfig(hidden_size=16, projector="linear"))
+
+
+def test_training_resumes_exactly(tmp_path, one_torch_thread, spoken):
+    from deeptalk.hearing import HearingTrain, train_ctc
+
+    tok, feats, ids, _ = spoken
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"u{i}", "text": tok.decode(ids), "voice": "v", "ids": ids,
+             "feats": (feats + 0.01 * torch.from_numpy(rng.standard_normal(feats.shape).astype(np.float32))).half()}
+            for i in range(6)]
+    torch.save(rows[:4], tmp_path / "train.pt")
+    torch.save(rows[4:], tmp_path / "dev.pt")
+    vocab = torch.tensor(sorted(set(ids) | set(range(100, 200))))
+    embed = torch.randn(49152, 16)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_2(msg):  # the log line after step 2's checkpoint: the process dies there
+        if msg.startswith("hearing: step 2 "):
+            raise Killed
+
+    def run(out, resume=False, seed=0, log=lambda m: None, eval_every=100):
+        torch.manual_seed(seed)
+        proj = CTCProjector(feats.shape[1], 16, 4, vocab, hidden=32).tie(embed)
+        cfg = HearingTrain(stride=4, batch_size=3, max_steps=4, checkpoint_every=2, eval_every=eval_every, warmup=1)
+        res = train_ctc(proj, [tmp_path / "train.pt"], tmp_path / "dev.pt", tok, cfg, out, resume=resume, log=log)
+        return proj, res
+
+    straight, res = run(tmp_path / "a")
+    assert res["steps"] == 4 and (tmp_path / "a" / "curve.csv").is_file()
+    with pytest.raises(Killed):
+        run(tmp_path / "b", log=kill_at_step_2, eval_every=2)
+    resumed, res = run(tmp_path / "b", resume=True, seed=123)  # another init: resume overwrites it
+    assert res["steps"] == 4
+    for (k, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_hearing_corpus_keeps_out_evaluation_text():
+    from deeptalk.hearing_corpus import _norm, evaluation_texts, hearing_sentences
+
+    sents = hearing_sentences(3000, seed=0)
+    assert len(set(sents)) == 3000
+    ev = evaluation_texts()
+    assert _norm("What is the capital of Angola?") in ev  # a bundled spoken QA question
+    assert not ev & {_norm(s) for s in sents}
+    # a sentence holding an evaluation text is dropped, one that does not is kept
+    kept = hearing_sentences(5, seed=0, exclude={_norm(sents[0])})
+    assert sents[0] not in kept
+    assert hearing_sentences(5, seed=0) == sents[:5]
+    assert any(s.endswith("?") for s in sents) and sum(s[0].isupper() for s in sents) > 2900
