@@ -2,11 +2,14 @@
 cascade (ASR -> LLM -> TTS) and GLM-4-Voice.
 
 Adapters are built as `Class(**model_args)` where `--model-args k=v,...` gives strings;
-the helpers below turn those strings into typed values with an error naming the argument.
+the helpers below turn those strings into typed values with an error naming the argument
+(a `UsageError`: the CLI prints it as one line and exits 2).
 """
 from __future__ import annotations
 
 from typing import Any
+
+from deeptalk_eval.errors import UsageError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -20,7 +23,7 @@ def to_bool(value: Any, name: str) -> bool:
         return True
     if s in _FALSE:
         return False
-    raise ValueError(f"model arg {name}={value!r} is not a boolean (use true/false)")
+    raise UsageError(f"model arg {name}={value!r} is not a boolean (use true/false)")
 
 
 def to_int(value: Any, name: str) -> int | None:
@@ -29,7 +32,7 @@ def to_int(value: Any, name: str) -> int | None:
     try:
         return int(str(value).strip())
     except ValueError:
-        raise ValueError(f"model arg {name}={value!r} is not an integer") from None
+        raise UsageError(f"model arg {name}={value!r} is not an integer") from None
 
 
 def to_float(value: Any, name: str) -> float | None:
@@ -38,4 +41,4 @@ def to_float(value: Any, name: str) -> float | None:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"model arg {name}={value!r} is not a number") from None
+        raise UsageError(f"model arg {name}={value!r} is not a number") from None

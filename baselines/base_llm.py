@@ -35,6 +35,7 @@ from deeptalk_eval.api import (
     UnsupportedRequest,
     collect_stream,
 )
+from deeptalk_eval.errors import UsageError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
@@ -106,12 +107,12 @@ class BaseLLM(SpokenModel):
         super().__init__(path=path, dtype=dtype, device=device, batch_size=batch_size,
                          max_length=max_length, chat_template=chat_template)
         if dtype not in DTYPES:
-            raise ValueError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
+            raise UsageError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
         self.path = str(path)
         self.device = torch.device(device)
         self.batch_size = to_int(batch_size, "batch_size")
         if self.batch_size < 1:
-            raise ValueError(f"model arg batch_size={batch_size!r} must be >= 1")
+            raise UsageError(f"model arg batch_size={batch_size!r} must be >= 1")
         self.use_chat_template = to_bool(chat_template, "chat_template")
         if (model is None) != (tokenizer is None):
             raise ValueError("BaseLLM: pass both model= and tokenizer=, or neither")

@@ -32,6 +32,7 @@ from deeptalk_eval.api import (
     UnsupportedRequest,
     collect_stream,
 )
+from deeptalk_eval.errors import UsageError
 
 # A sentence ends at . ! ? (plus closing quotes/brackets) followed by whitespace, or at a newline.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
@@ -63,7 +64,7 @@ def parse_tts_spec(spec: str) -> tuple[str, str]:
     defaults = {"piper": "joe", "flite": "slt", "espeak": "en-us"}
     engine, _, voice = str(spec).partition(":")
     if engine not in defaults:
-        raise ValueError(f"model arg tts={spec!r}: engine must be one of {sorted(defaults)} (e.g. tts=piper:joe)")
+        raise UsageError(f"model arg tts={spec!r}: engine must be one of {sorted(defaults)} (e.g. tts=piper:joe)")
     return engine, voice or defaults[engine]
 
 
@@ -101,7 +102,7 @@ class Cascade(TextPathScoring, SpokenModel):
         self.tts_engine, self.tts_voice = parse_tts_spec(tts)
         tts_lib.resolve_voice(self.tts_engine, self.tts_voice)  # unknown voices fail here, not mid-run
         if not tts_lib.engine_available(self.tts_engine):
-            raise ValueError(f"model arg tts={tts!r}: the {self.tts_engine} engine is not installed here")
+            raise UsageError(f"model arg tts={tts!r}: the {self.tts_engine} engine is not installed here")
         # No transcript cache: a cached transcript would hide the ASR time from the latency figures.
         self.transcriber = make_transcriber({"backend": asr_backend, "model": str(asr), "device": device, "cache": False})
         self.llm = llm if isinstance(llm, BaseLLM) else BaseLLM(path=str(llm), dtype=llm_dtype, device=device)

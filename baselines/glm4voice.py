@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
@@ -51,6 +53,7 @@ from deeptalk_eval.api import (
     UnsupportedRequest,
     collect_stream,
 )
+from deeptalk_eval.errors import UsageError
 
 DOCS = "docs/baselines.md#glm-4-voice"
 # What a task's system text does: "demo" keeps the demo's system prompt (the one the model
@@ -59,8 +62,13 @@ DOCS = "docs/baselines.md#glm-4-voice"
 SYSTEM_POLICIES = ("demo", "task", "demo+task")
 
 
-class GLM4VoiceConfigError(ValueError):
-    """A part GLM-4-Voice needs for this request is not configured."""
+class GLM4VoiceConfigError(UsageError):
+    """A part GLM-4-Voice needs is not configured, or its server does not answer."""
+
+
+def unreachable_message(url: str, reason: object) -> str:
+    return (f"cannot reach the GLM-4-Voice model server at {url}{ENDPOINT} ({reason}); start model_server.py "
+            f"or fix url= in --model-args (see {DOCS})")
 
 
 class DecodeSession(Protocol):
@@ -228,7 +236,7 @@ class GLM4Voice(SpokenModel):
         self.trust_remote_code = to_bool(trust_remote_code, "trust_remote_code")
         self.device = device
         if system not in SYSTEM_POLICIES:
-            raise ValueError(f"model arg system={system!r}: use one of {list(SYSTEM_POLICIES)}")
+            raise UsageError(f"model arg system={system!r}: use one of {list(SYSTEM_POLICIES)}")
         self.system_policy = system
         self.temperature = to_float(temperature, "temperature")
         self.top_p = to_float(top_p, "top_p")
@@ -302,6 +310,20 @@ class GLM4Voice(SpokenModel):
             "system_policy": self.system_policy,
             "injected_parts": self._injected,
         }
+
+    def check_setup(self) -> None:
+        """A server that does not answer stops the run before its first sample (exit 2)."""
+        where = urllib.parse.urlsplit(self.url)
+        try:
+            port = where.port or (443 if where.scheme == "https" else 80)
+        except ValueError as e:  # a port that is not a number
+            raise GLM4VoiceConfigError(f"GLM4Voice: url={self.url!r}: {e}") from None
+        if not where.hostname:
+            raise GLM4VoiceConfigError(f"GLM4Voice: url={self.url!r} names no host")
+        try:
+            socket.create_connection((where.hostname, port), timeout=min(self.timeout or 10.0, 10.0)).close()
+        except OSError as e:
+            raise GLM4VoiceConfigError("GLM4Voice: " + unreachable_message(self.url, e.strerror or e)) from None
 
     # -- prompt -----------------------------------------------------------------------------
     def _user_input(self, text: str | None, audio: Audio | None, where: str) -> tuple[str, bool]:
@@ -377,10 +399,8 @@ class GLM4Voice(SpokenModel):
         except urllib.error.HTTPError as e:
             raise GLM4VoiceServerError(f"{self.url}{ENDPOINT} answered HTTP {e.code}: {e.read()[:300]!r}") from None
         except (urllib.error.URLError, OSError) as e:
-            raise GLM4VoiceServerError(
-                f"cannot reach the GLM-4-Voice model server at {self.url}{ENDPOINT} ({e}); start model_server.py "
-                f"or fix url= in --model-args (see {DOCS})"
-            ) from None
+            # mid-run (the server went away): this sample fails, the run goes on
+            raise GLM4VoiceServerError(unreachable_message(self.url, e)) from None
 
         text_ids: list[int] = []
         text_so_far = ""

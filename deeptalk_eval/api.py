@@ -175,6 +175,12 @@ class SpokenModel:
         """Extra facts recorded in results (checkpoint, routing mode, dtype, ...)."""
         return {}
 
+    def check_setup(self) -> None:
+        """Called once after construction, before any request. Raise
+        `deeptalk_eval.errors.UsageError` for a set-up mistake every request would hit (a model
+        server that does not answer, a missing part): the run stops with that one line, exit 2,
+        instead of failing sample after sample. Raised from `generate` / `stream`, it does the same."""
+
     # -- generation ---------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         if self.capabilities.streaming:

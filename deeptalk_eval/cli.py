@@ -1,8 +1,10 @@
 """`deeptalk-eval`: run (default), list, validate, merge, leaderboard, regress.
 
 Exit status: 0 ok; 1 the run finished but some task failed entirely (or a regression
-gate broke); 2 bad usage or input (unknown names, malformed task files, missing data,
-an output folder that cannot be written), always found before anything runs.
+gate broke); 2 a user mistake (unknown names, bad arguments, malformed task or data files,
+an output folder that cannot be written, a model server that does not answer), said in one
+line. `main` is the one place where such a mistake (`deeptalk_eval.errors.UsageError`)
+becomes that line; any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -11,11 +13,34 @@ import os
 import sys
 from pathlib import Path
 
-from deeptalk_eval.registry import UsageError
+from deeptalk_eval.errors import UsageError
 from deeptalk_eval.taskconfig import TaskConfigError
 
 SUBCOMMANDS = ("run", "list", "validate", "merge", "leaderboard", "regress")
+# what argv may start with other than a subcommand without meaning `run`
+TOP_LEVEL_FLAGS = ("-h", "--help", "--version")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are UsageErrors: one line, not a usage screen."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def one_line(message: str) -> str:
+    """A message that spans lines (several broken files, a library's error text) as one line."""
+    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("deeptalk-eval")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,10 +68,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deeptalk-eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Without a command, `run` is meant: `deeptalk-eval --model deeptalk "
-                                       "--tasks all`. See `deeptalk-eval run --help` for its options.")
+    p = Parser(prog="deeptalk-eval", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter,
+               epilog="Without a command, `run` is meant: `deeptalk-eval --model deeptalk "
+                      "--tasks all`. See `deeptalk-eval run --help` for its options.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command")
     add_run_arguments(sub.add_parser("run", help="evaluate a model on tasks (the default command)"))
     ls = sub.add_parser("list", help="list tasks, groups, models or scorers")
@@ -90,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.retention_tasks:
         from deeptalk_eval.retention_tasks import write_retention_tasks
 
+        runner.check_writable(args.output_dir)  # written to before `prepare` checks it
         folder = args.output_dir / ".retention_tasks"
         try:
             added = write_retention_tasks(args.retention_tasks, folder)
@@ -107,8 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError("--model NAME or --model-path module:Class is required")
         plan = runner.prepare(opts)  # everything that can be wrong with the input, before running
         result = runner.run(plan)
+    from deeptalk_eval.run_report import after_run  # pandas: only once there is something to report
+
     print(runner.summary_table(result.results))
     print(f"\nresults: {result.path}")
+    print(after_run(result.results, result.path, args.output_dir))
     return result.exit_code
 
 
@@ -185,14 +215,14 @@ def cmd_delegate(name: str, argv: list[str]) -> int:
     import importlib
 
     module = importlib.import_module(f"deeptalk_eval.{name}")
-    p = argparse.ArgumentParser(prog=f"deeptalk-eval {name}")
+    p = Parser(prog=f"deeptalk-eval {name}", description=module.__doc__.split("\n\n")[0])
     module.add_arguments(p)
     return int(module.run(p.parse_args(argv)) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in TOP_LEVEL_FLAGS):
         argv = ["run"] + argv  # `deeptalk-eval --model X --tasks Y` is `run`
     try:
         if argv[0] in ("leaderboard", "regress"):
@@ -200,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         handler = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "merge": cmd_merge}
         return handler[args.command](args)
-    except (UsageError, TaskConfigError) as e:
-        print(f"deeptalk-eval: error: {e}", file=sys.stderr)
+    except UsageError as e:  # every user mistake, and only those (see deeptalk_eval.errors)
+        print(f"deeptalk-eval: error: {one_line(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -34,6 +34,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from deeptalk_eval.errors import UsageError
+
 # Columns that published rows share with measured ones, shown first (DESIGN.md §2).
 KEY_COLUMNS = (
     "text_retention/drop_rel",
@@ -62,7 +64,7 @@ _NOT_METRICS = ("samples", "failed", "failure_rate")
 _SKIP_GROUPS = ("all",)
 
 
-class LeaderboardError(ValueError):
+class LeaderboardError(UsageError):
     """A results file that cannot be read; the message names the file and the problem."""
 
 
@@ -451,19 +453,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        rows = collect_rows(args.results_dir, per_stage=args.per_stage)
-    except LeaderboardError as e:
-        print(f"leaderboard: {e}", file=sys.stderr)
-        return 2
+    """Raises LeaderboardError for unusable input (the CLI reports it, exit 2)."""
+    rows = collect_rows(args.results_dir, per_stage=args.per_stage)
     if args.retention_baseline != "none":
         for note in add_retention(rows, args.retention_baseline, baselines=all_rows(args.results_dir)):
             print(f"leaderboard: {note}", file=sys.stderr)
     if args.no_reported:
         rows = [r for r in rows if r.kind != "reported"]
     if not rows:
-        print(f"leaderboard: no results files under {args.results_dir}", file=sys.stderr)
-        return 2
+        raise LeaderboardError(f"{args.results_dir}: no results files")
     df = build_table(rows, columns=args.columns, per_stage=args.per_stage)
     text = render(args.format, df, rows)
     if args.out:
@@ -478,9 +476,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deeptalk-eval leaderboard", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from deeptalk_eval.cli import main as cli_main  # where user errors become one line and exit 2
+
+    return cli_main(["leaderboard", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from deeptalk_eval.errors import UsageError
 from deeptalk_eval.taskconfig import TaskConfig, TaskConfigError, load_task, read_yaml
 
 BUILTIN_MODELS: dict[str, str] = {
@@ -28,10 +30,6 @@ BUILTIN_MODELS: dict[str, str] = {
     "glm4voice": "baselines.glm4voice:GLM4Voice",
 }
 ALL = "all"
-
-
-class UsageError(ValueError):
-    """Bad names or arguments: the CLI exits with status 2 and this message."""
 
 
 def nearest(name: str, known: list[str]) -> str:
@@ -83,10 +81,8 @@ class TaskIndex:
                 f = f.resolve()
                 try:
                     parsed.append((f, read_yaml(f)[0]))
-                except TaskConfigError as e:
+                except TaskConfigError as e:  # unreadable, not UTF-8, malformed
                     index.broken[f] = str(e)
-                except (OSError, UnicodeDecodeError) as e:
-                    index.broken[f] = f"{f}: cannot read: {e}"
         # The folders that `kind: lm_eval` tasks hand to lm-eval hold lm-eval's own task
         # YAMLs (which also have a `task:` key): they are not ours.
         lm_eval_dirs = [(f.parent / data["lm_eval"]["include_path"]).resolve() for f, data in parsed
@@ -129,7 +125,7 @@ class TaskIndex:
         bad = {p: e for p, e in self.broken.items()
                if not only_user or any(p.is_relative_to(d) for d in self.user_dirs)}
         if bad:
-            raise TaskConfigError("\n".join(bad.values()))
+            raise TaskConfigError("; ".join(bad.values()))
 
     def resolve(self, spec: str) -> list[str]:
         """'all' | comma-separated task names, group names or YAML paths -> task names (ordered)."""
@@ -231,3 +227,21 @@ def parse_model_args(text: str | None) -> dict[str, Any]:
         except yaml.YAMLError:
             args[key.strip()] = value
     return args
+
+
+def check_model_args(cls: type, args: dict[str, Any], label: str) -> None:
+    """--model-args against the adapter's signature, before it is built: a TypeError from
+    inside a constructor is a bug and keeps its traceback, a wrong name here is the user's."""
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the adapter takes any keyword
+    known = [n for n, p in params.items()
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for key in args:
+        if key not in known:
+            raise UsageError(f"--model-args: model {label} has no argument {key!r}{nearest(key, known)}; "
+                             f"it takes: {', '.join(known) or 'none'}")
+    missing = [n for n, p in params.items() if n in known and p.default is inspect.Parameter.empty
+               and n not in args]
+    if missing:
+        raise UsageError(f"--model-args: model {label} needs {', '.join(f'{n}=...' for n in missing)}")

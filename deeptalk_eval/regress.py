@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from deeptalk_eval.errors import UsageError
 from deeptalk_eval.leaderboard import LeaderboardError, flatten_metrics
 
 GATE_LIMITS = ("max_drop", "max_rel_drop", "max_increase", "max_rel_increase", "min", "max")
@@ -47,7 +48,7 @@ _ID_KEYS = ("id", "doc_id", "sample_id")
 DEFAULT_GATES = Path(__file__).resolve().parent.parent / "results" / "gates" / "default.yaml"
 
 
-class RegressError(ValueError):
+class RegressError(UsageError):
     """Input that cannot be compared; the message names the file / gate / metric."""
 
 
@@ -392,17 +393,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        base, cand = read_run(args.baseline), read_run(args.candidate)
-        gates = [] if str(args.gates).lower() == "none" else read_gates(args.gates)
-        problems = check_comparable(base, cand)
-        if problems and not args.allow_asr_mismatch:
-            raise RegressError("runs were scored differently (use --allow-asr-mismatch to compare anyway):\n  "
-                               + "\n  ".join(problems))
-        comparisons = compare_runs(base, cand, gates, n_resamples=args.n_resamples, seed=args.seed)
-    except RegressError as e:
-        print(f"regress: {e}", file=sys.stderr)
-        return 2
+    """Raises RegressError for input that cannot be compared (the CLI reports it, exit 2)."""
+    base, cand = read_run(args.baseline), read_run(args.candidate)
+    gates = [] if str(args.gates).lower() == "none" else read_gates(args.gates)
+    problems = check_comparable(base, cand)
+    if problems and not args.allow_asr_mismatch:
+        raise RegressError("runs were scored differently (use --allow-asr-mismatch to compare anyway): "
+                           + "; ".join(problems))
+    comparisons = compare_runs(base, cand, gates, n_resamples=args.n_resamples, seed=args.seed)
     shown = [c for c in comparisons if c.status] if args.only_gated else comparisons
     print(render_table(shown))
     if problems:
@@ -421,9 +419,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deeptalk-eval regress", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from deeptalk_eval.cli import main as cli_main  # where user errors become one line and exit 2
+
+    return cli_main(["regress", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import numpy as np
 
 from deeptalk_eval.api import Audio
 from deeptalk_eval.cache import to_plain
+from deeptalk_eval.errors import UsageError
 
 PACKAGES = ("deeptalk-eval", "torch", "transformers", "lm-eval", "openai-whisper", "faster-whisper",
             "jiwer", "numpy", "datasets", "accelerate")
@@ -80,10 +81,10 @@ def read_results(path: str | Path) -> dict[str, Any]:
         path = latest_results(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable results file: {e}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: not a readable results file: {e}") from None
     if not isinstance(data, dict) or "results" not in data:
-        raise ValueError(f"{path}: not a deeptalk-eval results file (no 'results')")
+        raise UsageError(f"{path}: not a deeptalk-eval results file (no 'results')")
     data["_path"] = str(path)
     return data
 
@@ -95,7 +96,7 @@ def latest_results(folder: Path) -> Path:
         files = sorted((p for p in folder.glob("*/*.json") if not p.name.startswith(".")),
                        key=lambda p: p.name)
     if not files:
-        raise ValueError(f"{folder}: no results file")
+        raise UsageError(f"{folder}: no results file")
     return files[-1]
 
 
@@ -136,9 +137,9 @@ def read_wav_checked(path: Path, sha256: str | None) -> Audio:
     import soundfile as sf
 
     if not path.is_file():
-        raise ValueError(f"{path}: logged audio file is missing")
+        raise UsageError(f"{path}: logged audio file is missing")
     if sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
-        raise ValueError(f"{path}: logged audio does not match its sha256 (file changed)")
+        raise UsageError(f"{path}: logged audio does not match its sha256 (file changed)")
     samples, sr = sf.read(str(path), dtype="float32")
     return Audio(samples, sr)
 
@@ -149,13 +150,15 @@ def write_samples(path: Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise UsageError(f"{path}: per-sample log is missing")
     records = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: broken sample record: {e.msg}") from None
+                raise UsageError(f"{path}:{n}: broken sample record: {e.msg}") from None
     return records
 
 

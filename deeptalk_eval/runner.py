@@ -1,13 +1,17 @@
 """The evaluation loop: task -> requests -> model (cached) -> scorers -> metrics -> results.
 
-`prepare()` checks everything a run needs before anything runs (names, task files, data
-files, scorer names, output folder) and raises `UsageError` / `TaskConfigError` for the
-CLI's exit status 2. `run()` then evaluates task by task:
+`prepare()` checks everything a run needs before anything runs (names, `--model-args`,
+task files, data files, scorer names, output folder) and raises `UsageError` (or its
+subclass `TaskConfigError`) for the CLI's exit status 2. `run()` builds the model, lets it
+check its own set-up (`SpokenModel.check_setup`, e.g. a model server that is not running)
+and then evaluates task by task:
 
 - every sample's response (or failure) is committed to the response cache as soon as it
   exists, so a killed run started again with the same command redoes nothing it finished;
 - an adapter that raises fails only its samples (a failing batch is retried one by one to
-  find the culprit); failures are recorded with their error and counted per task;
+  find the culprit); failures are recorded with their error and counted per task, and the
+  first one's traceback is printed. A `UsageError` from the adapter (a set-up mistake that
+  every sample would repeat) stops the run instead;
 - a model lacking a capability a task needs skips that task, said out loud in the results;
 - speech-channel scorers read Whisper transcripts (`scoring.asr`), loaded only when needed;
 - after each task, `<run folder>/progress.json` holds the finished tasks' metrics and wall
@@ -20,6 +24,7 @@ import hashlib
 import os
 import random
 import sys
+import textwrap
 import time
 import traceback
 import uuid
@@ -31,9 +36,10 @@ import numpy as np
 from tqdm import tqdm
 
 from deeptalk_eval.aggregate import aggregate_task
-from deeptalk_eval.api import Audio, Request, Response, SpokenModel
+from deeptalk_eval.api import Audio, Request, Response, SpokenModel, UnsupportedRequest
 from deeptalk_eval.cache import ResponseCache, request_key
-from deeptalk_eval.registry import TaskIndex, UsageError, model_class
+from deeptalk_eval.errors import UsageError
+from deeptalk_eval.registry import TaskIndex, check_model_args, model_class
 from deeptalk_eval.results import (
     environment, json_safe_doc, read_results, read_samples, read_wav_checked, safe_name, timestamp,
     write_results, write_samples, write_wav,
@@ -169,6 +175,7 @@ def prepare(opts: RunOptions) -> Plan:
     if opts.limit is not None and opts.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {opts.limit}")
     model_cls = model_class(opts.model, opts.model_path)
+    check_model_args(model_cls, opts.model_args, opts.model_label)
     index = TaskIndex.scan(opts.include_paths)
     tasks = [index.load(name) for name in index.resolve(opts.tasks)]
     docs: dict[str, list[dict[str, Any]]] = {}
@@ -196,6 +203,8 @@ class Generator:
         self.fingerprint = model.fingerprint()
         self.measurement = ""  # id of the current measurement (keys streamed responses)
         self.model_calls = 0  # requests actually sent to the model (not cache hits)
+        # where the first adapter error of the current task came from, for the user to read
+        self.first_traceback: str | None = None
 
     def _check(self, resp: Any, req: Request) -> Response:
         if not isinstance(resp, Response):
@@ -217,8 +226,12 @@ class Generator:
             if len(out) != 1:
                 raise ValueError(f"adapter returned {len(out)} responses for 1 request")
             return self._check(out[0], req), None
-        except Exception as e:  # any adapter error fails this sample only
+        except UsageError:
+            raise  # a set-up mistake: every other sample would fail the same way
+        except Exception as e:  # any other adapter error fails this sample only
             self.model_calls += 1
+            if self.first_traceback is None and not isinstance(e, UnsupportedRequest):
+                self.first_traceback = traceback.format_exc()  # a refusal is no bug: no traceback
             return None, error_text(e)
 
     def run(self, task: TaskConfig, pending: list[tuple[str, Request]], bar: tqdm):
@@ -330,6 +343,7 @@ class TaskOutcome:
     info: dict[str, Any] = field(default_factory=dict)
     model_calls: int = 0
     cache_hits: int = 0
+    first_traceback: str | None = None  # of the first sample the adapter failed on
 
 
 def select_docs(docs: list[dict[str, Any]], task: TaskConfig, opts: RunOptions) -> list[tuple[int, dict]]:
@@ -388,6 +402,7 @@ def run_generate_task(task: TaskConfig, docs: list[dict[str, Any]], gen: Generat
             rec["cached"] = False
     set_seeds(opts.seed)  # the same seed before every task's generation
     calls_before = gen.model_calls
+    gen.first_traceback = None
     with tqdm(total=len(records), initial=len(records) - len(pending), desc=task.name, unit="sample",
               disable=not opts.progress, file=sys.stderr) as bar:
         by_key = {key: req.id for key, req in pending}
@@ -402,7 +417,8 @@ def run_generate_task(task: TaskConfig, docs: list[dict[str, Any]], gen: Generat
     info = scoring.score(task, records, responses)
     _fill_logs(task, records, requests, responses, opts, run_dir)
     return TaskOutcome(task.name, "ok", aggregate_task(task.metrics, records), records, info,
-                       model_calls=gen.model_calls - calls_before, cache_hits=hits)
+                       model_calls=gen.model_calls - calls_before, cache_hits=hits,
+                       first_traceback=gen.first_traceback)
 
 
 def _fill_logs(task: TaskConfig, records: list[dict[str, Any]], requests: dict[str, Request],
@@ -464,10 +480,12 @@ def run(plan: Plan) -> RunResult:
     run_dir = model_dir / stamp
     results = _results_skeleton(opts, plan.tasks, plan.index)
     t_start = time.monotonic()
+    model = plan.model_cls(**opts.model_args)  # the arguments were checked against its signature
     try:
-        model = plan.model_cls(**opts.model_args)
-    except TypeError as e:
-        raise UsageError(f"model {opts.model_label}: bad --model-args {opts.model_args}: {e}") from None
+        model.check_setup()  # e.g. a model server that does not answer: stop before the first sample
+    except BaseException:
+        model.close()
+        raise
     set_seeds(opts.seed)  # again: loading the model may have imported torch
     results["model_info"] = {"class": f"{plan.model_cls.__module__}.{plan.model_cls.__qualname__}",
                              "capabilities": plan.model_cls.capabilities.to_dict(),
@@ -503,6 +521,8 @@ def run(plan: Plan) -> RunResult:
             else:
                 try:
                     out = run_generate_task(task, plan.docs[task.name], gen, scoring, opts, run_dir)
+                except UsageError:
+                    raise  # the adapter's set-up mistake: the CLI's one line, exit 2
                 except Exception as e:  # one broken task must not take the others down
                     traceback.print_exc(file=sys.stderr)
                     out = TaskOutcome(task.name, f"error: {error_text(e)}")
@@ -566,6 +586,8 @@ def _report(out: TaskOutcome) -> None:
             if rec.get("error"):
                 print(f"  {rec['id']}: {rec['error']}", file=sys.stderr)
                 break
+        if out.first_traceback:
+            print(textwrap.indent(out.first_traceback.rstrip(), "  "), file=sys.stderr)
 
 
 def _run_lm_eval(task: TaskConfig, model: SpokenModel, fingerprint: str, opts: RunOptions) -> TaskOutcome:
@@ -577,6 +599,8 @@ def _run_lm_eval(task: TaskConfig, model: SpokenModel, fingerprint: str, opts: R
     try:
         metrics, records, info = run_lm_eval(task, model, seed=opts.seed, limit=opts.limit,
                                              cache_path=str(cache_prefix))
+    except UsageError:
+        raise  # the adapter's set-up mistake: the CLI's one line, exit 2
     except Exception as e:
         return TaskOutcome(task.name, f"error: lm-eval: {error_text(e)}")
     return TaskOutcome(task.name, "ok", metrics, records, info)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
+import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 import yaml
 
 from deeptalk_eval.api import Audio, GenerationOptions, Request
+from deeptalk_eval.errors import UsageError
 
 KINDS = ("generate", "stream", "lm_eval")
 MODALITIES_IN = ("text", "speech")
@@ -32,7 +34,7 @@ TOP_LEVEL = {
 }
 
 
-class TaskConfigError(ValueError):
+class TaskConfigError(UsageError):
     """A task file (or one of its samples) is unusable. The message says where and why."""
 
 
@@ -95,9 +97,24 @@ def _line_index(node: yaml.Node, prefix: tuple = (), out: dict | None = None) ->
     return out
 
 
+def read_user_text(path: Path, what: str) -> str:
+    """A task or data file's text; unreadable or non-UTF-8 files are the user's to fix, so
+    they raise TaskConfigError naming the file (and, for bad bytes, the line)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TaskConfigError(f"{path}: cannot read {what}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")  # a BOM left by an editor is not an error
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise TaskConfigError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                              f"save it as UTF-8") from None
+
+
 def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     """Parse a task file; returns (data, field-path -> line). Syntax errors name the line."""
-    text = path.read_text(encoding="utf-8")
+    text = read_user_text(path, "task file")
     loader = _loader_class(str(path.parent))(text)
     try:
         node = loader.get_single_node()
@@ -357,25 +374,28 @@ def read_data_file(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise TaskConfigError(f"{path}: data file not found")
     suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise TaskConfigError(f"{path}: unknown data file type {suffix!r} (use .jsonl, .json or .csv)")
+    text = read_user_text(path, "data file")
     if suffix == ".jsonl":
         docs = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        # split on "\n" only: JSON strings may hold U+2028 and friends, which splitlines() splits on
+        for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
                 docs.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise TaskConfigError(f"{path}:{n}: not valid JSON: {e.msg}") from None
+            if not isinstance(docs[-1], dict):
+                raise TaskConfigError(f"{path}:{n}: a sample must be a JSON object, got {type(docs[-1]).__name__}")
     elif suffix == ".json":
         try:
-            docs = json.loads(path.read_text(encoding="utf-8"))
+            docs = json.loads(text)
         except json.JSONDecodeError as e:
             raise TaskConfigError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
-    elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            docs = list(csv.DictReader(f))
     else:
-        raise TaskConfigError(f"{path}: unknown data file type {suffix!r} (use .jsonl, .json or .csv)")
+        docs = list(csv.DictReader(io.StringIO(text, newline="")))
     if not isinstance(docs, list) or not all(isinstance(d, dict) for d in docs):
         raise TaskConfigError(f"{path}: expected a list of objects (one per sample)")
     return docs

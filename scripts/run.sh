@@ -1,18 +1,61 @@
 #!/usr/bin/env bash
-# The main job. Sets up .venv (idempotent) and runs deeptalk-eval; arguments are passed on.
-#   scripts/run.sh                                   = deeptalk-eval --model deeptalk --tasks all
+# The main job. Sets up .venv (idempotent) and runs deeptalk-eval with the documented
+# defaults --model deeptalk --tasks all --log-samples, each kept unless the arguments name
+# that option; every other argument is passed on:
+#   scripts/run.sh                          = deeptalk-eval --model deeptalk --tasks all --log-samples
+#   scripts/run.sh --limit 30               = ... --model deeptalk --tasks all --log-samples --limit 30
 #   scripts/run.sh --model cascade --tasks spoken_qa
+# Subcommands (list, validate, leaderboard, regress, merge), --rescore, --help and --version
+# go through untouched. DEEPTALK_RUN_PRINT=1 prints the final command and exits without
+# setting anything up (what the tests read).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if [ $# -eq 0 ]; then
-  if [ -d checkpoints/reference ]; then
-    set -- --model deeptalk --tasks all --log-samples
+
+has_arg() {  # has_arg NAME ARGS...: does ARGS hold --NAME or --NAME=...?
+  local name=$1 a
+  shift
+  for a in "$@"; do
+    case "$a" in "$name" | "$name"=*) return 0 ;; esac
+  done
+  return 1
+}
+
+# Not an evaluation run: nothing to add.
+passthrough=false
+case "${1-}" in list | validate | leaderboard | regress | merge) passthrough=true ;; esac
+for flag in --rescore --help -h --version; do
+  if has_arg "$flag" "$@"; then passthrough=true; fi
+done
+
+if [ "$passthrough" = false ]; then
+  defaults=()
+  if ! has_arg --model "$@" && ! has_arg --model-path "$@"; then
+    if [ -d checkpoints/reference ]; then
+      defaults+=(--model deeptalk)
+    else
+      # Until the reference checkpoint is committed, the main job runs the bundled baselines.
+      echo "note: no reference checkpoint in checkpoints/reference yet: running the cascade baseline" >&2
+      defaults+=(--model cascade)
+    fi
+  fi
+  if ! has_arg --tasks "$@"; then defaults+=(--tasks all); fi
+  if ! has_arg --log-samples "$@"; then defaults+=(--log-samples); fi
+  # the defaults go first (the command reads as documented); an explicit `run` stays in front
+  if [ "${1-}" = run ]; then
+    shift
+    set -- run ${defaults[@]+"${defaults[@]}"} "$@"
   else
-    # Until the reference checkpoint is committed, the main job runs the bundled baselines.
-    echo "note: no reference checkpoint in checkpoints/reference yet: running the cascade baseline" >&2
-    set -- --model cascade --tasks all --log-samples
+    set -- ${defaults[@]+"${defaults[@]}"} "$@"
   fi
 fi
+
+if [ "${DEEPTALK_RUN_PRINT:-}" = 1 ]; then
+  printf 'deeptalk-eval'
+  printf ' %q' "$@"
+  printf '\n'
+  exit 0
+fi
+
+bash scripts/bootstrap.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec .venv/bin/deeptalk-eval "$@"

@@ -64,9 +64,11 @@ def question_audio():
 
 def test_default_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
     import deeptalk_eval.adapters.deeptalk as mod
+    from deeptalk_eval.errors import UsageError
 
     monkeypatch.setattr(mod, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "reference")
-    with pytest.raises(FileNotFoundError, match="checkpoints/reference does not exist.*deeptalk-train --recipe reference"):
+    # a user mistake (partial checkout, wrong path=): the CLI's one line and exit 2
+    with pytest.raises(UsageError, match="checkpoints/reference does not exist.*deeptalk-train --recipe reference"):
         mod.DeepTalkModel()
 
 

@@ -1,6 +1,5 @@
 """Leaderboard: rows from measured runs and reported figures, md / csv / html, and the
 HTML page rendered by headless Chromium (table rows and plot images must display)."""
-import argparse
 import csv
 import io
 import json
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from deeptalk_eval import leaderboard
+from deeptalk_eval.cli import main as cli_main
 from deeptalk_eval.leaderboard import LeaderboardError, build_table, collect_rows, flatten_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,9 +102,8 @@ def test_every_reported_file_carries_reported_and_source():
 
 
 def run_cli(*argv):
-    parser = argparse.ArgumentParser()
-    leaderboard.add_arguments(parser)
-    return leaderboard.run(parser.parse_args([str(a) for a in argv]))
+    """`deeptalk-eval leaderboard ARGS`: its exit status (2 for unusable input)."""
+    return cli_main(["leaderboard", *map(str, argv)])
 
 
 def test_markdown(results_dir, tmp_path, capsys):

@@ -1,5 +1,4 @@
 """deeptalk-eval regress: exit 0 on identical runs, 1 on a planted regression, 2 on garbage."""
-import argparse
 import json
 from pathlib import Path
 
@@ -7,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from deeptalk_eval import regress
+from deeptalk_eval.cli import main as cli_main
 from deeptalk_eval.regress import RegressError, read_gates
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,9 +72,8 @@ GATES = {"spoken_qa_factoid_s2s.s2s_acc": {"max_drop": 0.02, "significant": True
 
 
 def run_cli(*argv):
-    parser = argparse.ArgumentParser()
-    regress.add_arguments(parser)
-    return regress.run(parser.parse_args([str(a) for a in argv]))
+    """`deeptalk-eval regress ARGS`: its exit status (2 for input it cannot compare)."""
+    return cli_main(["regress", *map(str, argv)])
 
 
 def test_identical_runs_pass(runs, capsys):

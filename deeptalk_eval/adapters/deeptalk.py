@@ -32,6 +32,7 @@ from deeptalk_eval.api import (
     UnsupportedRequest,
     collect_stream,
 )
+from deeptalk_eval.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "reference"
@@ -58,12 +59,12 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
 
         ckpt = Path(path) if path else DEFAULT_CHECKPOINT
         if not ckpt.is_dir():
-            raise FileNotFoundError(
+            raise UsageError(
                 f"deeptalk: checkpoint directory {ckpt} does not exist"
                 + ("" if path else " (the reference checkpoint ships in the repository: is this a partial "
                    "checkout? Or train one: `deeptalk-train --recipe reference --export checkpoints/reference`)"))
         if dtype not in DTYPES:
-            raise ValueError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
+            raise UsageError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
         if threads is not None:
             torch.set_num_threads(to_int(threads, "threads"))
         self.bundle = load_checkpoint(ckpt, device=device, dtype=DTYPES[dtype], codec=codec)
