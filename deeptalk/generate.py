@@ -125,7 +125,9 @@ def build_prompt_ids(tokenizer, config, text: str | None, speech_positions: int 
     """
     if text is None and speech_positions is None:
         raise ValueError("a prompt needs text or audio")
-    content = (_AUDIO_MARK if speech_positions is not None else "") + (text or "")
+    # heard text and a written instruction after it are two lines, as a user would type them
+    sep = "\n" if speech_as_text and text else ""
+    content = (_AUDIO_MARK + sep if speech_positions is not None else "") + (text or "")
     msgs = [{"role": "system", "content": system}] if system else []
     msgs += [{"role": r, "content": c} for r, c in history] + [{"role": "user", "content": content}]
     rendered = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
@@ -230,6 +232,8 @@ class SpeechGenerator:
                 speech, prepared = self.encoder.encode(audio, sample_rate, name=name)
             flags = {"clipped": prepared.clipped, "silent": prepared.silent, "truncated": prepared.truncated,
                      "speech_positions": int(speech.shape[0])}
+            if self.encoder.reads_as_text:  # what a CTC projector heard, for the sample log
+                flags["heard"] = self.decode_text(self.encoder.heard_ids(audio, sample_rate))
             t_enc = time.monotonic()
         p = int(speech.shape[0]) if speech is not None else None
         ids, modality, rendered = build_prompt_ids(self.tokenizer, self.cfg, text, p, speak, system, history,

@@ -192,6 +192,7 @@ def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg
 
     def evaluate():
         m = ctc_dev_wer(projector, dev_rows, tokenizer)
+        torch.save(projector.state_dict(), out / f"projector-{step:06d}.pt")  # for curves of downstream metrics
         new = not curve_path.exists()
         with curve_path.open("a", newline="") as f:
             w = csv.writer(f)

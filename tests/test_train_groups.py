@@ -22,7 +22,7 @@ def make(split=True, dense_layers=1):
                     first_k_dense_layers=dense_layers, num_codebooks=2, codebook_size=8)
     if split and model.moe_layers:
         model.set_modality_map([[0, 1]] * model.config.num_moe_layers)
-    return model, SimpleNamespace(projector=nn.Linear(4, 48))
+    return model, SimpleNamespace(projector=nn.Linear(4, 48), reads_as_text=False)
 
 
 def trainable(model, enc):

@@ -30,7 +30,7 @@ class CTCProjector(nn.Module):
                  kernel: int = 5):
         super().__init__()
         self.stride = stride
-        hidden = hidden or 2 * out_dim
+        hidden = hidden or out_dim
         self.norm = nn.LayerNorm(in_dim * stride)
         self.fc1 = nn.Linear(in_dim * stride, hidden)
         self.conv = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2)

@@ -83,7 +83,7 @@ class SpeechEncoderConfig:
     stride: int = 2  # 50 Hz Whisper frames stacked per LLM position (1 = the paper's 50 Hz)
     window: str = "exact"  # "exact" (real frames only) | "pad30" (Whisper's 30 s window)
     hidden_size: int = 576  # the LLM's hidden size
-    projector_hidden: int | None = None  # MLP width; default: hidden_size (ctc: 2 x hidden_size)
+    projector_hidden: int | None = None  # MLP width; default: hidden_size
     # "mlp": one position per `stride` frames, read by the speech experts (the paper's projector);
     # "ctc": CTC over the LLM's vocabulary, one soft text embedding per token heard, read as text
     # (deeptalk/speech/ctc_projector.py)
@@ -219,6 +219,14 @@ class SpeechEncoder(nn.Module):
         audio = prepare_audio(samples, sample_rate, name)
         embeds, lengths = self([self.whisper_features(audio)])
         return embeds[0, : int(lengths[0])], audio
+
+    @torch.no_grad()
+    def heard_ids(self, samples, sample_rate: int) -> list[int]:
+        """A CTC projector's greedy transcript (LLM token ids) of one waveform."""
+        if not self.reads_as_text:
+            raise ValueError("only a CTC projector transcribes")
+        feats = self.whisper_features(prepare_audio(samples, sample_rate))
+        return self.projector.greedy_ids(feats.unsqueeze(0).to(self.projector.fc1.weight.dtype))
 
     def projector_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.projector.state_dict().items()}
