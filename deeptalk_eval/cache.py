@@ -20,6 +20,8 @@ from deeptalk_eval.api import Audio, Request, Response
 
 
 def audio_sha256(audio: Audio) -> str:
+    """sha256 over the sample rate and the float32 samples: the one audio hash of the harness
+    (response keys, cached audio file names and the shared transcript cache), so keys agree."""
     h = hashlib.sha256(str(audio.sample_rate).encode())
     h.update(np.ascontiguousarray(audio.samples, dtype=np.float32).tobytes())
     return h.hexdigest()

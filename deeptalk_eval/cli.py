@@ -65,6 +65,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--retry-failed", action="store_true", help="run again samples whose failure is cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-shared-cache", action="store_true",
+                   help="compute every transcript afresh and store none (also DEEPTALK_NO_SHARED_CACHE=1); "
+                        "see docs/harness.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +102,7 @@ def options_from_args(args: argparse.Namespace):
         output_dir=args.output_dir, log_samples=args.log_samples or bool(args.shard) or shard_from_env() is not None,
         batch_size=args.batch_size, shard=parse_shard(args.shard) or shard_from_env(), stage=args.stage,
         online=args.online, asr=args.asr, device=args.device, retry_failed=args.retry_failed,
-        progress=not args.no_progress)
+        progress=not args.no_progress, shared_cache=not args.no_shared_cache)
 
 
 def offline_by_default(online: bool) -> None:

@@ -14,6 +14,8 @@ and then evaluates task by task:
   every sample would repeat) stops the run instead;
 - a model lacking a capability a task needs skips that task, said out loud in the results;
 - speech-channel scorers read Whisper transcripts (`scoring.asr`), loaded only when needed;
+  model-independent work (TTS clips, transcripts) comes from the shared cache
+  (`shared_cache`) and each task records how much of it was read or computed;
 - after each task, `<run folder>/progress.json` holds the finished tasks' metrics and wall
   times (`run.finished` false), so a run killed hours in keeps what it measured; the final
   results file replaces it.
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from deeptalk_eval import shared_cache
 from deeptalk_eval.aggregate import aggregate_task
 from deeptalk_eval.api import Audio, Request, Response, SpokenModel, UnsupportedRequest
 from deeptalk_eval.cache import ResponseCache, request_key
@@ -77,6 +80,11 @@ class RunOptions:
     device: str = "cpu"
     retry_failed: bool = False
     progress: bool = True
+    shared_cache: bool = True  # False (--no-shared-cache): transcripts computed, not stored
+
+    @property
+    def uses_shared_cache(self) -> bool:
+        return shared_cache.enabled(no_shared_cache=not self.shared_cache)
 
     @property
     def model_label(self) -> str:
@@ -278,11 +286,15 @@ class Scoring:
             from deeptalk_eval.scoring.asr import make_transcriber
 
             backend, sep, name = self.opts.asr.rpartition(":")
-            config = {"model": name, "device": self.opts.device}
+            config = {"model": name, "device": self.opts.device, "cache": self.opts.uses_shared_cache}
             if sep:
                 config["backend"] = backend
             self._transcriber = make_transcriber(config)
         return self._transcriber
+
+    def cache_counts(self) -> dict[str, int]:
+        """Running totals of shared-cache reads and computations (TTS, transcripts)."""
+        return shared_cache.counts(self._transcriber)
 
     def score(self, task: TaskConfig, records: list[dict[str, Any]],
               responses: dict[str, Response | None]) -> dict[str, Any]:
@@ -344,6 +356,7 @@ class TaskOutcome:
     model_calls: int = 0
     cache_hits: int = 0
     first_traceback: str | None = None  # of the first sample the adapter failed on
+    shared_cache: dict[str, int] = field(default_factory=dict)  # what came from it, what was computed
 
 
 def select_docs(docs: list[dict[str, Any]], task: TaskConfig, opts: RunOptions) -> list[tuple[int, dict]]:
@@ -368,6 +381,7 @@ def audio_entry(audio: Audio | None, path: Path | None, run_dir: Path | None) ->
 def run_generate_task(task: TaskConfig, docs: list[dict[str, Any]], gen: Generator, scoring: Scoring,
                       opts: RunOptions, run_dir: Path | None) -> TaskOutcome:
     chosen = select_docs(docs, task, opts)
+    counts_before = scoring.cache_counts()  # spoken inputs are synthesised from here on
     records: list[dict[str, Any]] = []
     requests: dict[str, Request] = {}
     for idx, doc in chosen:
@@ -418,7 +432,8 @@ def run_generate_task(task: TaskConfig, docs: list[dict[str, Any]], gen: Generat
     _fill_logs(task, records, requests, responses, opts, run_dir)
     return TaskOutcome(task.name, "ok", aggregate_task(task.metrics, records), records, info,
                        model_calls=gen.model_calls - calls_before, cache_hits=hits,
-                       first_traceback=gen.first_traceback)
+                       first_traceback=gen.first_traceback,
+                       shared_cache=shared_cache.delta(counts_before, scoring.cache_counts()))
 
 
 def _fill_logs(task: TaskConfig, records: list[dict[str, Any]], requests: dict[str, Request],
@@ -452,7 +467,7 @@ def _results_skeleton(opts: RunOptions, plan_tasks: list[TaskConfig], index: Tas
         "config": {"model": opts.model_label, "model_args": opts.model_args, "model_path": opts.model_path,
                    "seed": opts.seed, "limit": opts.limit, "batch_size": opts.batch_size,
                    "shard": list(opts.shard) if opts.shard else None, "online": opts.online,
-                   "asr": opts.asr, "device": opts.device},
+                   "asr": opts.asr, "device": opts.device, "shared_cache": opts.uses_shared_cache},
         "environment": environment(),
         "asr": None,
         "model_info": {},
@@ -561,8 +576,18 @@ def _filled(results: dict[str, Any], outcomes: list[TaskOutcome], seconds: dict[
     results["run"] = {"model_calls": sum(o.model_calls for o in outcomes),
                       "cache_hits": sum(o.cache_hits for o in outcomes),
                       "seconds": {**seconds, "total": round(time.monotonic() - t_start, 2)},
+                      "shared_cache": shared_cache_record(outcomes, results["config"].get("shared_cache")),
                       "finished": finished}
     return results
+
+
+def shared_cache_record(outcomes: list[TaskOutcome], enabled: bool | None) -> dict[str, Any]:
+    """Per task, how many TTS clips and transcripts came from the shared cache and how many
+    were computed: a figure built on cached work says so."""
+    from deeptalk.paths import cache_dir
+
+    return {"dir": str(cache_dir()), "enabled": enabled,
+            "tasks": {o.name: o.shared_cache for o in outcomes if any(o.shared_cache.values())}}
 
 
 def _exit_code(outcomes: list[TaskOutcome]) -> int:
@@ -663,6 +688,7 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
                 rec["error"], rec["error_stage"] = None, None
             rec["transcripts"] = {}
         responses = _records_with_responses(records, base)
+        counts_before = scoring.cache_counts()
         info = scoring.score(task, records, responses)
         for rec in records:  # audio paths stay valid from the new run folder
             for part in ("input", "output"):
@@ -673,6 +699,7 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
             out = TaskOutcome(task.name, "ok", aggregate_task(task.metrics, records), records, info)
         else:
             out = TaskOutcome(task.name, "error: task has no metrics")
+        out.shared_cache = shared_cache.delta(counts_before, scoring.cache_counts())
         outcomes.append(out)
         results["status"][task.name] = out.status
         results["results"][task.name] = out.metrics
@@ -681,6 +708,10 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
         f = run_dir / f"samples_{safe_name(task.name)}.jsonl"
         write_samples(f, records)
         results["samples_files"][task.name] = str(f.relative_to(model_dir))
+    # the old run's model figures stay; what scoring read from the shared cache is this rescore's
+    results["config"] = {**results.get("config", {}), "shared_cache": opts.uses_shared_cache}
+    results["run"] = {**results.get("run", {}),
+                      "shared_cache": shared_cache_record(outcomes, opts.uses_shared_cache)}
     path = write_results(model_dir / f"{stamp}.json", results)
     return RunResult(results, path, _exit_code(outcomes), outcomes)
 
@@ -714,7 +745,8 @@ def merge(out_path: str | Path, inputs: list[str | Path]) -> RunResult:
     runs = [p.get("run") or {} for p in parts]
     merged["run"] = {"model_calls": sum(r.get("model_calls", 0) for r in runs),
                      "cache_hits": sum(r.get("cache_hits", 0) for r in runs),
-                     "shard_seconds": [r.get("seconds") for r in runs]}  # shards run side by side
+                     "shard_seconds": [r.get("seconds") for r in runs],  # shards run side by side
+                     "shard_shared_cache": [r.get("shared_cache") for r in runs]}
     run_dir = out_path.with_suffix("")
     tasks = list(dict.fromkeys(t for p in parts for t in p["configs"]))
     for t in tasks:

@@ -29,6 +29,9 @@ from deeptalk.paths import cache_dir
 
 # Bump when synthesis code changes what a cached file would contain.
 CACHE_VERSION = 1
+# Calls that could use the cache: read from it, or synthesised and stored (the harness
+# records these per task, so a figure built on cached speech says so).
+cache_stats = {"hits": 0, "synthesised": 0}
 
 ENGINES = ("piper", "flite", "festival", "espeak")
 
@@ -135,6 +138,7 @@ def synthesize(
     import soundfile as sf
     if use_cache and path.is_file():
         wav, sr = sf.read(path, dtype="float32")
+        cache_stats["hits"] += 1
     else:
         np.random.seed(seed)
         wav, sr = _ENGINE_FN[v.engine](text, v.engine_voice, merged)
@@ -146,6 +150,7 @@ def synthesize(
             tmp = path.with_suffix(f".{os.getpid()}.tmp.wav")
             sf.write(tmp, wav, sr, subtype="FLOAT")
             os.replace(tmp, path)  # atomic: concurrent writers never leave half a file
+            cache_stats["synthesised"] += 1
     if sample_rate is not None and sample_rate != sr:
         import librosa
 

@@ -18,8 +18,10 @@ Every input is validated (NaN/inf raise), resampled to 16 kHz with
 `scipy.signal.resample_poly`, and passed to the model as a float32 array (there is no
 ffmpeg here). None, empty or silent audio (peak below `silence_peak`) transcribes to ""
 without running the model: the scorers then count it as wrong. Transcripts are cached in
-SQLite under `cache_dir()/asr/`, keyed by sha256(samples + sample rate) and the ASR
-config (backend, model, weights sha256, decoding options, library version).
+the shared cache (`deeptalk_eval.shared_cache`: `cache_dir()/asr/transcripts.sqlite`, off
+with DEEPTALK_NO_SHARED_CACHE=1), keyed by `deeptalk_eval.cache.audio_sha256` (samples +
+sample rate) and the ASR config (backend, model, weights sha256, decoding options,
+library versions).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deeptalk_eval.api import Audio
+from deeptalk_eval.cache import audio_sha256  # the harness's one audio hash: keys agree everywhere
 
 ASR_SAMPLE_RATE = 16_000
 BACKENDS = ("openai-whisper", "faster-whisper")
@@ -48,7 +51,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "model": "tiny.en",
     "device": "cpu",
     "language": "en",
-    "cache": True,  # True: cache_dir()/asr/transcripts.sqlite; False: off; str: a SQLite path
+    "cache": True,  # True: the shared cache (unless DEEPTALK_NO_SHARED_CACHE); False: off; str: a SQLite path
     "silence_peak": 1e-4,  # |x| peak at or below this (-80 dBFS) counts as silence -> ""
 }
 _BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -103,27 +106,22 @@ def to_asr_input(audio: Audio | None, silence_peak: float = 1e-4, where: str = "
     return np.ascontiguousarray(x)
 
 
-def audio_sha256(audio: Audio) -> str:
-    """sha256 over the float32 samples and the sample rate (the transcript cache key)."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(audio.samples, dtype=np.float32).tobytes())
-    h.update(f"|sr={audio.sample_rate}".encode())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------------------
 # Transcript cache
 
 
 class TranscriptCache:
     """SQLite table (key -> transcript). Each insert is committed at once, so a crash
-    loses nothing already transcribed; several processes may share the file."""
+    loses nothing already transcribed; several processes (runs of other models, shards)
+    share the file: WAL lets readers go on while one writes, and a writer waits its turn."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a committed row survives a killed process
         self._db.execute("CREATE TABLE IF NOT EXISTS transcripts (key TEXT PRIMARY KEY, "
                          "transcript TEXT NOT NULL, config TEXT NOT NULL, created REAL NOT NULL)")
         self._db.commit()
@@ -155,7 +153,8 @@ class Transcriber:
     """Callable `(Audio) -> str` with a transcript cache; subclasses run one backend.
 
     The model loads on first use, so a run whose transcripts are all cached never loads it.
-    `model_calls` counts real model runs (cache hits and silent audio do not count).
+    `model_calls` counts real model runs, `cache_hits` transcripts read from the cache
+    (silent audio counts as neither).
     """
 
     backend: str = ""
@@ -166,13 +165,14 @@ class Transcriber:
         self.silence_peak = float(config["silence_peak"])
         self.decoding = dict(_DECODING, language=config["language"])
         self.model_calls = 0
+        self.cache_hits = 0
         self._model = None
         self._weights = self._weights_source()
         cache = config["cache"]
         if cache is True:
-            from deeptalk.paths import cache_dir
+            from deeptalk_eval import shared_cache
 
-            cache = cache_dir() / "asr" / "transcripts.sqlite"
+            cache = shared_cache.transcript_cache_path() if shared_cache.enabled() else None
         self.cache = TranscriptCache(cache) if cache else None
         self._config_json = json.dumps(self._identity(), sort_keys=True)
         self.config_key = hashlib.sha256(self._config_json.encode()).hexdigest()
@@ -230,6 +230,7 @@ class Transcriber:
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
+                self.cache_hits += 1
                 return hit
         self.model_calls += 1
         text = self._run(x).strip()
