@@ -108,6 +108,19 @@ def corpus_vocab(tokenizer, n_sentences: int = 200_000, seed: int = 0) -> torch.
     return torch.tensor(out)
 
 
+def _length_grouped(rows: list[dict], batch_size: int, rng: random.Random, window: int = 50) -> list[int]:
+    """One epoch's order: shuffled, then sorted by length inside windows of `window` batches,
+    so a batch pads little (random batches of this corpus were mostly padding), and the batches shuffled again."""
+    perm = list(range(len(rows)))
+    rng.shuffle(perm)
+    batches = []
+    for s in range(0, len(perm), batch_size * window):
+        chunk = sorted(perm[s : s + batch_size * window], key=lambda i: rows[i]["feats"].shape[0])
+        batches += [chunk[b : b + batch_size] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return [i for b in batches for i in b]
+
+
 def _spec_augment(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
     """Two time masks (up to 10 % each) and two channel masks (up to 27 channels) on [T, D]."""
     x = x.clone()
@@ -181,9 +194,7 @@ def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg
         nonlocal order, epoch
         if len(order) < cfg.batch_size:
             epoch += 1
-            perm = list(range(len(kept)))
-            random.Random(cfg.seed * 1000 + epoch).shuffle(perm)
-            order = order + perm
+            order = order + _length_grouped(kept, cfg.batch_size, random.Random(cfg.seed * 1000 + epoch))
         take, order = order[: cfg.batch_size], order[cfg.batch_size :]
         return [kept[i] for i in take]
 

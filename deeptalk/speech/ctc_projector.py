@@ -68,8 +68,9 @@ class CTCProjector(nn.Module):
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         """[B, T', 1 + V] log-space scores: class 0 is blank, class i is LLM token vocab[i - 1]."""
         q = self.hidden(feats)
-        tok = self.log_scale.exp() * (q @ self.embed.T.to(q.dtype)) / q.shape[-1] ** 0.5 + self.token_bias
-        return torch.cat([self.blank(q), tok], dim=-1)
+        scaled = q * (self.log_scale.exp() / q.shape[-1] ** 0.5)  # scale the [T, H] side, not the [T, V] one
+        return torch.cat([self.blank(q), torch.addmm(self.token_bias, scaled.flatten(0, 1),
+                                                     self.embed.T.to(q.dtype)).view(*q.shape[:2], -1)], dim=-1)
 
     def ctc_loss(self, feats: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
         """Mean CTC loss per target token; `targets` are LLM token ids (each must be in `vocab`)."""
