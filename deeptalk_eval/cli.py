@@ -65,6 +65,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--retry-failed", action="store_true", help="run again samples whose failure is cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--judge", metavar="SPEC",
+                   help="LLM judge for judged tasks (VoiceBench's open-ended sets): openai:MODEL (an "
+                        "OpenAI-compatible server, DEEPTALK_JUDGE_BASE_URL), hf:NAME_OR_PATH, or module:Class; "
+                        "wins over a task's `judge:` scorer arg. None by default: such tasks refuse to run without one")
     p.add_argument("--no-shared-cache", action="store_true",
                    help="compute every transcript afresh and store none (also DEEPTALK_NO_SHARED_CACHE=1); "
                         "see docs/harness.md")
@@ -102,7 +106,7 @@ def options_from_args(args: argparse.Namespace):
         output_dir=args.output_dir, log_samples=args.log_samples or bool(args.shard) or shard_from_env() is not None,
         batch_size=args.batch_size, shard=parse_shard(args.shard) or shard_from_env(), stage=args.stage,
         online=args.online, asr=args.asr, device=args.device, retry_failed=args.retry_failed,
-        progress=not args.no_progress, shared_cache=not args.no_shared_cache)
+        progress=not args.no_progress, shared_cache=not args.no_shared_cache, judge=args.judge)
 
 
 def offline_by_default(online: bool) -> None:
@@ -190,7 +194,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"  lm-eval tasks: {task.lm_eval['tasks']}")
             continue
         if task.data_path is None and not args.online:
-            print(f"  online-only dataset {task.hub['path']!r}: data not checked (use --online)")
+            if task.example is None:
+                print(f"  online-only dataset {task.hub['path']!r}: data not checked (use --online)")
+                continue
+            validate_example(task)
             continue
         docs = load_docs(task, online=args.online)
         if not docs:
@@ -202,6 +209,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
             req = build_request(task, docs[0])
             print(f"  first audio: {req.audio.duration:.2f} s at {req.audio.sample_rate} Hz")
     return EXIT_OK
+
+
+def validate_example(task) -> None:
+    """An online-only task checked offline against its `dataset.example` (one doc as the hub
+    serves it): process_docs, the input fields, the prompt, and every scorer on an empty
+    reply (which reads the gold fields without asking a model, an ASR or a judge)."""
+    from deeptalk_eval.scoring.base import SampleView, ScoringContext, get_scorer
+    from deeptalk_eval.taskconfig import SampleInputError, example_docs, render_prompt
+
+    hub = task.hub
+    where = f"{hub['path']}" + (f" ({hub['name']})" if hub.get("name") else "")
+    doc = example_docs(task)[0]
+    for kind, name in (("text_field", task.text_field), ("audio_field", task.audio_field)):
+        if name and name not in doc:
+            raise TaskConfigError(f"{task.path}: dataset.example (after process_docs) has no field {name!r} "
+                                  f"named by input.{kind}; fields: {sorted(doc)}")
+    try:
+        prompt = render_prompt(task, doc)
+    except SampleInputError as e:
+        raise TaskConfigError(f"{task.path}: dataset.example: {e}") from None
+    ctx = ScoringContext(task_config=task.raw)
+    metrics: dict[str, float | None] = {}
+    for i, spec in enumerate(task.scorers):
+        view = SampleView(doc=doc, response=None, channel=spec.channel, channel_text="")
+        try:
+            values = get_scorer(spec.name)(view, ctx, **spec.args)
+        except Exception as e:
+            raise TaskConfigError(f"{task.path}: field 'scorers[{i}]' ({spec.name}) fails on dataset.example: "
+                                  f"{type(e).__name__}: {e}") from None
+        metrics.update({spec.prefix + k: v for k, v in (values or {}).items()})
+    undeclared = [m.name for m in task.metrics if m.name not in metrics
+                  and not (m.aggregation == "ratio" and {m.numerator, m.denominator} <= set(metrics))]
+    if undeclared:
+        raise TaskConfigError(f"{task.path}: metric(s) {undeclared} are produced by no scorer "
+                              f"(the scorers give {sorted(metrics)})")
+    print(f"  online-only dataset {where!r}: not loaded offline (use --online); checked against "
+          f"dataset.example: fields {sorted(doc)}")
+    print(f"  scorers: {[s.name for s in task.scorers]} (each ran on an empty reply); "
+          f"metrics: {[m.name for m in task.metrics]}")
+    print(f"  first prompt: {prompt!r}" + (" (speech input: the audio is the request)"
+                                          if prompt is None and task.input_modality == "speech" else ""))
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

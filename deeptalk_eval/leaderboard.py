@@ -16,6 +16,15 @@ papers) are marked "reported" and carry their "source" string. They are shown ne
 measured rows but never enter any measured figure: group means are taken inside one
 results file only, and no figure mixes rows.
 
+A reported figure sits in a measured column only when it is the same metric on the same
+data with the same scoring. Otherwise — nearly always: a paper's spoken-QA average is over
+other questions than ours, its TTS WER over other sentences with another ASR — its column
+is named for its benchmark, `reported:<benchmark>/<metric>` (`reported:seed_tts_eval_en/wer`,
+`reported:llama_q+webq+triviaqa/s2s_acc`, `reported:voicebench/overall`), a prefix no task or
+group may take. A reported file that puts a figure in any other column must declare it,
+`"same_benchmark": {"task/metric": "why it is the same measurement"}`; an undeclared one
+is refused (`check_reported_columns`).
+
 The HTML page is self-contained: inline CSS, plots as base64 PNG, no scripts, no network.
 """
 from __future__ import annotations
@@ -45,13 +54,25 @@ KEY_COLUMNS = (
     "tts/wer",
     "asr/wer",
 )
+# Published figures: their benchmarks' own columns (never a measured one; see the module doc).
+REPORTED_PREFIX = "reported:"
+# The published counterparts of the key figures, each on its own benchmark.
+REPORTED_KEY_COLUMNS = (
+    "reported:ceval+cmmlu+mmlu+bbh+more/drop_rel",
+    "reported:llama_q+webq+triviaqa/s2s_acc",
+    "reported:voicebench/overall",
+    "reported:first_audio_claimed/seconds",
+    "reported:seed_tts_eval_en/wer",
+    "reported:librispeech_test_other/wer",
+)
 # `--columns headline`: one readable table (the key figures, the four spoken-QA channels,
-# the retention parts and the failure rate); every other column stays one glob away.
+# the retention parts, the failure rate, then the published key figures on their own
+# benchmarks); every other column stays one glob away.
 HEADLINE_COLUMNS = KEY_COLUMNS + (
     "text_retention/acc", "text_retention/exact_match_first_line", "text_retention/bits_per_byte",
     "spoken_qa/s2t_acc", "spoken_qa/t2t_acc", "spoken_qa/t2s_acc", "spoken_qa_asr_noise_floor/floor_acc",
     "latency/ttft_p50", "latency/rtf", "all/failure_rate",
-)
+) + REPORTED_KEY_COLUMNS
 # Measured names of the same figures where a task names them differently: the latency
 # task aggregates its per-sample "ttfa" as a p50 under the name "ttfa".
 LINEUP_ALIASES = {"latency/ttfa_p50": ("latency/ttfa",), "latency/ttft_p50": ("latency/ttft",),
@@ -79,6 +100,7 @@ class Row:
     metrics: dict[str, float] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)
     run_config: dict[str, Any] = field(default_factory=dict)  # limit / seed, checked for retention
+    same_benchmark: dict[str, str] = field(default_factory=dict)  # reported rows: measured columns declared same
 
 
 def _is_metric(key: str, value: Any) -> bool:
@@ -160,6 +182,18 @@ def read_row(path: Path) -> Row | None:
         raise LeaderboardError(f"{path}: 'config' must be a mapping")
     if reported and not str(data.get("source") or "").strip():
         raise LeaderboardError(f"{path}: a reported row needs a non-empty 'source' string")
+    same = data.get("same_benchmark") or {}
+    if not isinstance(same, dict) or not all(isinstance(v, str) and v.strip() for v in same.values()):
+        raise LeaderboardError(f"{path}: 'same_benchmark' maps task/metric -> the reason it is the same measurement")
+    metrics = flatten_metrics(data, str(path))
+    if reported:
+        misplaced = sorted(k for k in metrics if not k.startswith(REPORTED_PREFIX) and k not in same)
+        if misplaced:
+            raise LeaderboardError(f"{path}: reported figure(s) {misplaced} in measured columns; name each column "
+                                   f"for its benchmark ('{REPORTED_PREFIX}<benchmark>/<metric>') or declare it in "
+                                   f"\"same_benchmark\" with the reason it is the same metric, data and scoring")
+    elif any(k.startswith(REPORTED_PREFIX) for k in metrics):
+        raise LeaderboardError(f"{path}: a measured run with '{REPORTED_PREFIX}' columns, which hold published figures")
     stage = data.get("stage")
     return Row(
         model=_model_label(config),
@@ -168,10 +202,24 @@ def read_row(path: Path) -> Row | None:
         stage=None if stage is None else str(stage),
         date=None if data.get("date") is None else str(data["date"]),
         path=str(path),
-        metrics=flatten_metrics(data, str(path)),
+        metrics=metrics,
         groups={g: list(t) for g, t in (data.get("groups") or {}).items()},
         run_config={"limit": config.get("limit"), "seed": config.get("seed"), "versions": data.get("versions") or {}},
+        same_benchmark=dict(same) if reported else {},
     )
+
+
+def check_reported_columns(rows: Sequence[Row]) -> None:
+    """No reported figure in a column a measured row fills, unless its file declares it the
+    same benchmark ("same_benchmark"); LeaderboardError naming the row and the column."""
+    measured = {k for r in rows if r.kind == "measured" for k, v in r.metrics.items() if not math.isnan(v)}
+    for r in rows:
+        if r.kind != "reported":
+            continue
+        clash = sorted(k for k in r.metrics if k in measured and k not in r.same_benchmark)
+        if clash:
+            raise LeaderboardError(f"{r.path}: reported figure(s) {clash} of {r.model!r} share a column with "
+                                   f"measured runs without being declared the same benchmark")
 
 
 def all_rows(results_dir: str | Path) -> list[Row]:
@@ -259,6 +307,7 @@ def build_table(rows: Sequence[Row], columns: Sequence[str] | None = None,
 
     `columns`: glob patterns (fnmatch) selecting metric columns, or ["headline"]; default all.
     """
+    check_reported_columns(rows)
     metric_names = sorted({k for r in rows for k in r.metrics})
     if columns and list(columns) == ["headline"]:
         metric_names = [c for c in HEADLINE_COLUMNS if c in metric_names]
@@ -268,7 +317,10 @@ def build_table(rows: Sequence[Row], columns: Sequence[str] | None = None,
         # A row with none of the chosen metrics says nothing in this table.
         rows = [r for r in rows if any(not math.isnan(r.metrics.get(m, math.nan)) for m in metric_names)]
     first = HEADLINE_COLUMNS if columns else KEY_COLUMNS
-    ordered = [c for c in first if c in metric_names] + [c for c in metric_names if c not in first]
+    rest = [c for c in metric_names if c not in first]
+    # measured columns first, then the published ones (reported:*), each block in name order
+    ordered = ([c for c in first if c in metric_names] + [c for c in rest if not c.startswith(REPORTED_PREFIX)]
+               + [c for c in rest if c.startswith(REPORTED_PREFIX)])
     records = []
     for r in rows:
         rec: dict[str, Any] = {"model": r.model, "kind": r.kind}
@@ -323,7 +375,8 @@ def _marker(kind: str) -> dict[str, Any]:
 
 
 def plot_retention_vs_qa(rows: Sequence[Row]) -> str | None:
-    """Scatter of text-retention drop vs spoken-QA S2S accuracy; base64 PNG or None (no data)."""
+    """Scatter of text-retention drop vs spoken-QA S2S accuracy; base64 PNG or None (no data).
+    Measured columns only: published figures on other benchmarks are not placed on these axes."""
     x_key, y_key = "text_retention/drop_rel", "spoken_qa/s2s_acc"
     pts = [(r, r.metrics[x_key], r.metrics[y_key]) for r in rows
            if not math.isnan(r.metrics.get(x_key, math.nan)) and not math.isnan(r.metrics.get(y_key, math.nan))]
@@ -351,7 +404,8 @@ def plot_retention_vs_qa(rows: Sequence[Row]) -> str | None:
 
 
 def plot_latency(rows: Sequence[Row]) -> str | None:
-    """Bars of time to first audio and end-to-end latency (p50, s); base64 PNG or None."""
+    """Bars of time to first audio and end-to-end latency (p50, s) as measured here; base64
+    PNG or None. Published latency claims (other hardware, their own set-up) stay out."""
     keys = [("latency/ttfa_p50", "first audio (p50)"), ("latency/e2e_p50", "end to end (p50)")]
     sel = [r for r in rows if any(not math.isnan(r.metrics.get(k, math.nan)) for k, _ in keys)]
     if not sel:
@@ -405,8 +459,9 @@ def render_html(df: pd.DataFrame, rows: Sequence[Row], title: str = "deeptalk-ev
     sources = f'<p class="note">Sources of reported rows:</p><ol class="note">{sources}</ol>\n' if notes else ""
     plots = []
     for pid, caption, png in (
-        ("plot-retention-vs-qa", "Text-capability drop vs spoken-QA S2S accuracy", plot_retention_vs_qa(rows)),
-        ("plot-latency", "Latency: first audio and end to end", plot_latency(rows)),
+        ("plot-retention-vs-qa", "Text-capability drop vs spoken-QA S2S accuracy (measured runs)",
+         plot_retention_vs_qa(rows)),
+        ("plot-latency", "Latency measured here: first audio and end to end", plot_latency(rows)),
     ):
         if png is None:
             plots.append(f'<p class="note" id="{pid}">{html.escape(caption)}: no row has these metrics.</p>')
@@ -418,8 +473,9 @@ def render_html(df: pd.DataFrame, rows: Sequence[Row], title: str = "deeptalk-ev
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
         f"<h1>{html.escape(title)}</h1>\n"
         '<p class="note">Rows marked <i>reported</i> are published figures (see their source), '
-        "not our measurements; they never enter measured figures. group/metric columns are means "
-        "over a group's tasks within one run.</p>\n"
+        "not our measurements; they never enter measured figures, and each sits in a column named for "
+        "its own benchmark (reported:&lt;benchmark&gt;/&lt;metric&gt;) unless it is the same measurement. "
+        "group/metric columns are means over a group's tasks within one run.</p>\n"
         f'<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body) +
         "\n</tbody></table>\n" + sources + "\n".join(plots) + "\n</body></html>\n"
     )

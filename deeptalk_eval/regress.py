@@ -25,7 +25,8 @@ skips (with a note) a gate whose metric neither run has, instead of failing.
 
 Exit status: 0 every gate holds; 1 a gate breaks; 2 unusable input (missing or broken
 file, a gate naming a metric the runs lack, runs scored with different ASR or
-normalisers without --allow-asr-mismatch).
+normalisers without --allow-asr-mismatch, or a task judged by different LLM judges —
+model, prompt hash or judge version, `scoring_info[task].judge` — which no flag allows).
 """
 from __future__ import annotations
 
@@ -240,6 +241,33 @@ def check_comparable(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
     return problems
 
 
+JUDGE_IDENTITY = ("model", "prompt_sha256", "version")
+
+
+def judge_mismatch(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
+    """Tasks both runs scored whose LLM judge (model, prompt hash, judge version) differs,
+    or that only one of the runs scored with a judge. Judged figures of two judges are two
+    measurements; no flag allows comparing them."""
+
+    def judges(run):
+        out = {}
+        for task, info in (run.get("scoring_info") or {}).items():
+            if isinstance(info, dict) and isinstance(info.get("judge"), dict):
+                out[task] = {k: info["judge"].get(k) for k in JUDGE_IDENTITY}
+        return out
+
+    ja, jb = judges(base), judges(cand)
+    shared = set(base.get("results") or {}) & set(cand.get("results") or {})
+    problems = []
+    for task in sorted(shared & (set(ja) | set(jb))):
+        a, b = ja.get(task), jb.get(task)
+        if a is None or b is None:
+            problems.append(f"{task}: judged in {'the candidate' if a is None else 'the baseline'} only")
+        else:
+            problems += [f"{task}: judge {k} {a[k]!r} vs {b[k]!r}" for k in JUDGE_IDENTITY if a[k] != b[k]]
+    return problems
+
+
 def compare_metric(metric: str, base: dict[str, Any], cand: dict[str, Any], flat_b: dict, flat_c: dict,
                    cache: dict, n_resamples: int = 1000, seed: int = 0) -> Comparison:
     from deeptalk_eval.scoring import stats
@@ -396,6 +424,10 @@ def run(args: argparse.Namespace) -> int:
     """Raises RegressError for input that cannot be compared (the CLI reports it, exit 2)."""
     base, cand = read_run(args.baseline), read_run(args.candidate)
     gates = [] if str(args.gates).lower() == "none" else read_gates(args.gates)
+    judged = judge_mismatch(base, cand)
+    if judged:
+        raise RegressError("runs were judged by different LLM judges, whose figures do not compare: "
+                           + "; ".join(judged))
     problems = check_comparable(base, cand)
     if problems and not args.allow_asr_mismatch:
         raise RegressError("runs were scored differently (use --allow-asr-mismatch to compare anyway): "

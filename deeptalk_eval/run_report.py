@@ -4,7 +4,9 @@ training stage against this run.
 
 The figures are the leaderboard's (`deeptalk-eval leaderboard DIR --columns headline`),
 computed by `deeptalk_eval.leaderboard` over the run's output folder and narrowed to this
-run, the latest `base_llm` run and the reported rows there.
+run, the latest `base_llm` run and the reported rows there. A published row stands beside
+this run only on a figure it shares with it — the same benchmark, declared so in its file;
+the others are on their own benchmarks (`reported:*` columns) and are pointed to in one line.
 """
 from __future__ import annotations
 
@@ -70,6 +72,18 @@ def headline_table(rows: list[leaderboard.Row]) -> str | None:
     return tabulate(body, headers=headers, floatfmt=".4g", missingval="—")
 
 
+def reported_elsewhere(rows: list[leaderboard.Row]) -> str | None:
+    """A line on the published rows that share no figure with this run (rows[0]): their
+    figures are on other benchmarks, in `reported:*` columns; it says where to find them."""
+    this = {k for k, v in rows[0].metrics.items() if not math.isnan(v)}
+    hidden = sorted({r.model for r in rows[1:] if r.kind == "reported"
+                     and not any(k in this and not math.isnan(v) for k, v in r.metrics.items())})
+    if not hidden:
+        return None
+    return (f"Published figures of {len(hidden)} other systems are on other benchmarks than this run's tasks "
+            f"(reported:* columns): `deeptalk-eval leaderboard DIR --columns 'reported:*'` lists them.")
+
+
 def regress_command(results_path: Path) -> str:
     """The gate for the next stage: this run as baseline, the newest run in its model folder
     (where the next stage's evaluation will land) as candidate."""
@@ -97,6 +111,9 @@ def after_run(results: dict, results_path: Path, results_dir: Path) -> str:
         else:
             lines = ["", f"Headline figures: none in this run (`deeptalk-eval leaderboard {where}` "
                          "shows every column)."]
+        elsewhere = reported_elsewhere(rows) if rows else None
+        if elsewhere:
+            lines += ["", elsewhere.replace("DIR", where)]
         lines += [f"note: {n}" for n in notes]
     lines += ["", "Gate the next training stage against this run: evaluate it with the same --tasks and --limit, then",
               f"  {regress_command(results_path)}"]

@@ -81,6 +81,7 @@ class RunOptions:
     retry_failed: bool = False
     progress: bool = True
     shared_cache: bool = True  # False (--no-shared-cache): transcripts computed, not stored
+    judge: str | None = None  # --judge: the LLM judge of judged scorers (scoring.judge)
 
     @property
     def uses_shared_cache(self) -> bool:
@@ -195,9 +196,23 @@ def prepare(opts: RunOptions) -> Plan:
                 i = task.scorers.index(spec)
                 raise TaskConfigError(f"{task.path}: field 'scorers[{i}].name': {e.args[0]}") from None
         if task.kind != "lm_eval" and not online_only(task, opts):
+            preflight_scorers(task, opts)  # e.g. no judge named: said before any data is downloaded
+    for task in tasks:
+        if task.kind != "lm_eval" and not online_only(task, opts):
             docs[task.name] = load_docs(task, online=opts.online)
     check_writable(opts.output_dir / safe_name(opts.model_label))
     return Plan(opts, tasks, docs, model_cls, index)
+
+
+def preflight_scorers(task: TaskConfig, opts: RunOptions) -> None:
+    """Scorers that need something from the user (an LLM judge) say so before the run."""
+    for i, spec in enumerate(task.scorers):
+        check = getattr(get_scorer(spec.name), "preflight", None)
+        if check is not None:
+            try:
+                check(spec.args, opts.judge)
+            except UsageError as e:
+                raise UsageError(f"{task.path}: task {task.name!r}, scorer {spec.name} (scorers[{i}]): {e}") from None
 
 
 # -- generation -----------------------------------------------------------------------
@@ -299,7 +314,7 @@ class Scoring:
     def score(self, task: TaskConfig, records: list[dict[str, Any]],
               responses: dict[str, Response | None]) -> dict[str, Any]:
         """Fill record["metrics"] / ["transcripts"]; returns the scorers' shared info."""
-        ctx = ScoringContext(task_config=task.raw)
+        ctx = ScoringContext(task_config=task.raw, judge=self.opts.judge)
 
         def transcribe(audio, id=None):
             # Any scorer may need ASR (e.g. the noise floor transcribes gold-answer speech):
@@ -467,7 +482,8 @@ def _results_skeleton(opts: RunOptions, plan_tasks: list[TaskConfig], index: Tas
         "config": {"model": opts.model_label, "model_args": opts.model_args, "model_path": opts.model_path,
                    "seed": opts.seed, "limit": opts.limit, "batch_size": opts.batch_size,
                    "shard": list(opts.shard) if opts.shard else None, "online": opts.online,
-                   "asr": opts.asr, "device": opts.device, "shared_cache": opts.uses_shared_cache},
+                   "asr": opts.asr, "device": opts.device, "shared_cache": opts.uses_shared_cache,
+                   "judge": opts.judge},
         "environment": environment(),
         "asr": None,
         "model_info": {},
@@ -669,6 +685,8 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
         if name not in index.files:
             raise UsageError(f"task {name!r} of {old_path} is not known here (use --include-path)")
         tasks.append(index.load(name))
+        if tasks[-1].kind != "lm_eval":
+            preflight_scorers(tasks[-1], opts)
     results = {k: v for k, v in old.items() if k != "_path"}
     results.update({"results": {}, "configs": {t.name: t.record() for t in tasks}, "environment": environment(),
                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "samples_files": {},
@@ -705,6 +723,11 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
         results["results"][task.name] = out.metrics
         if info.get("asr"):
             results["asr"] = info["asr"]
+        # what scored these figures (normalisers, judge ...) is this rescore's, not the old run's
+        scoring_info = results.setdefault("scoring_info", {})
+        scoring_info.pop(task.name, None)
+        if {k: v for k, v in info.items() if k != "asr"}:
+            scoring_info[task.name] = {k: v for k, v in info.items() if k != "asr"}
         f = run_dir / f"samples_{safe_name(task.name)}.jsonl"
         write_samples(f, records)
         results["samples_files"][task.name] = str(f.relative_to(model_dir))

@@ -23,6 +23,10 @@ from deeptalk_eval.api import Audio, GenerationOptions, Request
 from deeptalk_eval.errors import UsageError
 
 KINDS = ("generate", "stream", "lm_eval")
+# Leaderboard columns "reported:<benchmark>/<metric>" hold published figures; no task may take the name.
+RESERVED_PREFIX = "reported:"
+# The field a multi-split hub load adds to every doc: the split it came from.
+HUB_SPLIT_FIELD = "hub_split"
 MODALITIES_IN = ("text", "speech")
 MODALITIES_OUT = ("text", "speech", "both")
 CHANNELS = ("text", "speech")
@@ -165,6 +169,7 @@ class TaskConfig:
     # dataset
     data_path: Path | None = None
     hub: dict[str, Any] | None = None
+    example: dict[str, Any] | None = None  # one doc as the hub serves it: checked offline by `validate`
     id_field: str = "id"
     process_docs: FunctionRef | None = None
     # input / output
@@ -258,12 +263,17 @@ def load_task(path: str | Path) -> TaskConfig:
         raise c.fail((), f"a task file is a mapping of fields, got {type(data).__name__}")
     c.no_unknown(data, (), TOP_LEVEL)
     name = c.get(data, (), "task", str, required=True)
+    if name.startswith(RESERVED_PREFIX):
+        raise c.fail(("task",), f"task names may not start with {RESERVED_PREFIX!r}: leaderboard columns of "
+                                f"that prefix hold published figures (results/reported/)")
     if "version" not in data:
         raise c.fail((), "required field 'version' is missing")
     groups = data.get("group") or []
     groups = [groups] if isinstance(groups, str) else groups
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise c.fail(("group",), "expected a group name or a list of names")
+    if any(g.startswith(RESERVED_PREFIX) for g in groups):
+        raise c.fail(("group",), f"group names may not start with {RESERVED_PREFIX!r} (published figures' columns)")
     kind = c.get(data, (), "kind", str, default="generate", choices=KINDS)
     cfg = TaskConfig(
         name=name, version=data["version"], path=path,
@@ -290,15 +300,23 @@ def load_task(path: str | Path) -> TaskConfig:
         return cfg
 
     ds = c.get(data, (), "dataset", dict, required=True)
-    c.no_unknown(ds, ("dataset",), {"path", "hub", "id_field", "process_docs"})
+    c.no_unknown(ds, ("dataset",), {"path", "hub", "id_field", "process_docs", "example"})
     rel = c.get(ds, ("dataset",), "path", str)
     cfg.data_path = (path.parent / rel).resolve() if rel else None
     cfg.hub = c.get(ds, ("dataset",), "hub", dict)
     if cfg.hub is not None:
         c.no_unknown(cfg.hub, ("dataset", "hub"), {"path", "name", "split", "revision"})
         c.get(cfg.hub, ("dataset", "hub"), "path", str, required=True)
+        split = cfg.hub.get("split")
+        if split is not None and not (isinstance(split, str) and split.strip() or (
+                isinstance(split, list) and split and all(isinstance(x, str) and x.strip() for x in split))):
+            raise c.fail(("dataset", "hub", "split"), f"a split name, a list of split names or '*' "
+                                                      f"(every split), got {split!r}")
     if cfg.data_path is None and cfg.hub is None:
         raise c.fail(("dataset",), "give 'path' (a local data file) or 'hub' (an online dataset)")
+    cfg.example = c.get(ds, ("dataset",), "example", dict)
+    if cfg.example is not None and cfg.hub is None:
+        raise c.fail(("dataset", "example"), "an example doc documents a hub dataset's fields; this task has no 'hub'")
     cfg.id_field = c.get(ds, ("dataset",), "id_field", str, required=True)
     cfg.process_docs = c.get(ds, ("dataset",), "process_docs", FunctionRef)
     if cfg.process_docs is not None:
@@ -405,23 +423,61 @@ def load_docs(cfg: TaskConfig, online: bool = False) -> list[dict[str, Any]]:
     """The task's docs: the local file (offline default) or the hub dataset (online path)."""
     use_hub = cfg.hub is not None and (online or cfg.data_path is None or not cfg.data_path.is_file())
     if use_hub:
-        import datasets  # only on the online path
-
         hub = cfg.hub
         try:
-            ds = datasets.load_dataset(hub["path"], hub.get("name"), split=hub.get("split", "test"),
-                                       revision=hub.get("revision"))
+            docs = load_hub_docs(hub)
         except Exception as e:  # offline, unknown id, wrong split...
             local = f" and the local file {cfg.data_path} is missing" if cfg.data_path else ""
             raise TaskConfigError(f"{cfg.path}: task {cfg.name!r}: cannot load hub dataset {hub['path']!r}"
                                   f"{local}: {type(e).__name__}: {e}") from None
-        docs = [dict(row) for row in ds]
         where = f"hub dataset {hub['path']}"
     else:
         if cfg.data_path is None:
             raise TaskConfigError(f"{cfg.path}: task {cfg.name!r} has no local data file; run with --online")
         docs = read_data_file(cfg.data_path)
         where = str(cfg.data_path)
+    return _processed(cfg, docs, where)
+
+
+def multi_split(hub: dict[str, Any]) -> bool:
+    """A hub block naming several splits ("*" or a list): docs then carry HUB_SPLIT_FIELD."""
+    split = hub.get("split", "test")
+    return split == "*" or isinstance(split, list)
+
+
+def load_hub_docs(hub: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a hub dataset (the online path). `split` may be one name, a list of names
+    (concatenated in that order) or "*" (every split of the config, in the hub's order); with
+    several splits each doc gets HUB_SPLIT_FIELD = the split it came from."""
+    import datasets  # only on the online path
+
+    split = hub.get("split", "test")
+    args = (hub["path"], hub.get("name"))
+    if not multi_split(hub):
+        return [dict(row) for row in datasets.load_dataset(*args, split=split, revision=hub.get("revision"))]
+    loaded = datasets.load_dataset(*args, revision=hub.get("revision"))
+    names = list(loaded.keys()) if split == "*" else split
+    missing = [n for n in names if n not in loaded]
+    if missing:
+        raise ValueError(f"split(s) {missing} not in {hub['path']!r} config {hub.get('name')!r}; "
+                         f"it has {list(loaded.keys())}")
+    return [{**dict(row), HUB_SPLIT_FIELD: n} for n in names for row in loaded[n]]
+
+
+def example_docs(cfg: TaskConfig) -> list[dict[str, Any]]:
+    """The task's `dataset.example` (one doc as the hub serves it) through the same
+    processing as hub docs: `validate` checks a hub-only task with it, offline."""
+    if cfg.example is None:
+        raise TaskConfigError(f"{cfg.path}: task {cfg.name!r} has no dataset.example")
+    doc = dict(cfg.example)
+    if cfg.hub is not None and multi_split(cfg.hub):
+        split = cfg.hub.get("split")
+        doc.setdefault(HUB_SPLIT_FIELD, split[0] if isinstance(split, list) else "example")
+    return _processed(cfg, [doc], f"{cfg.path}: dataset.example")
+
+
+def _processed(cfg: TaskConfig, docs: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """`process_docs` applied, then every doc checked for a unique id."""
     if cfg.process_docs is not None:
         try:
             docs = list(cfg.process_docs.resolve()(docs))

@@ -207,3 +207,37 @@ def test_shipped_default_gates_parse_and_apply(runs, capsys):
     assert run_cli("--baseline", runs["base"], "--candidate", runs["same"]) == 0
     assert run_cli("--baseline", runs["base"], "--candidate", runs["worse"]) == 1
     assert "spoken_qa_factoid_s2s/s2s_acc" in capsys.readouterr().out
+
+
+def with_judge(path: Path, **judge) -> Path:
+    """The run at `path` with an LLM judge recorded for its spoken-QA task (as scoring.judge records it)."""
+    data = json.loads(path.read_text())
+    ident = {"spec": "openai:gpt-4o-mini", "backend": "openai-chat", "model": "gpt-4o-mini",
+             "prompt_template": "open_1to5_v1", "prompt_sha256": "a" * 64, "prompt_text": "...",
+             "version": "deeptalk_judge_v1", "decoding": {"temperature": 0.0}, **judge}
+    data["scoring_info"]["spoken_qa_factoid_s2s"]["judge"] = ident
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("change", [{"model": "gpt-4o"}, {"prompt_sha256": "b" * 64}, {"version": "deeptalk_judge_v2"}])
+def test_runs_judged_by_different_judges_are_refused(runs, tmp_path, capsys, change):
+    g = gates_file(tmp_path, GATES)
+    base = with_judge(runs["base"])
+    assert run_cli("--baseline", base, "--candidate", with_judge(runs["same"]), "--gates", g) == 0
+    capsys.readouterr()
+    other = with_judge(runs["same"], **change)
+    for extra in ([], ["--allow-asr-mismatch"]):  # no flag compares two judges' figures
+        assert run_cli("--baseline", base, "--candidate", other, "--gates", g, *extra) == 2
+        err = capsys.readouterr().err
+        key = next(iter(change))
+        assert "different LLM judges" in err and f"spoken_qa_factoid_s2s: judge {key}" in err
+    # the same judge under another spec string (or other decoding) is the same identity
+    assert run_cli("--baseline", base, "--candidate", with_judge(runs["same"], spec="openai:gpt-4o-mini@local"),
+                   "--gates", g) == 0
+
+
+def test_a_task_judged_in_one_run_only_is_refused(runs, tmp_path, capsys):
+    g = gates_file(tmp_path, GATES)
+    assert run_cli("--baseline", with_judge(runs["base"]), "--candidate", runs["same"], "--gates", g) == 2
+    assert "spoken_qa_factoid_s2s: judged in the baseline only" in capsys.readouterr().err

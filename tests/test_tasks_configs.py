@@ -1,5 +1,6 @@
-"""Every bundled task file validates, loads its docs offline, and declares only metrics its
-scorers produce (checked by running each scorer on a hand-made response)."""
+"""Every bundled task file validates, loads its docs offline (a hub-only task: its documented
+example doc), and declares only metrics its scorers produce (checked by running each scorer
+on a hand-made response)."""
 from __future__ import annotations
 
 import os
@@ -13,14 +14,18 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from deeptalk_eval.api import Audio, Response  # noqa: E402
 from deeptalk_eval.scoring.base import SampleView, ScoringContext, get_scorer  # noqa: E402
-from deeptalk_eval.taskconfig import load_docs, load_task  # noqa: E402
+from deeptalk_eval.taskconfig import example_docs, load_docs, load_task  # noqa: E402
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 FILES = sorted(p for p in TASKS.rglob("*.yaml") if "lm_eval" not in p.relative_to(TASKS).parts)
-FAMILIES = {"spoken_qa", "text_retention", "asr", "tts", "latency"}
+FAMILIES = {"spoken_qa", "text_retention", "asr", "tts", "latency", "voicebench"}
 ONLINE_GROUP = "spoken_qa_online"
+# Hub-only task families: their own group, never part of an offline run.
+ONLINE_GROUPS = {ONLINE_GROUP, "voicebench"}
 # Scorers that need TTS + ASR models; test_noise_floor_end_to_end runs the real one.
 HEAVY_SCORERS = {"gold_answer_asr"}
+# Scorers that ask an LLM judge for a reply: run here on an empty reply, which needs none.
+JUDGED_SCORERS = {"judge_rating"}
 
 EVENTS = [{"kind": "mark", "t_rel": 0.05, "name": "prefill_done"},
           {"kind": "text", "t_rel": 0.1, "n_chars": 5},
@@ -44,17 +49,19 @@ def test_required_fields(configs):
         assert cfg.version is not None and cfg.description.strip(), path
         family = path.relative_to(TASKS).parts[0]
         assert cfg.groups and (family in cfg.groups or cfg.groups == [ONLINE_GROUP]), path
-        if ONLINE_GROUP in cfg.groups:
+        if set(cfg.groups) & ONLINE_GROUPS or (cfg.kind != "lm_eval" and cfg.data_path is None):
             # online-only: no local data, so never part of an offline run
-            assert cfg.data_path is None and cfg.hub and cfg.groups == [ONLINE_GROUP], path
+            assert cfg.data_path is None and cfg.hub and len(cfg.groups) == 1, path
+            assert cfg.groups[0] in ONLINE_GROUPS, path
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_docs_load_and_metrics_are_produced(configs, path):
     cfg = configs[path]
-    if cfg.kind == "lm_eval" or ONLINE_GROUP in cfg.groups:
-        pytest.skip("lm-eval tasks: test_tasks_retention.py; online tasks need the hub")
-    docs = load_docs(cfg)  # also runs process_docs, which registers task-local scorers
+    if cfg.kind == "lm_eval" or (cfg.data_path is None and cfg.example is None):
+        pytest.skip("lm-eval tasks: test_tasks_retention.py; online tasks without an example need the hub")
+    # also runs process_docs, which registers task-local scorers
+    docs = example_docs(cfg) if cfg.data_path is None else load_docs(cfg)
     assert docs, path
     doc = docs[0]
     resp = Response(text="Paris. The morning train was late.", audio=Audio(np.zeros(2400), 24000),
@@ -65,7 +72,8 @@ def test_docs_load_and_metrics_are_produced(configs, path):
         if spec.name in HEAVY_SCORERS:
             produced |= {spec.prefix + k for k in ("acc", "acc_whisper_norm", "no_answer")}
             continue
-        view = SampleView(doc=doc, response=resp, channel=spec.channel, channel_text="paris the train was late")
+        text = "" if spec.name in JUDGED_SCORERS else "paris the train was late"
+        view = SampleView(doc=doc, response=resp, channel=spec.channel, channel_text=text)
         values = fn(view, ScoringContext(task_config=cfg.raw), **spec.args)
         produced |= {spec.prefix + k for k in values}
     for m in cfg.metrics:

@@ -12,6 +12,10 @@ values. Scorers are plain functions registered by name; task YAMLs name them.
 fills it through `ctx.transcribe`, cached). A scorer returns a dict of metric name ->
 float (or None when the value does not exist for this sample, e.g. no audio produced;
 the metric's `on_failure` rule then decides).
+
+A scorer may carry a `preflight(args, judge)` attribute: the runner calls it with the
+scorer's args and the run's --judge before any model loads, and a `UsageError` it raises
+stops the run (scoring.judge uses it to refuse to run without a judge).
 """
 from __future__ import annotations
 
@@ -55,7 +59,8 @@ def _load_builtin_scorers() -> None:
     # Importing the modules registers their scorers.
     import importlib
 
-    for mod in ("deeptalk_eval.scoring.scorers", "deeptalk_eval.scoring.latency"):
+    for mod in ("deeptalk_eval.scoring.scorers", "deeptalk_eval.scoring.latency", "deeptalk_eval.scoring.choice",
+                "deeptalk_eval.scoring.refusal", "deeptalk_eval.scoring.ifeval", "deeptalk_eval.scoring.judge"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
@@ -86,3 +91,4 @@ class ScoringContext:
     normaliser: str = "answer_match+whisper_en"
     task_config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # ASR model/options etc., recorded in results
+    judge: str | None = None  # the run's --judge spec (scoring.judge); wins over a scorer's `judge:` arg
