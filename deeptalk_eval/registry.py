@@ -28,6 +28,9 @@ BUILTIN_MODELS: dict[str, str] = {
     "base_llm": "baselines.base_llm:BaseLLM",
     "cascade": "baselines.cascade:Cascade",
     "glm4voice": "baselines.glm4voice:GLM4Voice",
+    "qwen2_5_omni": "baselines.qwen_omni:Qwen25Omni",
+    "qwen3_omni": "baselines.qwen_omni:Qwen3Omni",
+    "moshi": "baselines.moshi:Moshi",
 }
 ALL = "all"
 
