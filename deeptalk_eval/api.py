@@ -163,6 +163,9 @@ class SpokenModel:
 
     name: ClassVar[str] = "model"
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # requests the runner hands over together when every one is greedy and --batch-size is
+    # not given; set it above 1 only where batched greedy answers equal one-by-one ones
+    greedy_batch_size: ClassVar[int] = 1
 
     def __init__(self, **kwargs: Any):
         self.args = dict(kwargs)

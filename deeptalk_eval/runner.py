@@ -72,7 +72,7 @@ class RunOptions:
     seed: int = 1234
     output_dir: Path = Path("results")
     log_samples: bool = False
-    batch_size: int = 1
+    batch_size: int | None = None  # None: the model's `greedy_batch_size` for greedy tasks, else 1
     shard: tuple[int, int] | None = None
     stage: str | None = None
     online: bool = False
@@ -179,7 +179,7 @@ def error_text(e: BaseException) -> str:
 
 
 def prepare(opts: RunOptions) -> Plan:
-    if opts.batch_size < 1:
+    if opts.batch_size is not None and opts.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {opts.batch_size}")
     if opts.limit is not None and opts.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {opts.limit}")
@@ -226,6 +226,7 @@ class Generator:
         self.fingerprint = model.fingerprint()
         self.measurement = ""  # id of the current measurement (keys streamed responses)
         self.model_calls = 0  # requests actually sent to the model (not cache hits)
+        self.batch_sizes: dict[str, int] = {}  # the batch each task's model calls used (recorded)
         # where the first adapter error of the current task came from, for the user to read
         self.first_traceback: str | None = None
 
@@ -257,9 +258,19 @@ class Generator:
                 self.first_traceback = traceback.format_exc()  # a refusal is no bug: no traceback
             return None, error_text(e)
 
+    def batch_size(self, task: TaskConfig, requests: list[Request]) -> int:
+        """--batch-size when given; otherwise the model's greedy batch when every request is
+        greedy (the adapter vouches that batched greedy answers equal one-by-one ones), else 1."""
+        if task.kind == "stream":
+            return 1  # latency is timed one request at a time
+        if self.opts.batch_size is not None:
+            return self.opts.batch_size
+        greedy = all(r.options.is_deterministic for r in requests)
+        return max(1, int(getattr(self.model, "greedy_batch_size", 1))) if greedy else 1
+
     def run(self, task: TaskConfig, pending: list[tuple[str, Request]], bar: tqdm):
         """Yield (key, response, error) per request, committing each to the cache first."""
-        size = 1 if task.kind == "stream" else self.opts.batch_size
+        size = self.batch_sizes[task.name] = self.batch_size(task, [req for _, req in pending])
         for b in range(0, len(pending), size):
             batch = pending[b:b + size]
             results: list[tuple[Response | None, str | None]]
@@ -563,6 +574,8 @@ def run(plan: Plan) -> RunResult:
                 results["samples_files"][out.name] = str(f.relative_to(model_dir))
             outcomes.append(out)
             seconds[out.name] = round(time.monotonic() - t_task, 2)
+            if task.name in gen.batch_sizes:
+                results["config"].setdefault("batch_sizes", {})[task.name] = gen.batch_sizes[task.name]
             _report(out)
             # the finished tasks so far, readable if the run is killed before the end
             write_results(run_dir / PROGRESS_FILE, _filled(results, outcomes, seconds, t_start, finished=False))

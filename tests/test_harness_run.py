@@ -46,7 +46,8 @@ def test_run_writes_results_and_sample_logs(cli, scripted, test_tasks, tmp_path)
     assert lo < m["exact_match"] < hi
     assert 0 < m["corpus_wer"] < 1
     assert r["stage"] == "stage2.1" and r["seed"] == 7 and r["config"]["seed"] == 7
-    assert r["config"]["batch_size"] == 1 and r["config"]["limit"] is None
+    assert r["config"]["batch_size"] is None and r["config"]["limit"] is None  # None: the model's greedy batch
+    assert set(r["config"]["batch_sizes"].values()) == {1}  # the scripted model batches nothing
     assert r["configs"]["echo_qa"]["file_sha256"] == hashlib.sha256(
         (test_tasks / "echo" / "echo_qa.yaml").read_bytes()).hexdigest()
     assert r["versions"]["echo_qa"] == 1
@@ -329,3 +330,32 @@ def test_real_tts_and_whisper_speech_channel_and_rescore(cli, scripted, tmp_path
     code, _, err = cli("--rescore", r["_path"], "--output-dir", out, "--no-progress")
     assert code == 0, err
     assert metrics_identity(results_of(out)) == metrics_identity(r)
+
+
+def test_greedy_requests_go_in_the_models_own_batch(cli, test_tasks, tmp_path):
+    """Without --batch-size the runner hands greedy requests over in the model's
+    `greedy_batch_size`; --batch-size overrides it; the batch used is recorded per task."""
+    adapter = tmp_path / "batching.py"
+    log = tmp_path / "batches.txt"
+    adapter.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from scripted_adapter import ScriptedModel\n"
+        "class Batching(ScriptedModel):\n"
+        "    greedy_batch_size = 4\n"
+        "    def generate(self, requests):\n"
+        f"        open({str(log)!r}, 'a').write(f'{{len(requests)}}\\n')\n"
+        "        return super().generate(requests)\n")
+
+    def run(out, *extra):
+        code, _, err = cli("--model-path", f"{adapter}:Batching", "--include-path", test_tasks, "--output-dir",
+                           str(out), "--no-progress", "--tasks", "echo_qa", "--limit", "10", *extra)
+        assert code == 0, err
+        sizes = [int(x) for x in log.read_text().split()]
+        log.unlink()
+        return sizes, results_of(out)
+
+    sizes, r = run(tmp_path / "auto")
+    assert sizes == [4, 4, 2] and r["config"]["batch_sizes"] == {"echo_qa": 4} and r["config"]["batch_size"] is None
+    sizes, r = run(tmp_path / "one", "--batch-size", "1")
+    assert sizes == [1] * 10 and r["config"]["batch_sizes"] == {"echo_qa": 1}
