@@ -112,3 +112,51 @@ def test_accelerate_two_processes_cpu(tmp_path):
     for s in ("1", "2.1"):
         info = json.loads((out / f"stage-{s}" / "stage.json").read_text())
         assert info["world_size"] == 2 and info["done"]
+
+
+def test_ctc_projector_recipe(tmp_path):
+    """tiny-ctc: stage 1 trains the CTC projector on the hearing corpus (LLM untouched), the
+    later stages read its soft text embeddings on the text path; the checkpoint hears."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from deeptalk.generate import TEXT_MODALITY, SpeechGenerator
+    from deeptalk.speech.tts import synthesize
+    from deeptalk.train import load_checkpoint
+
+    out = tmp_path / "run"
+    p = train("--recipe", "tiny-ctc", "--output", str(out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads((out / "stage-1" / "stage.json").read_text())
+    assert info["trains"] == "ctc projector" and info["steps"] == 3 and 0 <= info["dev_wer"]
+    curve = pd.read_csv(out / "stage-1" / "hearing_curve.csv")
+    assert list(curve["step"]) == [0, 2, 3]
+    # stage 1 changed no LLM weight; the projector did not train after it
+    base = out / "stage-1" / "model.safetensors"
+    m1, m3 = load_file(str(base)), load_file(str(out / "stage-3" / "model.safetensors"))
+    assert set(m1) == set(m3)
+    p1, p3 = (load_file(str(out / f"stage-{s}" / "speech_encoder.safetensors")) for s in ("1", "3"))
+    assert all(torch.equal(p1[k], p3[k]) for k in p1) and "vocab" in p1
+    b = load_checkpoint(out / "stage-3")
+    assert b.encoder.reads_as_text
+    gen = SpeechGenerator(b.model, b.tokenizer, encoder=b.encoder, codec=b.codec)
+    wav, sr = synthesize("What is the capital of France?")
+    prompt = gen.prompt(audio=wav, sample_rate=sr)
+    n = prompt.audio_flags["speech_positions"]
+    slots = prompt.input_ids[0] == b.model.config.special_token_id("<|audio_in|>")
+    assert int(slots.sum()) == n and "heard" in prompt.audio_flags
+    assert (prompt.token_modality[0] == TEXT_MODALITY).all()
+    assert b.model.config.special_token_id("<|audio_in_end|>") not in prompt.input_ids[0].tolist()
+    assert np.isfinite(gen.generate(prompt).steps)
+    # a stage after 1 that lists the projector is refused (its positions are fixed by then)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"extends": "tiny-ctc", "name": "bad",
+                                   "stages": {"2.2": {"train": ["shared_experts", "projector"]}}}))
+    import shutil
+
+    shutil.copytree(out / "stage-1", tmp_path / "bad" / "stage-1")
+    shutil.copytree(out / "stage-assign", tmp_path / "bad" / "stage-assign")
+    shutil.copytree(out / "stage-2.1", tmp_path / "bad" / "stage-2.1")
+    p = train("--recipe", str(bad), "--output", str(tmp_path / "bad"), "--stages", "2.2")
+    assert p.returncode != 0 and "a CTC projector trains in stage 1 only" in p.stderr
