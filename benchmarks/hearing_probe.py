@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=200)
     ap.add_argument("--stride", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=None)
+    ap.add_argument("--layers", type=int, default=0, help="self-attention layers in the projector")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-steps", type=int, default=3000)
@@ -34,6 +35,8 @@ def main() -> None:
     ap.add_argument("--data-only", action="store_true", help="build the shards and stop")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--eval-only", type=Path, metavar="STATE", help="dev WER (overall and per voice) of a saved "
+                    "projector (state.pt or projector-*.pt) into --out/dev_wer.json; no training")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -53,8 +56,22 @@ def main() -> None:
     if a.data_only:
         return
     vocab = corpus_vocab(tok)
+    if a.eval_only:
+        from deeptalk.hearing import ctc_dev_wer
+
+        state = torch.load(a.eval_only, weights_only=False)
+        state = state.get("projector", state)
+        proj = CTCProjector(encoder.whisper.ln_post.normalized_shape[0], llm.config.hidden_size, a.stride,
+                            state["vocab"], hidden=a.hidden, layers=a.layers)
+        proj.load_state_dict(state)
+        res = ctc_dev_wer(proj.tie(llm.get_input_embeddings().weight), torch.load(dev_file, weights_only=False), tok)
+        res["state"] = str(a.eval_only)
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "dev_wer.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return
     proj = CTCProjector(encoder.whisper.ln_post.normalized_shape[0], llm.config.hidden_size, a.stride, vocab,
-                        hidden=a.hidden).tie(llm.get_input_embeddings().weight)
+                        hidden=a.hidden, layers=a.layers).tie(llm.get_input_embeddings().weight)
     cfg = HearingTrain(stride=a.stride, hidden=a.hidden, lr=a.lr, batch_size=a.batch_size, max_steps=a.max_steps,
                        max_seconds=a.max_minutes * 60, eval_every=a.eval_every, spec_augment=not a.no_spec_augment)
     res = train_ctc(proj, train_files, dev_file, tok, cfg, a.out, resume=a.resume,

@@ -147,7 +147,8 @@ def _batch(rows: list[dict], aug: random.Random | None) -> tuple[torch.Tensor, t
 
 
 def ctc_dev_wer(projector, dev_rows: list[dict], tokenizer) -> dict:
-    """Greedy CTC transcripts of the dev shard: corpus WER (Whisper's English normaliser)."""
+    """Greedy CTC transcripts of the dev shard: corpus WER (Whisper's English normaliser),
+    overall and per voice."""
     import jiwer
     from whisper.normalizers import EnglishTextNormalizer
 
@@ -159,8 +160,13 @@ def ctc_dev_wer(projector, dev_rows: list[dict], tokenizer) -> dict:
         refs.append(norm(r["text"]) or "-")
         hyps.append(norm(tokenizer.decode(ids)))
     projector.train()
+    by_voice: dict[str, list[int]] = {}
+    for i, r in enumerate(dev_rows):
+        by_voice.setdefault(r["voice"], []).append(i)
+    voices = {v: round(jiwer.process_words([refs[i] for i in idx], [hyps[i] for i in idx]).wer, 4)
+              for v, idx in sorted(by_voice.items())}
     m = jiwer.process_words(refs, hyps)
-    return {"wer": m.wer, "n": len(refs), "example": {"ref": dev_rows[0]["text"], "hyp": hyps[0]}}
+    return {"wer": m.wer, "n": len(refs), "by_voice": voices, "example": {"ref": dev_rows[0]["text"], "hyp": hyps[0]}}
 
 
 def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg: HearingTrain, out: Path,

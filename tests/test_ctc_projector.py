@@ -16,7 +16,7 @@ class FixedLogits(CTCProjector):
         self.scores = scores
         self.tie(embed)
 
-    def logits(self, feats):
+    def logits(self, feats, lengths=None):
         return self.scores.unsqueeze(0)
 
 
@@ -183,3 +183,19 @@ def test_hearing_corpus_keeps_out_evaluation_text():
     assert sents[0] not in kept
     assert hearing_sentences(5, seed=0) == sents[:5]
     assert any(s.endswith("?") for s in sents) and sum(s[0].isupper() for s in sents) > 2900
+
+
+def test_attention_layers_ignore_padding(spoken):
+    """With self-attention layers, an utterance padded inside a batch scores as it does alone."""
+    _, feats, ids, _ = spoken
+    torch.manual_seed(0)
+    proj = CTCProjector(feats.shape[1], 16, 4, torch.tensor(sorted(set(ids))), hidden=32, layers=2).tie(
+        torch.randn(49152, 16)).eval()
+    short = feats[:37]
+    batch = torch.zeros(2, feats.shape[0], feats.shape[1])
+    batch[0], batch[1, :37] = feats, short
+    with torch.no_grad():
+        both = proj.logits(batch, torch.tensor([feats.shape[0], 37]))
+        alone = proj.logits(short.unsqueeze(0))
+    torch.testing.assert_close(both[1, : alone.shape[1]], alone[0], atol=1e-4, rtol=1e-4)
+    assert len(proj(batch, torch.tensor([feats.shape[0], 37]))) == 2

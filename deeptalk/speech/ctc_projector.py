@@ -27,13 +27,17 @@ class CTCProjector(nn.Module):
     kind = "ctc"
 
     def __init__(self, in_dim: int, out_dim: int, stride: int, vocab: torch.Tensor, hidden: int | None = None,
-                 kernel: int = 5):
+                 kernel: int = 5, layers: int = 0):
         super().__init__()
         self.stride = stride
         hidden = hidden or out_dim
         self.norm = nn.LayerNorm(in_dim * stride)
         self.fc1 = nn.Linear(in_dim * stride, hidden)
         self.conv = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2)
+        # optional self-attention over the whole utterance: context a word's tokens need
+        self.layers = nn.ModuleList(nn.TransformerEncoderLayer(hidden, 8 if hidden % 8 == 0 else 1, 2 * hidden,
+                                                               dropout=0.0, batch_first=True, norm_first=True)
+                                    for _ in range(layers))
         self.fc2 = nn.Linear(hidden, out_dim)
         self.blank = nn.Linear(out_dim, 1)
         self.register_buffer("vocab", vocab.long().clone())  # LLM ids of the head's classes 1..V (0 = blank)
@@ -55,26 +59,33 @@ class CTCProjector(nn.Module):
             raise RuntimeError("CTCProjector.tie(embedding_weight) must be called before use")
         return self._embed
 
-    def hidden(self, feats: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, ceil(T/s), H]
+    def hidden(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, D] Whisper frames (valid up to `lengths`) -> [B, ceil(T/s), H]."""
         b, t, d = feats.shape
         pad = (-t) % self.stride
         if pad:
             feats = nn.functional.pad(feats, (0, 0, 0, pad))
         x = self.norm(feats.reshape(b, (t + pad) // self.stride, d * self.stride))
         x = nn.functional.gelu(self.fc1(x))
+        n = torch.full((b,), x.shape[1]) if lengths is None else (lengths + self.stride - 1) // self.stride
+        padding = (torch.arange(x.shape[1]).unsqueeze(0) >= n.unsqueeze(1)).to(x.device)  # True: not a frame
+        x = x.masked_fill(padding.unsqueeze(-1), 0.0)  # the conv sees zeros past the end, batched or alone
         x = x + nn.functional.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        if len(self.layers):
+            for layer in self.layers:
+                x = layer(x, src_key_padding_mask=padding)
         return self.fc2(x)
 
-    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+    def logits(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T', 1 + V] log-space scores: class 0 is blank, class i is LLM token vocab[i - 1]."""
-        q = self.hidden(feats)
+        q = self.hidden(feats, lengths)
         scaled = q * (self.log_scale.exp() / q.shape[-1] ** 0.5)  # scale the [T, H] side, not the [T, V] one
         return torch.cat([self.blank(q), torch.addmm(self.token_bias, scaled.flatten(0, 1),
                                                      self.embed.T.to(q.dtype)).view(*q.shape[:2], -1)], dim=-1)
 
     def ctc_loss(self, feats: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
         """Mean CTC loss per target token; `targets` are LLM token ids (each must be in `vocab`)."""
-        logp = self.logits(feats).float().log_softmax(-1)
+        logp = self.logits(feats, lengths).float().log_softmax(-1)
         t_len = (lengths + self.stride - 1) // self.stride
         index = self.class_index()
         flat = torch.tensor([index[i] for seq in targets for i in seq], dtype=torch.long)
@@ -95,7 +106,7 @@ class CTCProjector(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Soft LLM input embeddings, one [P_i, H] per utterance (P_i = tokens heard, may be 0)."""
-        logits = self.logits(feats)
+        logits = self.logits(feats, lengths)
         t_len = [logits.shape[1]] * logits.shape[0] if lengths is None else \
             ((lengths + self.stride - 1) // self.stride).tolist()
         out = []

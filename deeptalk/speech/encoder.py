@@ -88,6 +88,7 @@ class SpeechEncoderConfig:
     # "ctc": CTC over the LLM's vocabulary, one soft text embedding per token heard, read as text
     # (deeptalk/speech/ctc_projector.py)
     projector: str = "mlp"
+    projector_layers: int = 0  # ctc: self-attention layers over the utterance after the conv
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -140,7 +141,8 @@ class SpeechEncoder(nn.Module):
 
             if ctc_vocab is None:
                 raise ValueError("a CTC projector needs its vocabulary (the LLM token ids it can emit)")
-            self.projector = CTCProjector(d, config.hidden_size, config.stride, ctc_vocab, config.projector_hidden)
+            self.projector = CTCProjector(d, config.hidden_size, config.stride, ctc_vocab, config.projector_hidden,
+                                          layers=config.projector_layers)
         else:
             self.projector = Projector(d, config.hidden_size, config.stride, config.projector_hidden)
 
