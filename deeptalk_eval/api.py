@@ -41,6 +41,10 @@ class GenerationOptions:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Spoken answers: at most this many decoding steps (adapters whose speech length is
+    # counted in steps bound it by this, e.g. deeptalk's StreamConfig.max_speech_steps);
+    # None: the model's own cap. max_new_tokens bounds text-only answers.
+    max_speech_steps: int | None = None
 
     @property
     def is_deterministic(self) -> bool:
@@ -49,6 +53,8 @@ class GenerationOptions:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stop"] = list(self.stop)
+        if d["max_speech_steps"] is None:  # unset: request keys (the response cache) stay as they were
+            del d["max_speech_steps"]
         return d
 
     @classmethod
@@ -59,6 +65,9 @@ class GenerationOptions:
             raise ValueError(f"unknown generation option(s): {sorted(unknown)}")
         if "stop" in d:
             d["stop"] = tuple(d["stop"] or ())
+        steps = d.get("max_speech_steps")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"max_speech_steps must be a positive integer, got {steps!r}")
         return cls(**d)
 
 

@@ -64,6 +64,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rescore", metavar="RESULTS", help="recompute metrics from a run's sample logs; no model")
     p.add_argument("--online", action="store_true", help="load hub datasets even when a local file exists")
     p.add_argument("--asr", default="tiny.en", help="Whisper for speech output: [backend:]model")
+    p.add_argument("--asr-batch-size", type=_positive_int, default=None, metavar="N",
+                   help="spoken outputs transcribed N at a time after the cache look-up (default: the ASR "
+                        "default, see deeptalk_eval.scoring.asr; 1: one by one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--retry-failed", action="store_true", help="run again samples whose failure is cached")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -74,6 +77,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-shared-cache", action="store_true",
                    help="compute every transcript afresh and store none (also DEEPTALK_NO_SHARED_CACHE=1); "
                         "see docs/harness.md")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +120,7 @@ def options_from_args(args: argparse.Namespace):
         tasks=args.tasks, include_paths=args.include_path, limit=args.limit, seed=args.seed,
         output_dir=args.output_dir, log_samples=args.log_samples or bool(args.shard) or shard_from_env() is not None,
         batch_size=args.batch_size, shard=parse_shard(args.shard) or shard_from_env(), stage=args.stage,
-        online=args.online, asr=args.asr, device=args.device, retry_failed=args.retry_failed,
+        online=args.online, asr=args.asr, asr_batch_size=args.asr_batch_size, device=args.device, retry_failed=args.retry_failed,
         progress=not args.no_progress, shared_cache=not args.no_shared_cache, judge=args.judge)
 
 

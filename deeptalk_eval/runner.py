@@ -77,6 +77,7 @@ class RunOptions:
     stage: str | None = None
     online: bool = False
     asr: str = "tiny.en"
+    asr_batch_size: int | None = None  # --asr-batch-size: None = the ASR config's default
     device: str = "cpu"
     retry_failed: bool = False
     progress: bool = True
@@ -315,6 +316,8 @@ class Scoring:
             config = {"model": name, "device": self.opts.device, "cache": self.opts.uses_shared_cache}
             if sep:
                 config["backend"] = backend
+            if self.opts.asr_batch_size is not None:
+                config["batch_size"] = self.opts.asr_batch_size
             self._transcriber = make_transcriber(config)
         return self._transcriber
 
@@ -341,6 +344,8 @@ class Scoring:
         # A failed sample counts as its metrics' on_failure says, whatever a scorer makes of
         # it; only ratio denominators (e.g. reference word counts) are kept to weigh it.
         denominators = {m.denominator for m in task.metrics if m.aggregation == "ratio"}
+        if any(spec.channel == "speech" for spec, _ in fns):
+            self._transcribe_speech(records, responses, ctx)
         for rec in records:
             resp = responses.get(rec["id"])
             rec.setdefault("transcripts", {})
@@ -367,6 +372,24 @@ class Scoring:
                 metrics = {k: (v if k in denominators else None) for k, v in metrics.items()}
             rec["metrics"] = metrics
         return ctx.info
+
+    def _transcribe_speech(self, records: list[dict[str, Any]], responses: dict[str, Response | None],
+                           ctx: ScoringContext) -> None:
+        """The task's spoken outputs transcribed together before the scorers run: cached
+        transcripts read first, the misses decoded in batches (`Transcriber.transcribe_many`).
+        Audio that cannot be transcribed (NaN ...) is left to the per-sample path, which
+        reports it as before."""
+        todo = [rec for rec in records
+                if responses.get(rec["id"]) is not None and "speech" not in rec.setdefault("transcripts", {})]
+        if not todo:
+            return
+        t = self.transcriber()
+        ctx.info.setdefault("asr", t.info)
+        texts = t.transcribe_many([responses[rec["id"]].audio for rec in todo], ids=[rec["id"] for rec in todo],
+                                  progress=self.opts.progress, skip_invalid=True)
+        for rec, text in zip(todo, texts):
+            if text is not None:
+                rec["transcripts"]["speech"] = text
 
 
 # -- one task -------------------------------------------------------------------------

@@ -175,3 +175,19 @@ def test_lm_eval_contexts_are_fed_untemplated(adapter):
     assert prompt.input_ids[0].tolist() == adapter.bundle.tokenizer(context)["input_ids"]
     with pytest.raises(UnsupportedRequest, match="raw prompt"):
         adapter.generate([Request("x", text=context, raw_prompt=True, system="Be brief.")])
+
+
+def test_task_speech_step_bound_reaches_the_stream_config(adapter, question_audio):
+    # generation: max_speech_steps (e.g. the latency task's) bounds the spoken answer; it can
+    # only lower the model arg's cap (12 here), and text-only answers keep max_new_tokens
+    assert adapter.stream_config.max_speech_steps == 12
+    req = Request("b", audio=question_audio, output_modality="speech",
+                  options=GenerationOptions(max_speech_steps=5))
+    assert adapter._config(req).max_speech_steps == 5
+    assert adapter._config(Request("u", text="hi", options=GenerationOptions(max_speech_steps=99))).max_speech_steps == 12
+    assert adapter._config(Request("n", text="hi")).max_speech_steps == 12
+    (r,) = adapter.generate([req])
+    assert 0 < r.tokens["steps"] <= 5
+    events = list(adapter.stream(req))  # the streaming path (the latency task's) is bounded too
+    frames = sum(len(e.audio.samples) for e in events if e.kind == "audio") / adapter.bundle.codec.samples_per_frame
+    assert frames <= 5

@@ -138,8 +138,11 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
         from dataclasses import replace
 
         o = request.options
+        steps = self.stream_config.max_speech_steps  # the model arg: this model's cap
+        if o.max_speech_steps is not None:  # a task's bound (generation: max_speech_steps) can only lower it
+            steps = min(steps, o.max_speech_steps)
         return replace(self.stream_config, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-                       top_p=o.top_p, seed=o.seed)
+                       top_p=o.top_p, seed=o.seed, max_speech_steps=steps)
 
     def _prompt(self, request: Request, t_start: float):
         if request.text is None and request.audio is None:

@@ -2,7 +2,7 @@
 
     transcribe = make_transcriber({"backend": "openai-whisper", "model": "tiny.en"})
     text = transcribe(Audio(samples, 24000))          # raw transcript, no normalisation
-    texts = transcribe.transcribe_many(audios)         # with a progress bar
+    texts = transcribe.transcribe_many(audios)         # cache first, misses in batches, progress bar
     record["asr"] = transcribe.info                    # backend, weights, options, versions
 
 Backends (both greedy, temperature 0, English, no timestamps, no conditioning on the
@@ -22,6 +22,11 @@ the shared cache (`deeptalk_eval.shared_cache`: `cache_dir()/asr/transcripts.sql
 with DEEPTALK_NO_SHARED_CACHE=1), keyed by `deeptalk_eval.cache.audio_sha256` (samples +
 sample rate) and the ASR config (backend, model, weights sha256, decoding options,
 library versions).
+
+`transcribe_many` (what the runner uses for a task's spoken outputs) reads cached
+transcripts first and decodes only the misses, `batch_size` (default 16) at a time:
+openai-whisper encodes each clip's 30 s window and decodes the batch's text together, which
+gives the one-by-one transcripts; faster-whisper runs them one by one.
 """
 from __future__ import annotations
 
@@ -53,6 +58,11 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "language": "en",
     "cache": True,  # True: the shared cache (unless DEEPTALK_NO_SHARED_CACHE); False: off; str: a SQLite path
     "silence_peak": 1e-4,  # |x| peak at or below this (-80 dBFS) counts as silence -> ""
+    # transcribe_many (the runner's scoring): cache misses decoded this many at a time (1: one
+    # by one). Not part of the cache key: openai-whisper's batched greedy decoding gives the
+    # one-by-one transcripts (every clip is the same 30 s window, so no padding differs; 40 of
+    # 40 Piper clips identical, ~1.27x faster: benchmarks/results/whisper_scoring_rate.json).
+    "batch_size": 16,
 }
 _BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
     "openai-whisper": {},
@@ -164,6 +174,9 @@ class Transcriber:
         self.model_name = str(config["model"])
         self.silence_peak = float(config["silence_peak"])
         self.decoding = dict(_DECODING, language=config["language"])
+        self.batch_size = int(config["batch_size"])
+        if self.batch_size < 1:
+            raise ValueError(f"ASR config: batch_size must be >= 1, got {config['batch_size']!r}")
         self.model_calls = 0
         self.cache_hits = 0
         self._model = None
@@ -210,11 +223,21 @@ class Transcriber:
             "versions": self._versions(),
             "cache": str(self.cache.path) if self.cache else None,
             "config_key": self.config_key,
+            "batching": self._batching(),
         }
+
+    def _batching(self) -> dict[str, Any]:
+        """How transcribe_many runs cache misses (recorded in results; not in the cache key)."""
+        return {"batch_size": self.batch_size, "method": "one by one" if self.batch_size == 1 else
+                "no batched decoding for this backend: one by one"}
 
     # -- transcription -----------------------------------------------------------
     def _run(self, x16k: np.ndarray) -> str:
         raise NotImplementedError
+
+    def _run_batch(self, xs: list[np.ndarray]) -> list[str]:
+        """Raw transcripts of several prepared clips; backends without batching run them in turn."""
+        return [self._run(x) for x in xs]
 
     def _key(self, audio: Audio) -> str:
         return hashlib.sha256(f"{audio_sha256(audio)}|{self.config_key}".encode()).hexdigest()
@@ -239,15 +262,52 @@ class Transcriber:
         return text
 
     def transcribe_many(self, audios: Sequence[Audio | None], ids: Sequence[str] | None = None,
-                        progress: bool = True) -> list[str]:
-        """Transcripts of many clips, in order, with a tqdm bar over the clips."""
+                        progress: bool = True, batch_size: int | None = None,
+                        skip_invalid: bool = False) -> list[str | None]:
+        """Transcripts of many clips, in order, with a tqdm bar over the clips decoded.
+
+        Cached transcripts are read first; only the misses reach the model, `batch_size`
+        (default: the config's) at a time. Invalid audio (NaN, bad rate) raises ValueError
+        naming the sample, or with `skip_invalid` gives None in its place (nothing else
+        is affected), so a caller can report it per sample."""
         if ids is not None and len(ids) != len(audios):
             raise ValueError(f"transcribe_many: {len(audios)} audios but {len(ids)} ids")
-        out = []
-        bar = tqdm(audios, desc=f"ASR {self.backend}:{self.model_name}", unit="clip",
-                   disable=not progress)
-        for i, audio in enumerate(bar):
-            out.append(self(audio, id=ids[i] if ids is not None else None))
+        bs = self.batch_size if batch_size is None else int(batch_size)
+        if bs < 1:
+            raise ValueError(f"transcribe_many: batch_size must be >= 1, got {batch_size!r}")
+        out: list[str | None] = [""] * len(audios)
+        misses: list[tuple[int, np.ndarray, str]] = []
+        for i, audio in enumerate(audios):
+            where = f"sample {ids[i]!r}" if ids is not None else f"audio {i}"
+            try:
+                x = to_asr_input(audio, self.silence_peak, where)
+            except ValueError:
+                if not skip_invalid:
+                    raise
+                out[i] = None
+                continue
+            if x is None:
+                continue
+            key = self._key(audio)
+            hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None:
+                self.cache_hits += 1
+                out[i] = hit
+            else:
+                misses.append((i, x, key))
+        with tqdm(total=len(misses), desc=f"ASR {self.backend}:{self.model_name}", unit="clip",
+                  disable=not progress or not misses) as bar:
+            for start in range(0, len(misses), bs):
+                chunk = misses[start:start + bs]
+                xs = [x for _, x, _ in chunk]
+                texts = self._run_batch(xs) if len(xs) > 1 else [self._run(xs[0])]
+                for (i, _, key), text in zip(chunk, texts):
+                    text = text.strip()
+                    self.model_calls += 1
+                    if self.cache is not None:
+                        self.cache.put(key, text, self._config_json)
+                    out[i] = text
+                bar.update(len(chunk))
         return out
 
     def close(self) -> None:
@@ -289,6 +349,52 @@ class OpenAIWhisperTranscriber(Transcriber):
                 fp16=self.config["device"] != "cpu",
             )  # temperature 0.0 alone: no fallback to sampling; beam_size unset = greedy
         return result["text"]
+
+    def _batching(self):
+        return {"batch_size": self.batch_size,
+                "method": "one by one (whisper.transcribe)" if self.batch_size == 1 else
+                "30 s log-mel windows encoded (row by row on CPU), whisper.decoding.decode on the batch of their features (clips over 30 s: whisper.transcribe)"}
+
+    def _run_batch(self, xs: list[np.ndarray]) -> list[str]:
+        """What whisper.transcribe gives each clip, for clips of one window (<= 30 s) decoded
+        together: the same log-mel window (the clip's frames, zero-padded to 30 s), the same
+        DecodingOptions, the same no-speech skip and token decoding. Every row has the same
+        shape, so there is no padding difference between rows; longer clips go one by one."""
+        import torch
+        import whisper
+        from whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
+        from whisper.tokenizer import get_tokenizer
+
+        model, d = self.model, self.decoding
+        out: list[str | None] = [None] * len(xs)
+        rows, mels = [], []
+        for i, x in enumerate(xs):
+            mel = log_mel_spectrogram(x, model.dims.n_mels, padding=N_SAMPLES)
+            content_frames = mel.shape[-1] - N_FRAMES
+            if content_frames > N_FRAMES or content_frames <= 0:
+                out[i] = self._run(x)  # several windows (or none): whisper.transcribe's own loop
+                continue
+            rows.append(i)
+            mels.append(pad_or_trim(mel[:, :content_frames], N_FRAMES))
+        if rows:
+            fp16 = self.config["device"] != "cpu"
+            batch = torch.stack(mels).to(model.device).to(torch.float16 if fp16 else torch.float32)
+            options = whisper.DecodingOptions(language=d["language"], task="transcribe", temperature=d["temperature"],
+                                              without_timestamps=d["without_timestamps"], prompt=[], fp16=fp16)
+            with torch.no_grad():
+                # On CPU the encoder (a full 30 s window per clip) gains nothing from a batch
+                # (8 clips: 2.7 s one by one, 3.1 s together): encode row by row, bit-identical,
+                # and decode the text of all rows together, where batching pays.
+                step = 1 if str(model.device) == "cpu" else len(rows)
+                features = torch.cat([model.embed_audio(batch[k:k + step]) for k in range(0, len(rows), step)])
+                results = model.decode(features, options)  # (B, n_audio_ctx, n_audio_state): encoder skipped
+            tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
+                                      language=d["language"], task="transcribe")
+            for i, r in zip(rows, results):
+                skip = r.no_speech_prob > d["no_speech_threshold"] and not r.avg_logprob > d["logprob_threshold"]
+                text = "" if skip else tokenizer.decode([t for t in r.tokens if t < tokenizer.eot])
+                out[i] = "" if not text.strip() else text
+        return out  # type: ignore[return-value]
 
 
 class FasterWhisperTranscriber(Transcriber):
