@@ -229,11 +229,11 @@ class SpeechGenerator:
             if self.encoder is None:
                 raise ValueError("this generator has no speech encoder: cannot take audio input")
             with torch.no_grad():
-                speech, prepared = self.encoder.encode(audio, sample_rate, name=name)
+                speech, prepared, heard = self.encoder.encode_heard(audio, sample_rate, name=name)
             flags = {"clipped": prepared.clipped, "silent": prepared.silent, "truncated": prepared.truncated,
                      "speech_positions": int(speech.shape[0])}
-            if self.encoder.reads_as_text:  # what a CTC projector heard, for the sample log
-                flags["heard"] = self.decode_text(self.encoder.heard_ids(audio, sample_rate))
+            if heard is not None:  # what a CTC projector heard, for the sample log
+                flags["heard"] = self.decode_text(heard)
             t_enc = time.monotonic()
         p = int(speech.shape[0]) if speech is not None else None
         ids, modality, rendered = build_prompt_ids(self.tokenizer, self.cfg, text, p, speak, system, history,

@@ -39,6 +39,7 @@ def test_greedy_grouping_gives_one_position_per_token_heard():
     # peaked posteriors read back as the tokens' own embeddings
     torch.testing.assert_close(out, embed[[1, 3, 1]], atol=1e-4, rtol=1e-4)
     assert proj.greedy_ids(torch.zeros(1, 8, 8)) == [1, 3, 1]
+    assert proj.read(torch.zeros(1, 8, 8))[1] == [[1, 3, 1]]  # what it heard, from the same pass
 
 
 def test_soft_embedding_is_the_probability_weighted_sum():

@@ -106,16 +106,22 @@ class CTCProjector(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Soft LLM input embeddings, one [P_i, H] per utterance (P_i = tokens heard, may be 0)."""
+        return self.read(feats, lengths)[0]
+
+    def read(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[list[int]]]:
+        """(soft embeddings per utterance, the greedy token ids they stand for): one pass."""
         logits = self.logits(feats, lengths)
         t_len = [logits.shape[1]] * logits.shape[0] if lengths is None else \
             ((lengths + self.stride - 1) // self.stride).tolist()
-        out = []
+        out, heard = [], []
         for row, n in zip(logits, t_len):
             probs = row[:n].float().softmax(-1)
             tokens = probs[:, 1:] / probs[:, 1:].sum(-1, keepdim=True).clamp(min=1e-9)
-            keep = [tokens[s:e].mean(0) for c, (s, e) in _runs(probs.argmax(-1)) if c != 0]
+            runs = [(c, span) for c, span in _runs(probs.argmax(-1)) if c != 0]
+            keep = [tokens[s:e].mean(0) for _, (s, e) in runs]
             out.append(torch.stack(keep) @ self.embed.float() if keep else probs.new_zeros(0, self.embed.shape[1]))
-        return [o.to(self.fc2.weight.dtype) for o in out]
+            heard.append([int(self.vocab[c - 1]) for c, _ in runs])
+        return [o.to(self.fc2.weight.dtype) for o in out], heard
 
 
 def _runs(argmax: torch.Tensor) -> list[tuple[int, tuple[int, int]]]:

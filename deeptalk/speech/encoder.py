@@ -218,17 +218,20 @@ class SpeechEncoder(nn.Module):
 
     def encode(self, samples, sample_rate: int, name: str = "audio") -> tuple[torch.Tensor, PreparedAudio]:
         """One waveform -> (LLM input embeddings [P, H], what prepare_audio did)."""
-        audio = prepare_audio(samples, sample_rate, name)
-        embeds, lengths = self([self.whisper_features(audio)])
-        return embeds[0, : int(lengths[0])], audio
+        embeds, audio, _ = self.encode_heard(samples, sample_rate, name)
+        return embeds, audio
 
-    @torch.no_grad()
-    def heard_ids(self, samples, sample_rate: int) -> list[int]:
-        """A CTC projector's greedy transcript (LLM token ids) of one waveform."""
-        if not self.reads_as_text:
-            raise ValueError("only a CTC projector transcribes")
-        feats = self.whisper_features(prepare_audio(samples, sample_rate))
-        return self.projector.greedy_ids(feats.unsqueeze(0).to(self.projector.fc1.weight.dtype))
+    def encode_heard(self, samples, sample_rate: int, name: str = "audio"):
+        """encode() plus what a CTC projector heard (its greedy LLM token ids; None for the MLP
+        projector), from the same pass."""
+        audio = prepare_audio(samples, sample_rate, name)
+        feats = self.whisper_features(audio)
+        if self.reads_as_text:
+            w = self.projector.fc1.weight
+            rows, heard = self.projector.read(feats.unsqueeze(0).to(device=w.device, dtype=w.dtype))
+            return rows[0], audio, heard[0]
+        embeds, lengths = self([feats])
+        return embeds[0, : int(lengths[0])], audio, None
 
     def projector_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.projector.state_dict().items()}
