@@ -14,13 +14,9 @@ import soundfile as sf
 
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
 from deeptalk_eval.errors import UsageError
+from tiny_speech_models import SPOKEN_QA_TASK, tone, write_spoken_qa_task
 
 ANSWER_S = 1.0  # 13 frames of 80 ms
-
-
-def tone(seconds: float, rate: int) -> Audio:
-    t = np.arange(int(seconds * rate)) / rate
-    return Audio((0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate)
 
 
 @pytest.fixture(scope="module")
@@ -125,38 +121,12 @@ def test_refusals_are_clear(moshi, checkpoint):
         Moshi(path=str(checkpoint), sampling="greedy")
 
 
-TASK = """\
-task: tiny_spoken_qa
-version: 1
-description: Spoken questions at several sample rates, answered in speech (and inner-monologue text).
-dataset:
-  path: data.jsonl
-  id_field: id
-input:
-  modality: speech
-  audio_field: wav
-output: both
-generation: {max_new_tokens: 4, temperature: 0.0}
-scorers:
-  - {name: qa_match, channel: text, args: {answers_field: answers}}
-metrics:
-  - {name: acc, aggregation: mean, on_failure: zero}
-  - {name: no_answer, aggregation: mean, on_failure: one}
-"""
 RATES = {"q1": 8000, "q2": 44100, "q3": 16000}
 
 
 def test_runner_end_to_end_with_cache(cli, checkpoint, tmp_path):
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    rows = []
-    for i, (sid, rate) in enumerate(RATES.items()):
-        a = tone(0.5 + 0.3 * i, rate)
-        sf.write(tasks / f"{sid}.wav", a.samples, rate)
-        rows.append({"id": sid, "wav": f"{sid}.wav", "answers": ["Paris"]})
-    (tasks / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tasks / "tiny_spoken_qa.yaml").write_text(TASK)
-    (tasks / "tiny_text_qa.yaml").write_text(TASK.replace("task: tiny_spoken_qa", "task: tiny_text_qa").replace(
+    tasks = write_spoken_qa_task(tmp_path / "tasks", RATES, seconds=0.5, step=0.3)
+    (tasks / "tiny_text_qa.yaml").write_text(SPOKEN_QA_TASK.replace("task: tiny_spoken_qa", "task: tiny_text_qa").replace(
         "  modality: speech\n  audio_field: wav", "  modality: text\n  text_field: id"))
     args = ["--model", "moshi", "--model-args", f"path={checkpoint},answer_seconds={ANSWER_S}", "--include-path", tasks,
             "--tasks", "tiny_spoken_qa,tiny_text_qa", "--log-samples", "--output-dir", tmp_path / "out", "--no-progress"]

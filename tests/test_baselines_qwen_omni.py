@@ -13,14 +13,10 @@ import soundfile as sf
 
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
 from deeptalk_eval.errors import UsageError
+from tiny_speech_models import SPOKEN_QA_TASK, tone, write_spoken_qa_task
 
 FAMILIES = {"qwen2_5_omni": "build_qwen25_omni", "qwen3_omni": "build_qwen3_omni"}
 TALKER_STEPS = 8  # keeps the talker (and its waveform) short on a CPU
-
-
-def tone(seconds: float, rate: int) -> Audio:
-    t = np.arange(int(seconds * rate)) / rate
-    return Audio((0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate)
 
 
 @pytest.fixture(scope="module")
@@ -172,26 +168,7 @@ def test_loglikelihood_on_the_thinker(adapters, family):
     assert roll < 0
 
 
-TASK = """\
-task: tiny_spoken_qa
-version: 1
-description: Spoken questions at several sample rates, answered in text and speech.
-dataset:
-  path: data.jsonl
-  id_field: id
-input:
-  modality: speech
-  audio_field: wav
-system: Answer in one word.
-output: both
-generation: {max_new_tokens: 4, temperature: 0.0}
-scorers:
-  - {name: qa_match, channel: text, args: {answers_field: answers}}
-metrics:
-  - {name: acc, aggregation: mean, on_failure: zero}
-  - {name: no_answer, aggregation: mean, on_failure: one}
-"""
-STREAM_TASK = TASK.replace("task: tiny_spoken_qa", "task: tiny_spoken_latency").replace(
+STREAM_TASK = SPOKEN_QA_TASK.replace("task: tiny_spoken_qa", "task: tiny_spoken_latency").replace(
     "output: both", "kind: stream\noutput: both").replace(
     "scorers:\n  - {name: qa_match, channel: text, args: {answers_field: answers}}\nmetrics:\n"
     "  - {name: acc, aggregation: mean, on_failure: zero}\n  - {name: no_answer, aggregation: mean, on_failure: one}\n",
@@ -200,14 +177,7 @@ RATES = {"q1": 8000, "q2": 44100, "q3": 16000, "q4": 24000}
 
 
 def write_task(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, (sid, rate) in enumerate(RATES.items()):
-        a = tone(0.6 + 0.2 * i, rate)
-        sf.write(folder / f"{sid}.wav", a.samples, rate)
-        rows.append({"id": sid, "wav": f"{sid}.wav", "answers": ["Paris"]})
-    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "tiny_spoken_qa.yaml").write_text(TASK)
+    write_spoken_qa_task(folder, RATES, seconds=0.6, step=0.2, system="Answer in one word.")
     (folder / "tiny_spoken_latency.yaml").write_text(STREAM_TASK)
     return folder
 

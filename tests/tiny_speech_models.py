@@ -213,3 +213,50 @@ def build_moshi(out: Path) -> Path:
     tok.save_pretrained(out)
     EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_value=0.0).save_pretrained(out)
     return out
+
+
+# ----------------------------------------------------------------------------- a tiny task
+SPOKEN_QA_TASK = """\
+task: tiny_spoken_qa
+version: 1
+description: Spoken questions at several sample rates, answered in text and speech.
+dataset:
+  path: data.jsonl
+  id_field: id
+input:
+  modality: speech
+  audio_field: wav
+output: both
+generation: {max_new_tokens: 4, temperature: 0.0}
+scorers:
+  - {name: qa_match, channel: text, args: {answers_field: answers}}
+metrics:
+  - {name: acc, aggregation: mean, on_failure: zero}
+  - {name: no_answer, aggregation: mean, on_failure: one}
+"""
+
+
+def tone(seconds: float, rate: int):
+    """A 220 Hz tone as the harness's Audio (what the adapters hear in these tests)."""
+    import numpy as np
+
+    from deeptalk_eval.api import Audio
+
+    t = np.arange(int(seconds * rate)) / rate
+    return Audio((0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate)
+
+
+def write_spoken_qa_task(folder: Path, rates: dict[str, int], seconds: float, step: float,
+                         system: str | None = None) -> Path:
+    """`tiny_spoken_qa` in `folder`: one tone per id at its sample rate (seconds + i * step long)."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (sid, rate) in enumerate(rates.items()):
+        sf.write(folder / f"{sid}.wav", tone(seconds + step * i, rate).samples, rate)
+        rows.append({"id": sid, "wav": f"{sid}.wav", "answers": ["Paris"]})
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = SPOKEN_QA_TASK if system is None else SPOKEN_QA_TASK.replace("output: both", f"system: {system}\noutput: both")
+    (folder / "tiny_spoken_qa.yaml").write_text(task)
+    return folder
