@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--data-only", action="store_true", help="build the shards and stop")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", type=Path, metavar="STATE", help="start from a saved projector's weights "
+                    "(state.pt or projector-*.pt) with a fresh optimiser and schedule, e.g. on more data")
     ap.add_argument("--eval-only", type=Path, metavar="STATE", help="dev WER (overall and per voice) of a saved "
                     "projector (state.pt or projector-*.pt) into --out/dev_wer.json; no training")
     ap.add_argument("--out", type=Path, required=True)
@@ -72,6 +74,10 @@ def main() -> None:
         return
     proj = CTCProjector(encoder.whisper.ln_post.normalized_shape[0], llm.config.hidden_size, a.stride, vocab,
                         hidden=a.hidden, layers=a.layers).tie(llm.get_input_embeddings().weight)
+    if a.init and not (a.resume and (a.out / "state.pt").is_file()):
+        state = torch.load(a.init, weights_only=False)
+        proj.load_state_dict(state.get("projector", state))
+        print(f"init: projector weights from {a.init}", flush=True)
     cfg = HearingTrain(stride=a.stride, hidden=a.hidden, lr=a.lr, batch_size=a.batch_size, max_steps=a.max_steps,
                        max_seconds=a.max_minutes * 60, eval_every=a.eval_every, spec_augment=not a.no_spec_augment)
     res = train_ctc(proj, train_files, dev_file, tok, cfg, a.out, resume=a.resume,
