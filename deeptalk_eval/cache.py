@@ -3,7 +3,7 @@
 One SQLite file per model in the output folder (`<output-dir>/.cache/<model>.sqlite`, WAL
 mode), committed after every sample, so a run killed at any point keeps every response it
 finished. Audio goes beside the database as content-addressed `.npz` files. The key is
-sha256(model fingerprint, task file hash, sample id, request content, generation options);
+sha256(model fingerprint, task content hash, sample id, request content, generation options);
 responses of non-deterministic requests (sampling without a seed) are never cached.
 """
 from __future__ import annotations

@@ -193,11 +193,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Schema, data file, scorer names, the first request's prompt. Exit 2 on the first problem."""
     import deeptalk_eval.runner  # noqa: F401  the scorers a run knows (e.g. "latency")
     from deeptalk_eval.scoring.base import get_scorer
-    from deeptalk_eval.taskconfig import build_request, load_docs, load_task, render_prompt
+    from deeptalk_eval.taskconfig import (
+        build_request, is_template, load_docs, load_task, read_task_file, render_prompt,
+    )
 
     offline_by_default(args.online)
 
     for path in args.paths:
+        if is_template(path):  # `validate tasks/voicebench/*.yaml` names the family's templates too
+            read_task_file(path)  # its YAML and its own includes; its fields are checked in the tasks
+            print(f"{path}: a template, included by tasks")
+            continue
         task = load_task(path)
         for i, spec in enumerate(task.scorers):
             try:

@@ -2,8 +2,9 @@
 
 Tasks are YAML files found under the built-in `tasks/` folder, under every
 `--include-path`, and under folders announced by the `deeptalk_eval.tasks` entry-point
-group. Models are "module:Class" strings: the built-ins below, the
-`deeptalk_eval.models` entry-point group, or a user's own `--model-path`.
+group; files whose name starts with "_" are templates that tasks include, never tasks.
+Models are "module:Class" strings: the built-ins below, the `deeptalk_eval.models`
+entry-point group, or a user's own `--model-path`.
 Nothing is imported until it is used.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import yaml
 
 from deeptalk_eval.errors import UsageError
-from deeptalk_eval.taskconfig import TaskConfig, TaskConfigError, load_task, read_yaml
+from deeptalk_eval.taskconfig import TaskConfig, TaskConfigError, is_template, load_task, read_task_file
 
 BUILTIN_MODELS: dict[str, str] = {
     "deeptalk": "deeptalk_eval.adapters.deeptalk:DeepTalkModel",
@@ -82,9 +83,11 @@ class TaskIndex:
                 continue
             for f in sorted(list(d.rglob("*.yaml")) + list(d.rglob("*.yml"))):
                 f = f.resolve()
+                if is_template(f):
+                    continue
                 try:
-                    parsed.append((f, read_yaml(f)[0]))
-                except TaskConfigError as e:  # unreadable, not UTF-8, malformed
+                    parsed.append((f, read_task_file(f).data))
+                except TaskConfigError as e:  # unreadable, not UTF-8, malformed, a bad include
                     index.broken[f] = str(e)
         # The folders that `kind: lm_eval` tasks hand to lm-eval hold lm-eval's own task
         # YAMLs (which also have a `task:` key): they are not ours.

@@ -4,7 +4,7 @@
 
     {"results": {task: {metric: v, metric_stderr: s, metric_ci: [lo, hi], metric_n: n,
                         "samples": n, "failed": k, "failure_rate": r, ...}},
-     "groups": {group: [tasks]}, "configs": {task: {..., "file_sha256": ...}},
+     "groups": {group: [tasks]}, "configs": {task: {..., "config_sha256": ...}},
      "versions": {task: version}, "config": {model, model_args, seed, limit, batch_size, shard},
      "environment": {packages, git, hardware}, "asr": {...}, "model_info": {...},
      "stage": ..., "seed": ..., "date": ..., "samples_files": {task: relative path}}

@@ -50,7 +50,8 @@ from deeptalk_eval.results import (
 from deeptalk_eval.scoring import latency as _latency_scorers  # noqa: F401  registers "latency"
 from deeptalk_eval.scoring.base import SampleView, ScoringContext, get_scorer
 from deeptalk_eval.taskconfig import (
-    MetricSpec, SampleInputError, TaskConfig, TaskConfigError, build_request, load_docs, sample_id,
+    MetricSpec, SampleInputError, TaskConfig, TaskConfigError, build_request, config_sha256, load_docs,
+    sample_id,
 )
 
 
@@ -451,7 +452,7 @@ def run_generate_task(task: TaskConfig, docs: list[dict[str, Any]], gen: Generat
         if req is None:
             continue
         stream_id = f"|measurement:{gen.measurement}" if task.kind == "stream" else ""
-        key = request_key(gen.fingerprint + stream_id, task.file_sha256, req)
+        key = request_key(gen.fingerprint + stream_id, task.config_sha256, req)
         rec["cache_key"] = key
         got = gen.cache.get(key) if req.options.is_deterministic else None
         if got is not None and not (opts.retry_failed and got[1] is not None):
@@ -791,7 +792,9 @@ def merge(out_path: str | Path, inputs: list[str | Path]) -> RunResult:
                 raise UsageError(f"merge: {p['_path']} has {key}={p['config'].get(key)!r}, "
                                  f"{first['_path']} has {first['config'].get(key)!r}")
         for t, c in p["configs"].items():
-            if t in first["configs"] and c["file_sha256"] != first["configs"][t]["file_sha256"]:
+            # hashed from the recorded fields, so results files older than `config_sha256` compare too
+            if t in first["configs"] and config_sha256(c["config"]) != config_sha256(
+                    first["configs"][t]["config"]):
                 raise UsageError(f"merge: task {t!r} differs between {first['_path']} and {p['_path']}")
     out_path = Path(out_path)
     if out_path.suffix != ".json":

@@ -1,8 +1,9 @@
 """Task YAML: loading, validation, docs and requests.
 
 A task file is read with `yaml.safe_load` semantics plus one tag, `!function module.attr`,
-resolved relative to the YAML's folder (see docs/task-format.md). Every error names the
-file, the line and the field, so a user can fix a task without reading this code.
+resolved relative to the YAML's folder, and one key, `include:`, naming templates whose
+fields are the defaults (see docs/task-format.md). Every error names the file, the line
+and the field, so a user can fix a task without reading this code.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ MODALITIES_OUT = ("text", "speech", "both")
 CHANNELS = ("text", "speech")
 AGGREGATIONS = ("mean", "median", "p50", "p90", "p95", "sum", "ratio")
 ON_FAILURE = ("zero", "one", "exclude")
+# The key naming a task file's templates; templates' own names start with "_" (never tasks).
+INCLUDE = "include"
+TEMPLATE_PREFIX = "_"
 TOP_LEVEL = {
     "task", "group", "version", "description", "kind", "dataset", "input", "system", "prompt",
     "output", "generation", "scorers", "metrics", "lm_eval",
@@ -116,10 +120,11 @@ def read_user_text(path: Path, what: str) -> str:
                               f"save it as UTF-8") from None
 
 
-def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
-    """Parse a task file; returns (data, field-path -> line). Syntax errors name the line."""
+def read_yaml(path: Path, base_dir: Path | None = None) -> tuple[Any, dict[tuple, int]]:
+    """Parse a task file; returns (data, field-path -> line). Syntax errors name the line.
+    `!function` modules are looked up in `base_dir` (default: the file's folder)."""
     text = read_user_text(path, "task file")
-    loader = _loader_class(str(path.parent))(text)
+    loader = _loader_class(str(base_dir or path.parent))(text)
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
@@ -130,6 +135,69 @@ def read_yaml(path: Path) -> tuple[Any, dict[tuple, int]]:
     finally:
         loader.dispose()
     return data, (_line_index(node) if node is not None else {})
+
+
+def is_template(path: str | Path) -> bool:
+    return Path(path).name.startswith(TEMPLATE_PREFIX)
+
+
+@dataclass
+class TaskSource:
+    """A task file with its templates merged in: `lines` is the file's own line index,
+    `origin` maps each top-level field to the file it was written in and that file's line
+    index, so errors point at the right file."""
+
+    data: Any
+    lines: dict[tuple, int]
+    origin: dict[str, tuple[Path, dict[tuple, int]]]
+    includes: list[Path]
+
+
+def read_task_file(path: Path) -> TaskSource:
+    """The task file's mapping with its `include:` templates resolved (nested, in order,
+    later ones and the file itself winning, one top-level field at a time, like lm-eval).
+    A template's fields mean what they would mean written in the task file: relative paths
+    and `!function` modules are the task file's, so the merged mapping alone defines the task."""
+    path = path.resolve()
+    return _merged(path, path.parent, (path,))
+
+
+def _merged(path: Path, base_dir: Path, chain: tuple[Path, ...]) -> TaskSource:
+    data, lines = read_yaml(path, base_dir)
+    if not isinstance(data, dict) or INCLUDE not in data:
+        return TaskSource(data, lines, {k: (path, lines) for k in data} if isinstance(data, dict) else {}, [])
+    c = _Checker(path, lines)
+    names = data.pop(INCLUDE)
+    listed = isinstance(names, list)
+    names = names if listed else [names]
+    if not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise c.fail((INCLUDE,), "a template file (relative to this file) or a list of them")
+    merged = TaskSource({}, lines, {}, [])
+    for i, name in enumerate(names):
+        where = (INCLUDE, i) if listed else (INCLUDE,)
+        template = (path.parent / name).resolve()
+        if template in chain:
+            cycle = " -> ".join(p.name for p in chain[chain.index(template):] + (template,))
+            raise c.fail(where, f"include cycle: {cycle}")
+        if not template.is_file():
+            raise c.fail(where, f"template {template} not found")
+        got = _merged(template, base_dir, chain + (template,))
+        if not isinstance(got.data, dict):
+            got_kind = "nothing" if got.data is None else type(got.data).__name__
+            raise c.fail(where, f"template {template} is not a mapping of fields (got {got_kind})")
+        merged.data.update(got.data)
+        merged.origin.update(got.origin)
+        merged.includes += [template] + got.includes
+    merged.data.update(data)
+    merged.origin.update({k: (path, lines) for k in data})
+    return merged
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """The identity of a task's content: sha256 of the canonical JSON of its resolved fields
+    (as results files record them), whatever files they are spread over."""
+    text = json.dumps(_json_safe(config), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # -- the config -----------------------------------------------------------------------
@@ -161,8 +229,9 @@ class TaskConfig:
     name: str
     version: Any
     path: Path
-    file_sha256: str
-    raw: dict[str, Any]
+    config_sha256: str
+    raw: dict[str, Any]  # the resolved fields, templates merged in, without `include`
+    includes: list[Path] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     description: str = ""
     kind: str = "generate"
@@ -192,7 +261,8 @@ class TaskConfig:
     def record(self) -> dict[str, Any]:
         """What results files keep of this task (JSON-safe)."""
         return {"task": self.name, "version": self.version, "file": str(self.path),
-                "file_sha256": self.file_sha256, "config": _json_safe(self.raw)}
+                "includes": [str(p) for p in self.includes],
+                "config_sha256": self.config_sha256, "config": _json_safe(self.raw)}
 
 
 def _json_safe(x: Any) -> Any:
@@ -208,21 +278,24 @@ def _json_safe(x: Any) -> Any:
 
 
 class _Checker:
-    """Field checks that raise `TaskConfigError` naming file, line and field."""
+    """Field checks that raise `TaskConfigError` naming file, line and field. `origin` says
+    which file (a template, or the task file itself) each top-level field was written in."""
 
-    def __init__(self, path: Path, lines: dict[tuple, int]):
-        self.path, self.lines = path, lines
+    def __init__(self, path: Path, lines: dict[tuple, int],
+                 origin: dict[str, tuple[Path, dict[tuple, int]]] | None = None):
+        self.path, self.lines, self.origin = path, lines, origin or {}
 
     def fail(self, where: tuple, msg: str) -> TaskConfigError:
+        path, lines = self.origin.get(where[0], (self.path, self.lines)) if where else (self.path, self.lines)
         # The nearest known line: the field itself, else its closest parent.
         for k in range(len(where), -1, -1):
-            if where[:k] in self.lines:
-                line = self.lines[where[:k]]
+            if where[:k] in lines:
+                line = lines[where[:k]]
                 break
         else:
             line = 1
         name = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in where).replace(".[", "[")
-        return TaskConfigError(f"{self.path}:{line}: field '{name or '<top>'}': {msg}")
+        return TaskConfigError(f"{path}:{line}: field '{name or '<top>'}': {msg}")
 
     def get(self, d: dict, where: tuple, key: str, types: type | tuple, required=False, default=None,
             choices: tuple | None = None):
@@ -257,8 +330,9 @@ def load_task(path: str | Path) -> TaskConfig:
     path = Path(path).resolve()
     if not path.is_file():
         raise TaskConfigError(f"{path}: task file not found")
-    data, lines = read_yaml(path)
-    c = _Checker(path, lines)
+    source = read_task_file(path)
+    data = source.data
+    c = _Checker(path, source.lines, source.origin)
     if not isinstance(data, dict):
         raise c.fail((), f"a task file is a mapping of fields, got {type(data).__name__}")
     c.no_unknown(data, (), TOP_LEVEL)
@@ -277,7 +351,7 @@ def load_task(path: str | Path) -> TaskConfig:
     kind = c.get(data, (), "kind", str, default="generate", choices=KINDS)
     cfg = TaskConfig(
         name=name, version=data["version"], path=path,
-        file_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), raw=data, groups=groups,
+        config_sha256=config_sha256(data), raw=data, includes=source.includes, groups=groups,
         description=c.get(data, (), "description", str, default=""), kind=kind,
         system=c.get(data, (), "system", str), prompt=c.get(data, (), "prompt", str),
         output=c.get(data, (), "output", str, default="text", choices=MODALITIES_OUT),
