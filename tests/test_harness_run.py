@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from deeptalk_eval.results import metrics_identity
+from deeptalk_eval.taskconfig import load_task
 
 
 def results_of(out_dir: Path) -> dict:
@@ -48,8 +49,7 @@ def test_run_writes_results_and_sample_logs(cli, scripted, test_tasks, tmp_path)
     assert r["stage"] == "stage2.1" and r["seed"] == 7 and r["config"]["seed"] == 7
     assert r["config"]["batch_size"] is None and r["config"]["limit"] is None  # None: the model's greedy batch
     assert set(r["config"]["batch_sizes"].values()) == {1}  # the scripted model batches nothing
-    assert r["configs"]["echo_qa"]["file_sha256"] == hashlib.sha256(
-        (test_tasks / "echo" / "echo_qa.yaml").read_bytes()).hexdigest()
+    assert r["configs"]["echo_qa"]["config_sha256"] == load_task(test_tasks / "echo" / "echo_qa.yaml").config_sha256
     assert r["versions"]["echo_qa"] == 1
     env = r["environment"]
     for pkg in ("python", "torch", "transformers", "lm-eval", "openai-whisper", "faster-whisper", "jiwer"):

@@ -14,10 +14,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from deeptalk_eval.api import Audio, Response  # noqa: E402
 from deeptalk_eval.scoring.base import SampleView, ScoringContext, get_scorer  # noqa: E402
-from deeptalk_eval.taskconfig import example_docs, load_docs, load_task  # noqa: E402
+from deeptalk_eval.taskconfig import example_docs, is_template, load_docs, load_task  # noqa: E402
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
-FILES = sorted(p for p in TASKS.rglob("*.yaml") if "lm_eval" not in p.relative_to(TASKS).parts)
+FILES = sorted(p for p in TASKS.rglob("*.yaml") if "lm_eval" not in p.relative_to(TASKS).parts
+               and not is_template(p))
 FAMILIES = {"spoken_qa", "text_retention", "asr", "tts", "latency", "voicebench"}
 ONLINE_GROUP = "spoken_qa_online"
 # Hub-only task families: their own group, never part of an offline run.

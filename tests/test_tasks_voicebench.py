@@ -11,10 +11,10 @@ import pytest
 from conftest import REPO
 
 from deeptalk_eval.registry import TaskIndex
-from deeptalk_eval.taskconfig import TaskConfigError, load_docs, load_task
+from deeptalk_eval.taskconfig import TaskConfigError, is_template, load_docs, load_task
 
 FOLDER = REPO / "tasks" / "voicebench"
-TASKS = sorted(FOLDER.glob("*.yaml"))
+TASKS = sorted(p for p in FOLDER.glob("*.yaml") if not is_template(p))
 SETS = {"alpacaeval": "alpacaeval_full", "commoneval": "commoneval", "wildvoice": "wildvoice", "sd_qa": "sd-qa",
         "openbookqa": "openbookqa", "mmsu": "mmsu", "bbh": "bbh", "ifeval": "ifeval", "advbench": "advbench"}
 
@@ -38,10 +38,11 @@ def test_the_nine_sets_are_online_only_and_not_in_all():
 
 
 def test_validate_passes_on_every_task_offline(cli):
-    code, out, err = cli("validate", *TASKS)
+    code, out, err = cli("validate", *sorted(FOLDER.glob("*.yaml")))  # as `validate tasks/voicebench/*.yaml`
     assert code == 0, err
     for path in TASKS:
         assert str(path) in out
+    assert f"{FOLDER / '_voicebench.yaml'}: a template" in out
     assert out.count("checked against dataset.example") == len(TASKS)
 
 
@@ -110,22 +111,27 @@ def test_validate_online_reads_the_first_audio(cli, monkeypatch):
 def test_example_docs_must_match_the_task(cli, tmp_path):
     """validate catches an example (so a task) whose fields the scorers or metrics do not find."""
     text = (FOLDER / "voicebench_openbookqa.yaml").read_text()
-    (tmp_path / "hooks.py").write_text((FOLDER / "hooks.py").read_text())
+    for f in [FOLDER / "hooks.py", *FOLDER.glob("_*.yaml")]:
+        (tmp_path / f.name).write_text(f.read_text())
     bad = tmp_path / "bad_gold.yaml"
     bad.write_text(text.replace("    reference: B\n", "    reference: E\n"))
     code, _, err = cli("validate", bad)
     assert code == 2 and "scorers[0]" in err and "'E'" in err
+    template = tmp_path / "_voicebench_mcq.yaml"  # the task's metrics are its template's
+    template.write_text(template.read_text().replace("name: text_unparsed,", "name: text_unparsable,"))
     bad = tmp_path / "bad_metric.yaml"
-    bad.write_text(text.replace("name: text_unparsed,", "name: text_unparsable,"))
+    bad.write_text(text)
     code, _, err = cli("validate", bad)
     assert code == 2 and "text_unparsable" in err and "produced by no scorer" in err
 
 
 def test_reserved_prefix_is_not_a_task_or_group_name(tmp_path):
     text = (FOLDER / "voicebench_advbench.yaml").read_text()
-    (tmp_path / "hooks.py").write_text((FOLDER / "hooks.py").read_text())
-    for old, new in (("task: voicebench_advbench", "task: 'reported:x'"), ("group: [voicebench]", "group: ['reported:x']")):
+    for f in [FOLDER / "hooks.py", *FOLDER.glob("_*.yaml")]:
+        (tmp_path / f.name).write_text(f.read_text())
+    # the group comes from the template: the task file overrides it
+    for bad in (text.replace("task: voicebench_advbench", "task: 'reported:x'"), text + "group: ['reported:x']\n"):
         p = tmp_path / "t.yaml"
-        p.write_text(text.replace(old, new))
+        p.write_text(bad)
         with pytest.raises(TaskConfigError, match="may not start with 'reported:'"):
             load_task(p)
