@@ -187,7 +187,7 @@ def _merged(path: Path, base_dir: Path, chain: tuple[Path, ...]) -> TaskSource:
             raise c.fail(where, f"template {template} is not a mapping of fields (got {got_kind})")
         merged.data.update(got.data)
         merged.origin.update(got.origin)
-        merged.includes += [template] + got.includes
+        merged.includes += [t for t in [template, *got.includes] if t not in merged.includes]  # a diamond: once
     merged.data.update(data)
     merged.origin.update({k: (path, lines) for k in data})
     return merged

@@ -113,7 +113,8 @@ def test_a_diamond_is_not_a_cycle(tmp_path):
     write(tmp_path, "_base.yaml", "version: 1\n")
     write(tmp_path, "_a.yaml", "include: _base.yaml\n")
     write(tmp_path, "_b.yaml", "include: _base.yaml\n")
-    assert load_task(write(tmp_path, "t1.yaml", "include: [_a.yaml, _b.yaml]\n" + FLAT)).name == "t1"
+    cfg = load_task(write(tmp_path, "t1.yaml", "include: [_a.yaml, _b.yaml]\n" + FLAT))
+    assert [p.name for p in cfg.includes] == ["_a.yaml", "_base.yaml", "_b.yaml"]
 
 
 def test_a_bad_field_in_a_template_names_the_template_and_its_line(tmp_path):
