@@ -24,13 +24,13 @@ from deeptalk_eval.errors import UsageError
 from deeptalk_eval.taskconfig import TaskConfig, TaskConfigError, load_task, read_yaml
 
 BUILTIN_MODELS: dict[str, str] = {
-    "deeptalk": "deeptalk_eval.adapters.deeptalk:DeepTalkModel",
-    "base_llm": "baselines.base_llm:BaseLLM",
-    "cascade": "baselines.cascade:Cascade",
-    "glm4voice": "baselines.glm4voice:GLM4Voice",
-    "qwen2_5_omni": "baselines.qwen_omni:Qwen25Omni",
-    "qwen3_omni": "baselines.qwen_omni:Qwen3Omni",
-    "moshi": "baselines.moshi:Moshi",
+    "deeptalk": "deeptalk_eval.models.deeptalk:DeepTalkAdapter",
+    "base_llm": "deeptalk_eval.models.text_llm:BaseLLM",
+    "cascade": "deeptalk_eval.models.cascade:Cascade",
+    "glm4voice": "deeptalk_eval.models.glm4voice:GLM4Voice",
+    "qwen2_5_omni": "deeptalk_eval.models.qwen_omni:Qwen25Omni",
+    "qwen3_omni": "deeptalk_eval.models.qwen_omni:Qwen3Omni",
+    "moshi": "deeptalk_eval.models.moshi:Moshi",
 }
 ALL = "all"
 

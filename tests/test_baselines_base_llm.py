@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from baselines.base_llm import BaseLLM
+from deeptalk_eval.models.text_llm import BaseLLM
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
 
 PAIRS = [
@@ -162,7 +162,7 @@ def test_fingerprint_tracks_weights_and_options(loaded, llm):
 
 
 def test_a_stalled_generation_is_a_named_timeout():
-    from baselines.base_llm import _named_timeout, _TimedStreamer
+    from deeptalk_eval.models.text_llm import _named_timeout, _TimedStreamer
 
     streamer = _TimedStreamer(None, timeout=0.05)  # nothing will ever be produced
     with pytest.raises(TimeoutError, match="request q7: the LLM produced no token for 0.05 s"):

@@ -10,7 +10,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from baselines.cascade import Cascade, SentenceBuffer, parse_tts_spec
+from deeptalk_eval.models.cascade import Cascade, SentenceBuffer, parse_tts_spec
 from deeptalk_eval.api import Audio, GenerationOptions, Request, UnsupportedRequest
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baselines.glm4voice import GLM4Voice, GLM4VoiceConfigError
-from baselines.glm4voice_protocol import (
+from deeptalk_eval.models.glm4voice import GLM4Voice, GLM4VoiceConfigError
+from deeptalk_eval.models.glm4voice_protocol import (
     DECODER_BLOCK_SIZES,
     GLM4VoiceServerError,
     build_prompt,

@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory, one_torch_thread):
 
 @pytest.fixture(scope="module")
 def moshi(checkpoint):
-    from baselines.moshi import Moshi
+    from deeptalk_eval.models.moshi import Moshi
 
     return Moshi(path=str(checkpoint), answer_seconds=str(ANSWER_S))
 
@@ -92,7 +92,7 @@ def test_seeded_and_cacheable(moshi):
 
 
 def test_sampling_follows_the_request_when_asked(checkpoint):
-    from baselines.moshi import Moshi
+    from deeptalk_eval.models.moshi import Moshi
 
     m = Moshi(path=str(checkpoint), answer_seconds="0.5", sampling="request")
     hot = Request("q", audio=tone(0.4, 16000), output_modality="both",
@@ -103,7 +103,7 @@ def test_sampling_follows_the_request_when_asked(checkpoint):
 
 
 def test_refusals_are_clear(moshi, checkpoint):
-    from baselines.moshi import Moshi
+    from deeptalk_eval.models.moshi import Moshi
 
     with pytest.raises(UnsupportedRequest, match="speech only"):
         moshi.generate([Request("t", text="hello")])

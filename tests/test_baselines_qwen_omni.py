@@ -29,7 +29,7 @@ def checkpoints(tmp_path_factory, one_torch_thread):
 
 @pytest.fixture(scope="module")
 def adapters(checkpoints):
-    from baselines.qwen_omni import Qwen3Omni, Qwen25Omni
+    from deeptalk_eval.models.qwen_omni import Qwen3Omni, Qwen25Omni
 
     return {"qwen2_5_omni": Qwen25Omni(path=str(checkpoints["qwen2_5_omni"]), talker_max_new_tokens=TALKER_STEPS),
             "qwen3_omni": Qwen3Omni(path=str(checkpoints["qwen3_omni"]), talker_max_new_tokens=TALKER_STEPS)}
@@ -139,7 +139,7 @@ def test_refusals_are_clear(adapters, family):
 
 
 def test_speaker_and_setup_errors(checkpoints):
-    from baselines.qwen_omni import Qwen3Omni, Qwen25Omni
+    from deeptalk_eval.models.qwen_omni import Qwen3Omni, Qwen25Omni
 
     with pytest.raises(UsageError, match=r"speaker='Nobody'.*\['Chelsie', 'Ethan'\]"):
         Qwen25Omni(path=str(checkpoints["qwen2_5_omni"]), speaker="Nobody")

@@ -131,7 +131,7 @@ def test_a_set_up_mistake_met_during_generation_stops_the_run(tmp_path):
     adapter.write_text(f"""import sys
 sys.path.insert(0, {str(TESTS)!r})
 from glm4voice_fake_server import FakeGLM4VoiceServer, WordTokenizer
-from baselines.glm4voice import GLM4Voice
+from deeptalk_eval.models.glm4voice import GLM4Voice
 
 
 class NoTokenizer(GLM4Voice):

@@ -103,7 +103,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from baselines.base_llm import BaseLLM
+    from deeptalk_eval.models.text_llm import BaseLLM
 
     try:
         return BaseLLM(batch_size=1)  # lm-eval's side runs batch 1 too: identical padding

@@ -1,5 +1,7 @@
-"""Adapters for the models DeepTalk is compared with: the base text LLM, a modular
-cascade (ASR -> LLM -> TTS) and GLM-4-Voice.
+"""The model adapters: each puts one model behind the `deeptalk_eval.api.SpokenModel`
+interface — the reference DeepTalk (`deeptalk`) and the models it is compared with (the base
+text LLM, a modular cascade, GLM-4-Voice, Qwen-Omni, Moshi). They are listed by name in
+`deeptalk_eval.registry.BUILTIN_MODELS` and imported only when a run asks for them.
 
 Adapters are built as `Class(**model_args)` where `--model-args k=v,...` gives strings;
 the helpers below turn those strings into typed values with an error naming the argument

@@ -28,8 +28,8 @@ from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from baselines import to_bool, to_float
-from baselines.glm4voice_protocol import (
+from deeptalk_eval.models import to_bool, to_float
+from deeptalk_eval.models.glm4voice_protocol import (
     AUDIO_TOKEN_0,
     DECODER_BLOCK_SIZES,
     DECODER_SAMPLE_RATE,

@@ -50,8 +50,8 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from baselines import to_bool, to_float, to_int
-from baselines.hf_speech import (
+from deeptalk_eval.models import to_bool, to_float, to_int
+from deeptalk_eval.models.hf_speech import (
     args_digest,
     check_path,
     checkpoint_digest,

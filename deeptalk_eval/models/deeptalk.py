@@ -20,8 +20,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from baselines import to_bool, to_int
-from baselines.base_llm import BaseLLM, TextPathScoring
+from deeptalk_eval.models import to_bool, to_int
+from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -40,7 +40,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OUTPUTS = {"text": "text", "speech": "speech", "both": "both"}
 
 
-class DeepTalkModel(TextPathScoring, SpokenModel):
+class DeepTalkAdapter(TextPathScoring, SpokenModel):
     name = "deeptalk"
     capabilities = Capabilities(text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True,
                                 loglikelihood=True)

@@ -19,8 +19,8 @@ import re
 import time
 from typing import Any, Iterator, Sequence
 
-from baselines import to_bool
-from baselines.base_llm import BaseLLM, TextPathScoring
+from deeptalk_eval.models import to_bool
+from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
     Capabilities,

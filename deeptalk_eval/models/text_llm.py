@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from baselines import to_bool, to_int
+from deeptalk_eval.models import to_bool, to_int
 from deeptalk_eval.api import (
     Capabilities,
     Request,

@@ -51,9 +51,9 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from baselines import to_bool, to_int
-from baselines.base_llm import BaseLLM, TextPathScoring
-from baselines.hf_speech import (
+from deeptalk_eval.models import to_bool, to_int
+from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
+from deeptalk_eval.models.hf_speech import (
     args_digest,
     check_path,
     checkpoint_digest,
