@@ -51,7 +51,7 @@ def tiny_checkpoint(tmp_path_factory):
 def adapter(tiny_checkpoint):
     from deeptalk_eval.models.deeptalk import DeepTalkAdapter
 
-    return DeepTalkAdapter(path=str(tiny_checkpoint), max_speech_steps="12", first_chunk_frames="2", chunk_frames="4")
+    return DeepTalkAdapter(path=str(tiny_checkpoint), max_speech_steps=12, first_chunk_frames=2, chunk_frames=4)
 
 
 @pytest.fixture(scope="module")

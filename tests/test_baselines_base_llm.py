@@ -36,7 +36,7 @@ def loaded():
 @pytest.fixture(scope="module")
 def llm(loaded):
     model, tok = loaded
-    return BaseLLM(model=model, tokenizer=tok, batch_size=3)
+    return BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=3)
 
 
 def _hflm(model, tok, **kw):
@@ -68,7 +68,7 @@ def test_loglikelihood_matches_lm_eval_hflm(loaded, llm):
 def test_rolling_loglikelihood_matches_lm_eval_with_left_truncation(loaded):
     model, tok = loaded
     # A short max_length forces several rolling windows (and left truncation of their context).
-    ours = BaseLLM(model=model, tokenizer=tok, max_length=16, batch_size=4).loglikelihood_rolling(TEXTS)
+    ours = BaseLLM(model=model, tokenizer=tok, max_length=16, loglikelihood_batch_size=4).loglikelihood_rolling(TEXTS)
     ref = _hflm(model, tok, max_length=16).loglikelihood_rolling(
         _instances("loglikelihood_rolling", [(t,) for t in TEXTS]), disable_tqdm=True)
     assert ours == pytest.approx(ref, abs=2e-3)
@@ -80,8 +80,8 @@ def test_rolling_loglikelihood_matches_lm_eval_with_left_truncation(loaded):
 
 def test_scores_do_not_depend_on_batch_size(loaded):
     model, tok = loaded
-    one = BaseLLM(model=model, tokenizer=tok, batch_size=1).loglikelihood(PAIRS)
-    many = BaseLLM(model=model, tokenizer=tok, batch_size="8").loglikelihood(PAIRS)
+    one = BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=1).loglikelihood(PAIRS)
+    many = BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=8).loglikelihood(PAIRS)
     assert [a for a, _ in one] == pytest.approx([a for a, _ in many], abs=1e-4)
 
 
@@ -149,15 +149,17 @@ def test_bad_input_is_refused(llm):
         llm.generate([Request(id="b", text="hi", output_modality="speech")])
     with pytest.raises(ValueError, match="dtype='float8'"):
         BaseLLM(dtype="float8", model=llm.model, tokenizer=llm.tokenizer)
-    with pytest.raises(ValueError, match="batch_size='many'"):
-        BaseLLM(batch_size="many", model=llm.model, tokenizer=llm.tokenizer)
+    with pytest.raises(ValueError, match="loglikelihood_batch_size=0 must be >= 1"):
+        BaseLLM(loglikelihood_batch_size=0, model=llm.model, tokenizer=llm.tokenizer)
 
 
 def test_fingerprint_tracks_weights_and_options(loaded, llm):
     model, tok = loaded
-    other = BaseLLM(model=model, tokenizer=tok, max_length="64")
+    other = BaseLLM(model=model, tokenizer=tok, max_length=64)
     assert llm.weights_sha256() == other.weights_sha256()  # same weights, hashed independently
     assert llm.fingerprint() != other.fingerprint()  # different options
+    # the scoring batch changes how it runs, not what it answers
+    assert BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=5).fingerprint() == llm.fingerprint()
     assert llm.describe()["parameters"] == sum(p.numel() for p in model.parameters())
 
 

@@ -19,7 +19,6 @@ import re
 import time
 from typing import Any, Iterator, Sequence
 
-from deeptalk_eval.models import to_bool
 from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
@@ -91,7 +90,7 @@ class Cascade(TextPathScoring, SpokenModel):
         llm_dtype: str = "float32",
         tts: str = "piper:joe",
         device: str = "cpu",
-        warmup: bool | str = True,
+        warmup: bool = True,
     ):
         super().__init__(asr=asr, asr_backend=asr_backend, llm=llm if isinstance(llm, str) else llm.path,
                          llm_dtype=llm_dtype, tts=tts, device=device)
@@ -106,7 +105,7 @@ class Cascade(TextPathScoring, SpokenModel):
         # No transcript cache: a cached transcript would hide the ASR time from the latency figures.
         self.transcriber = make_transcriber({"backend": asr_backend, "model": str(asr), "device": device, "cache": False})
         self.llm = llm if isinstance(llm, BaseLLM) else BaseLLM(path=str(llm), dtype=llm_dtype, device=device)
-        if to_bool(warmup, "warmup"):
+        if warmup:
             self.transcriber.model  # loads Whisper
             self.speak("Ready.")  # loads the voice
 

@@ -20,7 +20,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from deeptalk_eval.models import to_bool, to_int
 from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
@@ -49,14 +48,15 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
     greedy_batch_size = 8
 
     def __init__(self, path: str | None = None, device: str = "cpu", dtype: str = "float32",
-                 routing_mode: str | None = None, first_chunk_frames: int | str = 2, chunk_frames: int | str = 10,
-                 max_speech_steps: int | str = 400, batch_parallel: bool | str = False, codec: str | None = None,
-                 batch_size: int | str = 8, threads: int | str | None = None, cache: str | None = None,
-                 decode_threads: int | str | None = None):
+                 routing_mode: str | None = None, first_chunk_frames: int = 2, chunk_frames: int = 10,
+                 max_speech_steps: int = 400, batch_parallel: bool = False, codec: str | None = None,
+                 loglikelihood_batch_size: int = 8, threads: int | None = None, cache: str | None = None,
+                 decode_threads: int | None = None):
         super().__init__(path=path, device=device, dtype=dtype, routing_mode=routing_mode,
                          first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
                          max_speech_steps=max_speech_steps, batch_parallel=batch_parallel, codec=codec,
-                         batch_size=batch_size, threads=threads, cache=cache, decode_threads=decode_threads)
+                         loglikelihood_batch_size=loglikelihood_batch_size, threads=threads, cache=cache,
+                         decode_threads=decode_threads)
         from deeptalk.generate import SpeechGenerator, StreamConfig
         from deeptalk.train import load_checkpoint
 
@@ -69,25 +69,23 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         if dtype not in DTYPES:
             raise UsageError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
         if threads is not None:
-            torch.set_num_threads(to_int(threads, "threads"))
+            torch.set_num_threads(threads)
         self.bundle = load_checkpoint(ckpt, device=device, dtype=DTYPES[dtype], codec=codec)
         model = self.bundle.model
         if routing_mode is not None:
             model.set_routing_mode(routing_mode)
-        parallel = to_bool(batch_parallel, "batch_parallel")
         if cache is None:  # batch-parallel decoding runs on the growing cache
-            cache = "dynamic" if parallel else "static"
-        self.stream_config = StreamConfig(first_chunk_frames=to_int(first_chunk_frames, "first_chunk_frames"),
-                                          chunk_frames=to_int(chunk_frames, "chunk_frames"),
-                                          max_speech_steps=to_int(max_speech_steps, "max_speech_steps"),
-                                          batch_parallel=parallel, cache=cache,
-                                          decode_threads=to_int(decode_threads, "decode_threads"))
+            cache = "dynamic" if batch_parallel else "static"
+        self.stream_config = StreamConfig(first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
+                                          max_speech_steps=max_speech_steps, batch_parallel=batch_parallel,
+                                          cache=cache, decode_threads=decode_threads)
         self.generator = SpeechGenerator(model, self.bundle.tokenizer, encoder=self.bundle.encoder,
                                          codec=self.bundle.codec)
 
         # lm-eval's conventions for text scoring, shared with the base-LLM baseline: same
         # tokenisation and windows, so retention compares like with like
-        self.text_scorer = BaseLLM(path=str(ckpt), device=device, batch_size=batch_size, model=model,
+        self.text_scorer = BaseLLM(path=str(ckpt), device=device, loglikelihood_batch_size=loglikelihood_batch_size,
+                                    model=model,
                                     tokenizer=self.bundle.tokenizer, max_length=model.config.max_position_embeddings)
         self._sha: str | None = None
 
@@ -108,7 +106,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         return hashlib.sha256(json.dumps(self.bundle.codec.describe(), sort_keys=True, default=str).encode()).hexdigest()
 
     def fingerprint(self) -> str:
-        opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "threads", "batch_size")}
+        opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "threads", "loglikelihood_batch_size")}
         return (f"deeptalk:{self.checkpoint_sha256()[:16]}:codec={self.codec_sha256()[:16]}:{opts}"
                 f":routing={self.bundle.model.config.routing_mode}")
 

@@ -24,11 +24,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from deeptalk_eval.models import to_bool, to_float
 from deeptalk_eval.models.glm4voice_protocol import (
     AUDIO_TOKEN_0,
     DECODER_BLOCK_SIZES,
@@ -206,14 +205,14 @@ class GLM4Voice(SpokenModel):
         tokenizer_path: str | None = None,
         flow_path: str | None = None,
         repo_path: str | None = None,
-        trust_remote_code: bool | str = False,
+        trust_remote_code: bool = False,
         device: str = "cuda",
         system: str = "demo",
-        temperature: float | str | None = None,
-        top_p: float | str | None = None,
-        timeout: float | str = 600.0,
-        text_tokenizer: Any = None,
-        speech_tokenizer: Any = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        timeout: float = 600.0,
+        text_tokenizer: object = None,
+        speech_tokenizer: Callable[[Audio], list[int]] | None = None,
         decoder: SpeechDecoder | None = None,
     ):
         super().__init__(
@@ -233,14 +232,14 @@ class GLM4Voice(SpokenModel):
         self.tokenizer_path = tokenizer_path
         self.flow_path = flow_path
         self.repo_path = repo_path
-        self.trust_remote_code = to_bool(trust_remote_code, "trust_remote_code")
+        self.trust_remote_code = trust_remote_code
         self.device = device
         if system not in SYSTEM_POLICIES:
             raise UsageError(f"model arg system={system!r}: use one of {list(SYSTEM_POLICIES)}")
         self.system_policy = system
-        self.temperature = to_float(temperature, "temperature")
-        self.top_p = to_float(top_p, "top_p")
-        self.timeout = to_float(timeout, "timeout")
+        self.temperature = temperature
+        self.top_p = top_p
+        self.timeout = timeout
         self._text_tokenizer = text_tokenizer
         self._speech_tokenizer = speech_tokenizer
         self._decoder = decoder

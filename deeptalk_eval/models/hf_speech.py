@@ -205,7 +205,8 @@ def checkpoint_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def args_digest(args: dict[str, Any], skip: tuple[str, ...] = ("device",)) -> str:
+def args_digest(args: dict[str, Any], skip: tuple[str, ...] = ("device", "loglikelihood_batch_size")) -> str:
+    """The model args that may change answers (not where or in what batches it runs), hashed."""
     kept = {k: v for k, v in sorted(args.items()) if k not in skip}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -50,7 +50,6 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from deeptalk_eval.models import to_bool, to_float, to_int
 from deeptalk_eval.models.hf_speech import (
     args_digest,
     check_path,
@@ -92,8 +91,8 @@ class Moshi(SpokenModel):
     default_path: ClassVar[str] = "kmhf/hf-moshiko"
 
     def __init__(self, path: str | None = None, dtype: str = "auto", device: str = "auto",
-                 answer_seconds: float | str = 10.0, sampling: str = "model", seed: int | str = 0,
-                 trust_remote_code: bool | str = False):
+                 answer_seconds: float = 10.0, sampling: str = "model", seed: int = 0,
+                 trust_remote_code: bool = False):
         path = str(path or self.default_path)
         super().__init__(path=path, dtype=dtype, device=device, answer_seconds=answer_seconds, sampling=sampling,
                          seed=seed, trust_remote_code=trust_remote_code)
@@ -105,11 +104,11 @@ class Moshi(SpokenModel):
         self.path = path
         self.sampling = sampling
         self.device, self.dtype = resolve_device_dtype(device, dtype)
-        self.answer_seconds = to_float(answer_seconds, "answer_seconds")
-        if not self.answer_seconds or self.answer_seconds <= 0:
+        if answer_seconds <= 0:
             raise UsageError(f"model arg answer_seconds={answer_seconds!r} must be > 0")
-        self.seed = to_int(seed, "seed")
-        trc = to_bool(trust_remote_code, "trust_remote_code")
+        self.answer_seconds = answer_seconds
+        self.seed = seed
+        trc = trust_remote_code
         check_path(path, "moshi")
         try:
             self.model = MoshiForConditionalGeneration.from_pretrained(

@@ -51,7 +51,6 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from deeptalk_eval.models import to_bool, to_int
 from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.models.hf_speech import (
     args_digest,
@@ -98,17 +97,17 @@ class _QwenOmni(TextPathScoring, SpokenModel):
     model_system_prompt: ClassVar[str | None]
 
     def __init__(self, path: str | None = None, dtype: str = "auto", device: str = "auto",
-                 speaker: str | None = None, system: str | None = None, talker: bool | str = True,
-                 talker_max_new_tokens: int | str = 4096, talker_do_sample: bool | str | None = None,
-                 seed: int | str = 0, batch_size: int | str = 8, max_length: int | str | None = None,
-                 attn_implementation: str | None = None, trust_remote_code: bool | str = False):
+                 speaker: str | None = None, system: str | None = None, talker: bool = True,
+                 talker_max_new_tokens: int = 4096, talker_do_sample: bool | None = None,
+                 seed: int = 0, loglikelihood_batch_size: int = 8, max_length: int | None = None,
+                 attn_implementation: str | None = None, trust_remote_code: bool = False):
         path = str(path or self.default_path)
         speaker = speaker or self.default_speaker
         system = system or self.default_system_policy
         super().__init__(path=path, dtype=dtype, device=device, speaker=speaker, system=system, talker=talker,
                          talker_max_new_tokens=talker_max_new_tokens, talker_do_sample=talker_do_sample, seed=seed,
-                         batch_size=batch_size, max_length=max_length, attn_implementation=attn_implementation,
-                         trust_remote_code=trust_remote_code)
+                         loglikelihood_batch_size=loglikelihood_batch_size, max_length=max_length,
+                         attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         import torch
         import transformers
 
@@ -117,11 +116,11 @@ class _QwenOmni(TextPathScoring, SpokenModel):
         self.path = path
         self.system_policy = system
         self.device, self.dtype = resolve_device_dtype(device, dtype)
-        self.use_talker = to_bool(talker, "talker")
-        self.talker_max_new_tokens = to_int(talker_max_new_tokens, "talker_max_new_tokens")
-        self.talker_do_sample = None if talker_do_sample is None else to_bool(talker_do_sample, "talker_do_sample")
-        self.seed = to_int(seed, "seed")
-        self.trust_remote_code = to_bool(trust_remote_code, "trust_remote_code")
+        self.use_talker = talker
+        self.talker_max_new_tokens = talker_max_new_tokens
+        self.talker_do_sample = talker_do_sample
+        self.seed = seed
+        self.trust_remote_code = trust_remote_code
         model_cls = getattr(transformers, self.model_class_name)
         processor_cls = getattr(transformers, self.processor_class_name)
         kw: dict[str, Any] = {"dtype": self.dtype, "trust_remote_code": self.trust_remote_code}
@@ -148,9 +147,9 @@ class _QwenOmni(TextPathScoring, SpokenModel):
         self.tokenizer = self.processor.tokenizer
         self.feature_extractor = self.processor.feature_extractor
         text_config = self.model.config.thinker_config.get_text_config()
-        self.text_scorer = BaseLLM(path=path, device=str(self.device), batch_size=batch_size, model=self.model.thinker,
-                                   tokenizer=self.tokenizer,
-                                   max_length=to_int(max_length, "max_length") or text_config.max_position_embeddings)
+        self.text_scorer = BaseLLM(path=path, device=str(self.device), loglikelihood_batch_size=loglikelihood_batch_size,
+                                   model=self.model.thinker, tokenizer=self.tokenizer,
+                                   max_length=max_length or text_config.max_position_embeddings)
         self._digest: str | None = None
         torch.manual_seed(self.seed)
 
@@ -360,7 +359,7 @@ class Qwen25Omni(_QwenOmni):
     model_args: path (Qwen/Qwen2.5-Omni-7B), dtype (auto: bfloat16 on CUDA, float32 on CPU),
     device (auto), speaker (Chelsie; or Ethan), system (model | task | model+task; default
     model), talker (true; false loads no talker: text out only), talker_max_new_tokens (4096),
-    talker_do_sample (the model's default, true), seed (0), batch_size (8, for scoring),
+    talker_do_sample (the model's default, true), seed (0), loglikelihood_batch_size (8),
     max_length (scoring context; default the thinker's max_position_embeddings),
     attn_implementation (e.g. flash_attention_2), trust_remote_code (false).
     """
