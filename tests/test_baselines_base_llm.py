@@ -134,12 +134,25 @@ def test_stream_events_are_timed_in_order(llm):
 
 
 def test_closing_a_stream_stops_generation(llm):
-    stats = {}
+    steps = []
+    hook = llm.model.register_forward_hook(lambda *_: steps.append(1))  # one forward pass per token
     req = Request(id="c", text="Write a long essay about the history of Rome.", options=GenerationOptions(max_new_tokens=300))
-    events = llm.stream(req, stats)
-    next(e for e in events if e.kind == "text")
-    events.close()  # the listener went away: the background generate() must end, not run to 300 tokens
-    assert 0 < stats["completion_tokens"] < 60
+    try:
+        events = llm.stream(req)
+        next(e for e in events if e.kind == "text")
+        events.close()  # the listener went away: the background generate() must end, not run to 300 tokens
+    finally:
+        hook.remove()
+    assert 0 < len(steps) < 60
+
+
+def test_the_end_event_carries_what_generate_records(llm):
+    req = Request(id="e", text="Say hello.", options=GenerationOptions(max_new_tokens=6))
+    end = list(llm.stream(req))[-1]
+    (resp,) = llm.generate([req])
+    assert end.kind == "end" and end.info["prompt"] == resp.prompt and end.info["tokens"] == resp.tokens
+    assert resp.tokens["prompt"] > 0 and 0 < resp.tokens["completion"] <= 6
+    assert resp.extra == {"stopped_by": "eos_or_max_new_tokens", "seed": None, "sampled": False}
 
 
 def test_bad_input_is_refused(llm):

@@ -201,8 +201,10 @@ def test_missing_parts_say_what_and_where(server):
     model = GLM4Voice(url=server.url, text_tokenizer=WordTokenizer(), flow_path="/x")
     with pytest.raises(GLM4VoiceConfigError, match="repo_path=/path/to/GLM-4-Voice"):
         model.generate([Request(id="x", text="hi", output_modality="speech")])
-    with pytest.raises(ValueError, match="trust_remote_code='maybe'"):
-        GLM4Voice(url=server.url, trust_remote_code="maybe")
+    from deeptalk_eval.model_args import bind_model_args
+
+    with pytest.raises(ValueError, match="trust_remote_code='maybe' is not a boolean"):  # read by its declared type
+        bind_model_args(GLM4Voice, {"url": server.url, "trust_remote_code": "maybe"}, "glm4voice")
 
 
 def test_unreachable_server_and_server_error(tokenizer):

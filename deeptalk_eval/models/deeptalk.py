@@ -161,13 +161,13 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         except ValueError as e:  # bad audio (empty, NaN, ...): a clear per-request error
             raise UnsupportedRequest(str(e)) from None
 
-    def stream(self, request: Request, _info: dict | None = None) -> Iterator[StreamEvent]:
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
+        """Text deltas (cut at a stop string), audio chunks, the generator's marks; the end's
+        info: prompt, tokens (text, steps, audio_frames), stop_reason, audio_flags."""
         if request.output_modality not in OUTPUTS:
             raise UnsupportedRequest(f"request {request.id}: unknown output modality {request.output_modality!r}")
         t0 = time.monotonic()
         prompt = self._prompt(request, t0)
-        if _info is not None:
-            _info.update(prompt=prompt.rendered, audio_flags=prompt.audio_flags)
         shown = _StopCut(request.options.stop)
         for ev in self.generator.stream(prompt, OUTPUTS[request.output_modality], self._config(request)):
             if ev.kind == "text":
@@ -179,24 +179,21 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             elif ev.kind == "mark":
                 yield StreamEvent("mark", ev.t, name=ev.name)
             elif ev.kind == "end":
-                if _info is not None:
-                    _info.update(ev.info or {})
-                yield StreamEvent("end", ev.t)
+                done = ev.info or {}
+                yield StreamEvent("end", ev.t, info={
+                    "prompt": prompt.rendered,
+                    "tokens": {"text": len(done.get("text_ids", [])), "steps": int(done.get("steps", 0)),
+                               "audio_frames": int(done.get("frames", 0))},
+                    "stop_reason": done.get("stop_reason"), "audio_flags": prompt.audio_flags})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         if len(requests) > 1:
             return self._generate_batch(requests)
         out = []
         for r in requests:
-            info: dict = {}
-            t0 = time.monotonic()
-            resp = collect_stream(self.stream(r, info), start=t0)
+            resp = collect_stream(self.stream(r))
             if r.output_modality in ("speech", "both") and resp.audio is None:
                 resp.audio = Audio(np.zeros(0, np.float32), self.bundle.codec.sample_rate)
-            resp.prompt = info.get("prompt")
-            resp.tokens = {"text": len(info.get("text_ids", [])), "steps": int(info.get("steps", 0)),
-                           "audio_frames": int(info.get("frames", 0))}
-            resp.extra = {"stop_reason": info.get("stop_reason"), "audio_flags": info.get("audio_flags", {})}
             out.append(resp)
         return out
 

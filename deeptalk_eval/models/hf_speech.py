@@ -215,14 +215,15 @@ def args_digest(args: dict[str, Any], skip: tuple[str, ...] = ("device", "loglik
 
 
 def nonstreaming_events(text: str | None, audio: Audio | None, t_done: float,
-                        marks: dict[str, float] | None = None) -> Iterator[StreamEvent]:
+                        marks: dict[str, float] | None = None,
+                        info: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
     """The events of an answer that arrived whole at `t_done` (the moment `generate` returned):
-    marks at their own times, then the text, the audio and the end, all stamped `t_done`. The
-    first audio of such a model is its whole answer."""
+    marks at their own times, then the text, the audio and the end (carrying `info`), all
+    stamped `t_done`. The first audio of such a model is its whole answer."""
     for name, t in (marks or {}).items():
         yield StreamEvent("mark", t, name=name)
     if text:
         yield StreamEvent("text", t_done, text=text)
     if audio is not None and audio.samples.size:
         yield StreamEvent("audio", t_done, audio=audio)
-    yield StreamEvent("end", time.monotonic())
+    yield StreamEvent("end", time.monotonic(), info=dict(info or {}))

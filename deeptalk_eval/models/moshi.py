@@ -240,28 +240,24 @@ class Moshi(SpokenModel):
         )
         return text, answer, marks, extra, {"prompt_frames": prompt_frames, "text": len(ids), "text_words": len(words)}
 
-    def stream(self, request: Request, _info: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
         """The answer window when `generate` returns: mark `inputs_ready`, then the
-        inner-monologue text, the audio and the end, stamped at return. Not streaming."""
+        inner-monologue text, the audio and the end (prompt, tokens and the extra facts),
+        stamped at return. Not streaming."""
         text, audio, marks, extra, tokens = self._run(request)
-        if _info is not None:
-            _info.update(extra=extra, tokens=tokens)
         want_text = request.output_modality in ("text", "both")
         want_audio = request.output_modality in ("speech", "both")
+        prompt = f"<user audio: {tokens['prompt_frames']} frames> + <silence: {self.answer_frames} frames>"
         yield from nonstreaming_events(text if want_text else None, audio if want_audio else None,
-                                       time.monotonic(), marks)
+                                       time.monotonic(), marks, info={"prompt": prompt, "tokens": tokens, **extra})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
         for r in requests:  # one at a time
-            info: dict[str, Any] = {}
-            resp = collect_stream(self.stream(r, info), start=time.monotonic())
+            resp = collect_stream(self.stream(r))
             if r.output_modality in ("text", "both"):
                 resp.text = resp.text or ""
             if r.output_modality in ("speech", "both") and resp.audio is None:
                 resp.audio = Audio(np.zeros(0, np.float32), self.sample_rate)
-            frames = info["tokens"]["prompt_frames"]
-            resp.prompt = f"<user audio: {frames} frames> + <silence: {self.answer_frames} frames>"
-            resp.tokens, resp.extra = info["tokens"], info["extra"]
             out.append(resp)
         return out

@@ -328,27 +328,24 @@ class _QwenOmni(TextPathScoring, SpokenModel):
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
-    def stream(self, request: Request, _info: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
         """The whole answer when `generate` returns: mark `inputs_ready` (processor done), then
-        text, audio and end, stamped at return. Not a streaming model: see the module doc."""
+        text, audio and end (prompt, tokens and the extra facts), stamped at return. Not a
+        streaming model: see the module doc."""
         text, audio, marks, extra, prompt, tokens = self._run(request)
-        if _info is not None:
-            _info.update(extra=extra, prompt=prompt, tokens=tokens)
         yield from nonstreaming_events(text if request.output_modality != "speech" else None, audio,
-                                       time.monotonic(), marks)
+                                       time.monotonic(), marks, info={"prompt": prompt, "tokens": tokens, **extra})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
         for r in requests:  # batch size 1: see the module doc
-            info: dict[str, Any] = {}
-            resp = collect_stream(self.stream(r, info), start=time.monotonic())
+            resp = collect_stream(self.stream(r))
             if r.output_modality in ("text", "both"):
                 resp.text = resp.text or ""
             if r.output_modality == "speech":
                 resp.text = None
             if r.output_modality in ("speech", "both") and resp.audio is None:
                 resp.audio = Audio(np.zeros(0, np.float32), OUTPUT_SAMPLE_RATE)
-            resp.prompt, resp.tokens, resp.extra = info["prompt"], info["tokens"], info["extra"]
             out.append(resp)
         return out
 

@@ -273,17 +273,17 @@ class BaseLLM(SpokenModel):
             eos.append(self.tokenizer.eos_token_id)
         return eos
 
-    def stream(self, request: Request, _stats: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
-        """Text deltas as they are decoded; marks "prefill_start", "first_token", "last_token"."""
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
+        """Text deltas as they are decoded; marks "prefill_start", "first_token", "last_token";
+        the end's info: prompt, tokens (prompt, completion), stopped_by, seed, sampled."""
         if request.output_modality != "text":
             raise UnsupportedRequest(f"request {request.id}: base_llm produces text only, not {request.output_modality}")
-        stats = _stats if _stats is not None else {}
         opts = request.options
         prompt = self.render_prompt(request)
         templated = (self.use_chat_template and not request.raw_prompt
                      and getattr(self.tokenizer, "chat_template", None))
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
-        stats.update(prompt=prompt, prompt_tokens=int(enc.input_ids.shape[1]))
+        stopped_by = "eos_or_max_new_tokens"
 
         streamer = _TimedStreamer(self.tokenizer, timeout=TOKEN_TIMEOUT_S)
         stop_flag = _StopFlag()
@@ -325,7 +325,7 @@ class BaseLLM(SpokenModel):
                     if cut:
                         yield StreamEvent("text", time.monotonic(), text=buf[:cut])
                     buf = ""
-                    stats["stopped_by"] = "stop_string"
+                    stopped_by = "stop_string"
                     break
                 ready = len(buf) - hold
                 if ready > 0:
@@ -335,7 +335,6 @@ class BaseLLM(SpokenModel):
             # After a stop string, or when the consumer stops listening, end generate() at its next step.
             stop_flag.event.set()
             thread.join()
-            stats["completion_tokens"] = len(streamer.token_times)
         if error:
             raise RuntimeError(f"request {request.id}: generation failed: {error[0]!r}") from error[0]
         if buf:
@@ -345,18 +344,15 @@ class BaseLLM(SpokenModel):
         if streamer.token_times:
             # Stamped when the model made it: a consumer that lagged behind (TTS) sees it later.
             yield StreamEvent("mark", streamer.token_times[-1], name="last_token")
-        stats.setdefault("stopped_by", "eos_or_max_new_tokens")
-        yield StreamEvent("end", time.monotonic())
+        tokens = {"prompt": int(enc.input_ids.shape[1]), "completion": len(streamer.token_times)}
+        yield StreamEvent("end", time.monotonic(), info={"prompt": prompt, "tokens": tokens, "stopped_by": stopped_by,
+                                                         "seed": opts.seed, "sampled": sample})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
         for r in requests:
-            stats: dict[str, Any] = {}
-            resp = collect_stream(self.stream(r, stats), start=time.monotonic())
+            resp = collect_stream(self.stream(r))
             resp.text = resp.text or ""
-            resp.prompt = stats.pop("prompt")
-            resp.tokens = {"prompt": stats.pop("prompt_tokens"), "completion": stats.pop("completion_tokens")}
-            resp.extra = {**stats, "seed": r.options.seed, "sampled": r.options.temperature > 0}
             out.append(resp)
         return out
 
