@@ -229,10 +229,10 @@ def test_unsupported_requests_are_refused(server, tokenizer):
 
 
 def test_fingerprint_changes_with_args(server, tokenizer):
-    a = GLM4Voice(url=server.url, text_tokenizer=tokenizer, temperature="0.2")
-    b = GLM4Voice(url=server.url, text_tokenizer=tokenizer, temperature="0.3")
+    a = GLM4Voice(url=server.url, text_tokenizer=tokenizer, temperature=0.2)
+    b = GLM4Voice(url=server.url, text_tokenizer=tokenizer, temperature=0.3)
     assert a.fingerprint() != b.fingerprint() and a.fingerprint() == GLM4Voice(
-        url=server.url, text_tokenizer=tokenizer, temperature="0.2").fingerprint()
+        url=server.url, text_tokenizer=tokenizer, temperature=0.2).fingerprint()
     assert a.describe()["server"] == server.url + "/generate_stream"
 
 

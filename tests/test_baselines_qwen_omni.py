@@ -149,7 +149,7 @@ def test_speaker_and_setup_errors(checkpoints):
         Qwen25Omni(path="/no/such/qwen")
     with pytest.raises(UsageError, match="dtype='float8'"):
         Qwen25Omni(path=str(checkpoints["qwen2_5_omni"]), dtype="float8")
-    text_only = Qwen3Omni(path=str(checkpoints["qwen3_omni"]), speaker="CHELSIE", talker="false")
+    text_only = Qwen3Omni(path=str(checkpoints["qwen3_omni"]), speaker="CHELSIE", talker=False)
     assert text_only.speaker == "chelsie" and not hasattr(text_only.model, "talker")
     with pytest.raises(UsageError, match="talker=false"):
         text_only.generate([Request("v", text="hi", output_modality="speech")])

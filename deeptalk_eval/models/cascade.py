@@ -19,7 +19,6 @@ import re
 import time
 from typing import Any, Iterator, Sequence
 
-from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -32,6 +31,7 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
 # A sentence ends at . ! ? (plus closing quotes/brackets) followed by whitespace, or at a newline.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")

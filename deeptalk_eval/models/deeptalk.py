@@ -20,7 +20,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -32,6 +31,7 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "reference"

@@ -28,6 +28,17 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from deeptalk_eval.api import (
+    Audio,
+    Capabilities,
+    Request,
+    Response,
+    SpokenModel,
+    StreamEvent,
+    UnsupportedRequest,
+    collect_stream,
+)
+from deeptalk_eval.errors import UsageError
 from deeptalk_eval.models.glm4voice_protocol import (
     AUDIO_TOKEN_0,
     DECODER_BLOCK_SIZES,
@@ -42,17 +53,6 @@ from deeptalk_eval.models.glm4voice_protocol import (
     route_token,
     speech_tokens_to_text,
 )
-from deeptalk_eval.api import (
-    Audio,
-    Capabilities,
-    Request,
-    Response,
-    SpokenModel,
-    StreamEvent,
-    UnsupportedRequest,
-    collect_stream,
-)
-from deeptalk_eval.errors import UsageError
 
 DOCS = "docs/baselines.md#glm-4-voice"
 # What a task's system text does: "demo" keeps the demo's system prompt (the one the model

@@ -50,16 +50,6 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from deeptalk_eval.models.hf_speech import (
-    args_digest,
-    check_path,
-    checkpoint_digest,
-    load_errors,
-    load_failure,
-    nonstreaming_events,
-    resample,
-    resolve_device_dtype,
-)
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -71,6 +61,16 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.hf_speech import (
+    args_digest,
+    check_path,
+    checkpoint_digest,
+    load_errors,
+    load_failure,
+    nonstreaming_events,
+    resample,
+    resolve_device_dtype,
+)
 
 SAMPLING = ("model", "request")
 

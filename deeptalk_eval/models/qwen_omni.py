@@ -51,18 +51,6 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
-from deeptalk_eval.models.hf_speech import (
-    args_digest,
-    check_path,
-    checkpoint_digest,
-    load_errors,
-    load_failure,
-    load_processor,
-    nonstreaming_events,
-    resample,
-    resolve_device_dtype,
-)
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -74,6 +62,18 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.hf_speech import (
+    args_digest,
+    check_path,
+    checkpoint_digest,
+    load_errors,
+    load_failure,
+    load_processor,
+    nonstreaming_events,
+    resample,
+    resolve_device_dtype,
+)
+from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
 OUTPUT_SAMPLE_RATE = 24000  # both talkers' waveforms (Qwen's model cards: 24 kHz)
 QWEN25_SYSTEM_PROMPT = (
@@ -299,7 +299,6 @@ class _QwenOmni(TextPathScoring, SpokenModel):
         with torch.no_grad():
             result = self.model.generate(**inputs, **gen)
         ids, wav = self._split_result(result, want_audio)
-        t_done = time.monotonic()
         prompt_len = int(inputs["input_ids"].shape[1])
         new = ids[0, prompt_len:].tolist()
         eos = self._eos_ids()
