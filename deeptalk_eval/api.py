@@ -123,6 +123,10 @@ class StreamEvent:
     `t` is `time.monotonic()` when the piece became available. Kinds: "text" (a text
     delta), "audio" (a chunk of playable samples), "mark" (a named internal point such as
     "encoder_done" or "prefill_done", used for latency breakdowns), "end".
+
+    The "end" event's `info` is what the model knows once it is done: "prompt" (what it was
+    given, for `Response.prompt`), "tokens" (counts by name, for `Response.tokens`) and
+    whatever else it records (stop reason, ...), which goes to `Response.extra`.
     """
 
     kind: Literal["text", "audio", "mark", "end"]
@@ -130,6 +134,7 @@ class StreamEvent:
     text: str | None = None
     audio: Audio | None = None
     name: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,12 +220,14 @@ class SpokenModel:
 
 
 def collect_stream(events: Iterator[StreamEvent], start: float | None = None) -> Response:
-    """Fold a stream into a Response, with first-text / first-audio times as timings."""
+    """Fold a stream into a Response: first-text / first-audio / mark times as timings, and
+    the end event's info as prompt, tokens and extra (see `StreamEvent`)."""
     start = time.monotonic() if start is None else start
     texts: list[str] = []
     chunks: list[np.ndarray] = []
     sr = None
     timings: dict[str, float] = {}
+    info: dict[str, Any] = {}
     for ev in events:
         if ev.kind == "text" and ev.text:
             timings.setdefault("first_text", ev.t - start)
@@ -233,6 +240,9 @@ def collect_stream(events: Iterator[StreamEvent], start: float | None = None) ->
             chunks.append(ev.audio.samples)
         elif ev.kind == "mark" and ev.name:
             timings.setdefault(ev.name, ev.t - start)
+        elif ev.kind == "end":
+            info = dict(ev.info)
         timings["total"] = ev.t - start
     audio = Audio(np.concatenate(chunks), sr) if chunks else None
-    return Response(text="".join(texts) if texts else None, audio=audio, timings=timings)
+    return Response(text="".join(texts) if texts else None, audio=audio, timings=timings,
+                    prompt=info.pop("prompt", None), tokens=info.pop("tokens", {}), extra=info)

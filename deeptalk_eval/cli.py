@@ -45,7 +45,8 @@ def version() -> str:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model name (see `deeptalk-eval list models`)")
-    p.add_argument("--model-args", default="", help="k=v,k2=v2 passed to the adapter")
+    p.add_argument("--model-args", default="",
+                   help="k=v,k2=v2 passed to the adapter, each read by the type its constructor declares")
     p.add_argument("--model-path", help="your own adapter: module:Class or path/file.py:Class")
     p.add_argument("--tasks", default="all", help="all | comma-separated task names, groups or YAML files")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args: argparse.Namespace):
-    from deeptalk_eval.registry import parse_model_args
+    from deeptalk_eval.model_args import parse_model_args
     from deeptalk_eval.runner import RunOptions, parse_shard, shard_from_env
 
     return RunOptions(

@@ -34,11 +34,13 @@ class SpokenModelLM(LM):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "SpokenModelLM":
-        from deeptalk_eval.registry import model_class, parse_model_args
+        from deeptalk_eval.model_args import bind_model_args, parse_model_args
+        from deeptalk_eval.registry import model_class
 
         args = parse_model_args(arg_string)
         name, path = args.pop("model", None), args.pop("model_path", None)
-        return cls(model_class(name, path)(**args))
+        model_cls = model_class(name, path)
+        return cls(model_cls(**bind_model_args(model_cls, args, path or str(name))))
 
     def _chunks(self, requests: list, desc: str, disable: bool):
         for b in tqdm(range(0, len(requests), self.chunk_size), desc=desc, disable=disable):

@@ -13,25 +13,22 @@ import difflib
 import importlib
 import importlib.metadata
 import importlib.util
-import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from deeptalk_eval.errors import UsageError
 from deeptalk_eval.taskconfig import TaskConfig, TaskConfigError, is_template, load_task, read_task_file
 
 BUILTIN_MODELS: dict[str, str] = {
-    "deeptalk": "deeptalk_eval.adapters.deeptalk:DeepTalkModel",
-    "base_llm": "baselines.base_llm:BaseLLM",
-    "cascade": "baselines.cascade:Cascade",
-    "glm4voice": "baselines.glm4voice:GLM4Voice",
-    "qwen2_5_omni": "baselines.qwen_omni:Qwen25Omni",
-    "qwen3_omni": "baselines.qwen_omni:Qwen3Omni",
-    "moshi": "baselines.moshi:Moshi",
+    "deeptalk": "deeptalk_eval.models.deeptalk:DeepTalkAdapter",
+    "base_llm": "deeptalk_eval.models.text_llm:BaseLLM",
+    "cascade": "deeptalk_eval.models.cascade:Cascade",
+    "glm4voice": "deeptalk_eval.models.glm4voice:GLM4Voice",
+    "qwen2_5_omni": "deeptalk_eval.models.qwen_omni:Qwen25Omni",
+    "qwen3_omni": "deeptalk_eval.models.qwen_omni:Qwen3Omni",
+    "moshi": "deeptalk_eval.models.moshi:Moshi",
 }
 ALL = "all"
 
@@ -219,35 +216,3 @@ def model_class(name: str | None, model_path: str | None = None) -> type:
     if not (isinstance(cls, type) and issubclass(cls, SpokenModel)):
         raise UsageError(f"{model_path or name}: {cls!r} is not a deeptalk_eval.api.SpokenModel subclass")
     return cls
-
-
-def parse_model_args(text: str | None) -> dict[str, Any]:
-    """'k=v,k2=v2' -> dict; values parsed as YAML scalars (ints, floats, booleans)."""
-    args: dict[str, Any] = {}
-    for part in [p for p in (text or "").split(",") if p.strip()]:
-        key, sep, value = part.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--model-args: {part!r} is not key=value")
-        try:
-            args[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            args[key.strip()] = value
-    return args
-
-
-def check_model_args(cls: type, args: dict[str, Any], label: str) -> None:
-    """--model-args against the adapter's signature, before it is built: a TypeError from
-    inside a constructor is a bug and keeps its traceback, a wrong name here is the user's."""
-    params = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return  # the adapter takes any keyword
-    known = [n for n, p in params.items()
-             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
-    for key in args:
-        if key not in known:
-            raise UsageError(f"--model-args: model {label} has no argument {key!r}{nearest(key, known)}; "
-                             f"it takes: {', '.join(known) or 'none'}")
-    missing = [n for n, p in params.items() if n in known and p.default is inspect.Parameter.empty
-               and n not in args]
-    if missing:
-        raise UsageError(f"--model-args: model {label} needs {', '.join(f'{n}=...' for n in missing)}")

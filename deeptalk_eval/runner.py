@@ -30,7 +30,7 @@ import textwrap
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ from deeptalk_eval.aggregate import aggregate_task
 from deeptalk_eval.api import Audio, Request, Response, SpokenModel, UnsupportedRequest
 from deeptalk_eval.cache import ResponseCache, request_key
 from deeptalk_eval.errors import UsageError
-from deeptalk_eval.registry import TaskIndex, check_model_args, model_class
+from deeptalk_eval.model_args import bind_model_args
+from deeptalk_eval.registry import TaskIndex, model_class
 from deeptalk_eval.results import (
     environment, json_safe_doc, read_results, read_samples, read_wav_checked, safe_name, timestamp,
     write_results, write_samples, write_wav,
@@ -186,7 +187,7 @@ def prepare(opts: RunOptions) -> Plan:
     if opts.limit is not None and opts.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {opts.limit}")
     model_cls = model_class(opts.model, opts.model_path)
-    check_model_args(model_cls, opts.model_args, opts.model_label)
+    opts = replace(opts, model_args=bind_model_args(model_cls, opts.model_args, opts.model_label))
     index = TaskIndex.scan(opts.include_paths)
     tasks = [index.load(name) for name in index.resolve(opts.tasks)]
     docs: dict[str, list[dict[str, Any]]] = {}

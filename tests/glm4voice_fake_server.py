@@ -19,8 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from baselines.glm4voice import GLM4Voice
-from baselines.glm4voice_protocol import (
+from deeptalk_eval.models.glm4voice import GLM4Voice
+from deeptalk_eval.models.glm4voice_protocol import (
     ASSISTANT_PREFIX,
     AUDIO_TOKEN_0,
     DECODER_SAMPLE_RATE,

@@ -26,6 +26,10 @@ def _tone(text: str, seconds: float = 0.25) -> Audio:
     return Audio(0.3 * np.sin(2 * np.pi * freq * t), SAMPLE_RATE)
 
 
+def _prompt(req: Request) -> str:
+    return f"USER: {req.text or '<audio>'}\nASSISTANT:"
+
+
 class ScriptedModel(SpokenModel):
     name = "scripted"
     capabilities = Capabilities(text_in=True, audio_in=True, text_out=True, audio_out=True,
@@ -68,8 +72,7 @@ class ScriptedModel(SpokenModel):
         self._log_call(req)
         audio = None if (self.no_audio or req.output_modality == "text") else _tone(text)
         return Response(text=text if req.output_modality != "speech" else None, audio=audio,
-                        timings={"total": self.delay}, tokens={"text": len(text.split())},
-                        prompt=f"USER: {req.text or '<audio>'}\nASSISTANT:")
+                        timings={"total": self.delay}, tokens={"text": len(text.split())}, prompt=_prompt(req))
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         # One failing id fails the whole batch, as a real batched model would.
@@ -90,7 +93,8 @@ class ScriptedModel(SpokenModel):
             if request.output_modality != "text" and not self.no_audio:
                 yield StreamEvent("audio", time.monotonic(), audio=_tone(w, 0.1))
         self._log_call(request)
-        yield StreamEvent("end", max(time.monotonic(), start))
+        yield StreamEvent("end", max(time.monotonic(), start), info={
+            "prompt": _prompt(request), "tokens": {"text": len(text.split())}, "stop_reason": "end_of_text"})
 
     def loglikelihood(self, pairs):
         out = []

@@ -49,9 +49,9 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adapter(tiny_checkpoint):
-    from deeptalk_eval.adapters.deeptalk import DeepTalkModel
+    from deeptalk_eval.models.deeptalk import DeepTalkAdapter
 
-    return DeepTalkModel(path=str(tiny_checkpoint), max_speech_steps="12", first_chunk_frames="2", chunk_frames="4")
+    return DeepTalkAdapter(path=str(tiny_checkpoint), max_speech_steps=12, first_chunk_frames=2, chunk_frames=4)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,13 @@ def question_audio():
 
 
 def test_default_checkpoint_missing_is_a_clear_error(monkeypatch, tmp_path):
-    import deeptalk_eval.adapters.deeptalk as mod
+    import deeptalk_eval.models.deeptalk as mod
     from deeptalk_eval.errors import UsageError
 
     monkeypatch.setattr(mod, "DEFAULT_CHECKPOINT", tmp_path / "checkpoints" / "reference")
     # a user mistake (partial checkout, wrong path=): the CLI's one line and exit 2
     with pytest.raises(UsageError, match="checkpoints/reference does not exist.*deeptalk-train --recipe reference"):
-        mod.DeepTalkModel()
+        mod.DeepTalkAdapter()
 
 
 def test_text_to_text(adapter):
@@ -157,7 +157,7 @@ def test_describe_records_setup(adapter, monkeypatch):
 
 
 def test_stop_cut_never_takes_back_shown_text():
-    from deeptalk_eval.adapters.deeptalk import _StopCut
+    from deeptalk_eval.models.deeptalk import _StopCut
 
     cut = _StopCut(["\n\n", "Q:"])
     assert [cut.push(d) for d in ("The answer", " is 4.\n", "\n", "Q: next")] == ["The answer", " is 4.\n", "", ""]

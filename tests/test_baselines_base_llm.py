@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from baselines.base_llm import BaseLLM
+from deeptalk_eval.models.text_llm import BaseLLM
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
 
 PAIRS = [
@@ -36,7 +36,7 @@ def loaded():
 @pytest.fixture(scope="module")
 def llm(loaded):
     model, tok = loaded
-    return BaseLLM(model=model, tokenizer=tok, batch_size=3)
+    return BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=3)
 
 
 def _hflm(model, tok, **kw):
@@ -68,7 +68,7 @@ def test_loglikelihood_matches_lm_eval_hflm(loaded, llm):
 def test_rolling_loglikelihood_matches_lm_eval_with_left_truncation(loaded):
     model, tok = loaded
     # A short max_length forces several rolling windows (and left truncation of their context).
-    ours = BaseLLM(model=model, tokenizer=tok, max_length=16, batch_size=4).loglikelihood_rolling(TEXTS)
+    ours = BaseLLM(model=model, tokenizer=tok, max_length=16, loglikelihood_batch_size=4).loglikelihood_rolling(TEXTS)
     ref = _hflm(model, tok, max_length=16).loglikelihood_rolling(
         _instances("loglikelihood_rolling", [(t,) for t in TEXTS]), disable_tqdm=True)
     assert ours == pytest.approx(ref, abs=2e-3)
@@ -80,8 +80,8 @@ def test_rolling_loglikelihood_matches_lm_eval_with_left_truncation(loaded):
 
 def test_scores_do_not_depend_on_batch_size(loaded):
     model, tok = loaded
-    one = BaseLLM(model=model, tokenizer=tok, batch_size=1).loglikelihood(PAIRS)
-    many = BaseLLM(model=model, tokenizer=tok, batch_size="8").loglikelihood(PAIRS)
+    one = BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=1).loglikelihood(PAIRS)
+    many = BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=8).loglikelihood(PAIRS)
     assert [a for a, _ in one] == pytest.approx([a for a, _ in many], abs=1e-4)
 
 
@@ -134,12 +134,25 @@ def test_stream_events_are_timed_in_order(llm):
 
 
 def test_closing_a_stream_stops_generation(llm):
-    stats = {}
+    steps = []
+    hook = llm.model.register_forward_hook(lambda *_: steps.append(1))  # one forward pass per token
     req = Request(id="c", text="Write a long essay about the history of Rome.", options=GenerationOptions(max_new_tokens=300))
-    events = llm.stream(req, stats)
-    next(e for e in events if e.kind == "text")
-    events.close()  # the listener went away: the background generate() must end, not run to 300 tokens
-    assert 0 < stats["completion_tokens"] < 60
+    try:
+        events = llm.stream(req)
+        next(e for e in events if e.kind == "text")
+        events.close()  # the listener went away: the background generate() must end, not run to 300 tokens
+    finally:
+        hook.remove()
+    assert 0 < len(steps) < 60
+
+
+def test_the_end_event_carries_what_generate_records(llm):
+    req = Request(id="e", text="Say hello.", options=GenerationOptions(max_new_tokens=6))
+    end = list(llm.stream(req))[-1]
+    (resp,) = llm.generate([req])
+    assert end.kind == "end" and end.info["prompt"] == resp.prompt and end.info["tokens"] == resp.tokens
+    assert resp.tokens["prompt"] > 0 and 0 < resp.tokens["completion"] <= 6
+    assert resp.extra == {"stopped_by": "eos_or_max_new_tokens", "seed": None, "sampled": False}
 
 
 def test_bad_input_is_refused(llm):
@@ -149,20 +162,22 @@ def test_bad_input_is_refused(llm):
         llm.generate([Request(id="b", text="hi", output_modality="speech")])
     with pytest.raises(ValueError, match="dtype='float8'"):
         BaseLLM(dtype="float8", model=llm.model, tokenizer=llm.tokenizer)
-    with pytest.raises(ValueError, match="batch_size='many'"):
-        BaseLLM(batch_size="many", model=llm.model, tokenizer=llm.tokenizer)
+    with pytest.raises(ValueError, match="loglikelihood_batch_size=0 must be >= 1"):
+        BaseLLM(loglikelihood_batch_size=0, model=llm.model, tokenizer=llm.tokenizer)
 
 
 def test_fingerprint_tracks_weights_and_options(loaded, llm):
     model, tok = loaded
-    other = BaseLLM(model=model, tokenizer=tok, max_length="64")
+    other = BaseLLM(model=model, tokenizer=tok, max_length=64)
     assert llm.weights_sha256() == other.weights_sha256()  # same weights, hashed independently
     assert llm.fingerprint() != other.fingerprint()  # different options
+    # the scoring batch changes how it runs, not what it answers
+    assert BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=5).fingerprint() == llm.fingerprint()
     assert llm.describe()["parameters"] == sum(p.numel() for p in model.parameters())
 
 
 def test_a_stalled_generation_is_a_named_timeout():
-    from baselines.base_llm import _named_timeout, _TimedStreamer
+    from deeptalk_eval.models.text_llm import _named_timeout, _TimedStreamer
 
     streamer = _TimedStreamer(None, timeout=0.05)  # nothing will ever be produced
     with pytest.raises(TimeoutError, match="request q7: the LLM produced no token for 0.05 s"):

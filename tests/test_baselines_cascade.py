@@ -10,7 +10,7 @@ import jiwer
 import numpy as np
 import pytest
 
-from baselines.cascade import Cascade, SentenceBuffer, parse_tts_spec
+from deeptalk_eval.models.cascade import Cascade, SentenceBuffer, parse_tts_spec
 from deeptalk_eval.api import Audio, GenerationOptions, Request, UnsupportedRequest
 
 
@@ -73,8 +73,7 @@ def test_speech_in_text_and_speech_out(cascade):
 def test_stream_speaks_first_sentence_before_the_llm_is_done(cascade):
     req = Request(id="s1", text="Tell me about Paris in three short sentences.", output_modality="both",
                   options=GenerationOptions(max_new_tokens=48))
-    stats = {}
-    events = list(cascade.stream(req, stats))
+    events = list(cascade.stream(req))
     kinds = [e.kind for e in events]
     assert kinds[-1] == "end" and "asr_done" not in [e.name for e in events]  # text in: no ASR
     played = [e for e in events if e.kind in ("text", "audio")]
@@ -82,7 +81,7 @@ def test_stream_speaks_first_sentence_before_the_llm_is_done(cascade):
     marks = {e.name: e.t for e in events if e.kind == "mark"}
     audio = [e for e in events if e.kind == "audio"]
     # One chunk per spoken sentence, each after the text that completed it.
-    assert len(audio) == len(stats["spoken_sentences"]) >= 2
+    assert len(audio) == len(events[-1].info["spoken_sentences"]) >= 2  # the end says what it spoke
     for ev in audio:
         before = "".join(e.text for e in events[: events.index(ev)] if e.kind == "text")
         assert any(c in before for c in ".!?\n")

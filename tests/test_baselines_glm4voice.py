@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from baselines.glm4voice import GLM4Voice, GLM4VoiceConfigError
-from baselines.glm4voice_protocol import (
+from deeptalk_eval.models.glm4voice import GLM4Voice, GLM4VoiceConfigError
+from deeptalk_eval.models.glm4voice_protocol import (
     DECODER_BLOCK_SIZES,
     GLM4VoiceServerError,
     build_prompt,
@@ -201,8 +201,10 @@ def test_missing_parts_say_what_and_where(server):
     model = GLM4Voice(url=server.url, text_tokenizer=WordTokenizer(), flow_path="/x")
     with pytest.raises(GLM4VoiceConfigError, match="repo_path=/path/to/GLM-4-Voice"):
         model.generate([Request(id="x", text="hi", output_modality="speech")])
-    with pytest.raises(ValueError, match="trust_remote_code='maybe'"):
-        GLM4Voice(url=server.url, trust_remote_code="maybe")
+    from deeptalk_eval.model_args import bind_model_args
+
+    with pytest.raises(ValueError, match="trust_remote_code='maybe' is not a boolean"):  # read by its declared type
+        bind_model_args(GLM4Voice, {"url": server.url, "trust_remote_code": "maybe"}, "glm4voice")
 
 
 def test_unreachable_server_and_server_error(tokenizer):
@@ -227,10 +229,10 @@ def test_unsupported_requests_are_refused(server, tokenizer):
 
 
 def test_fingerprint_changes_with_args(server, tokenizer):
-    a = GLM4Voice(url=server.url, text_tokenizer=tokenizer, temperature="0.2")
-    b = GLM4Voice(url=server.url, text_tokenizer=tokenizer, temperature="0.3")
+    a = GLM4Voice(url=server.url, text_tokenizer=tokenizer, temperature=0.2)
+    b = GLM4Voice(url=server.url, text_tokenizer=tokenizer, temperature=0.3)
     assert a.fingerprint() != b.fingerprint() and a.fingerprint() == GLM4Voice(
-        url=server.url, text_tokenizer=tokenizer, temperature="0.2").fingerprint()
+        url=server.url, text_tokenizer=tokenizer, temperature=0.2).fingerprint()
     assert a.describe()["server"] == server.url + "/generate_stream"
 
 

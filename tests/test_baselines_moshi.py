@@ -28,9 +28,9 @@ def checkpoint(tmp_path_factory, one_torch_thread):
 
 @pytest.fixture(scope="module")
 def moshi(checkpoint):
-    from baselines.moshi import Moshi
+    from deeptalk_eval.models.moshi import Moshi
 
-    return Moshi(path=str(checkpoint), answer_seconds=str(ANSWER_S))
+    return Moshi(path=str(checkpoint), answer_seconds=ANSWER_S)
 
 
 def test_capabilities_and_defaults(moshi):
@@ -92,9 +92,9 @@ def test_seeded_and_cacheable(moshi):
 
 
 def test_sampling_follows_the_request_when_asked(checkpoint):
-    from baselines.moshi import Moshi
+    from deeptalk_eval.models.moshi import Moshi
 
-    m = Moshi(path=str(checkpoint), answer_seconds="0.5", sampling="request")
+    m = Moshi(path=str(checkpoint), answer_seconds=0.5, sampling="request")
     hot = Request("q", audio=tone(0.4, 16000), output_modality="both",
                   options=GenerationOptions(temperature=1.0, seed=3))
     a, b = m.generate([hot]), m.generate([hot])
@@ -103,7 +103,7 @@ def test_sampling_follows_the_request_when_asked(checkpoint):
 
 
 def test_refusals_are_clear(moshi, checkpoint):
-    from baselines.moshi import Moshi
+    from deeptalk_eval.models.moshi import Moshi
 
     with pytest.raises(UnsupportedRequest, match="speech only"):
         moshi.generate([Request("t", text="hello")])
@@ -116,7 +116,7 @@ def test_refusals_are_clear(moshi, checkpoint):
     with pytest.raises(UsageError, match="no such folder"):
         Moshi(path="./no/such/moshi")
     with pytest.raises(UsageError, match="answer_seconds"):
-        Moshi(path=str(checkpoint), answer_seconds="0")
+        Moshi(path=str(checkpoint), answer_seconds=0)
     with pytest.raises(UsageError, match="sampling='greedy'"):
         Moshi(path=str(checkpoint), sampling="greedy")
 

@@ -29,7 +29,7 @@ def checkpoints(tmp_path_factory, one_torch_thread):
 
 @pytest.fixture(scope="module")
 def adapters(checkpoints):
-    from baselines.qwen_omni import Qwen3Omni, Qwen25Omni
+    from deeptalk_eval.models.qwen_omni import Qwen3Omni, Qwen25Omni
 
     return {"qwen2_5_omni": Qwen25Omni(path=str(checkpoints["qwen2_5_omni"]), talker_max_new_tokens=TALKER_STEPS),
             "qwen3_omni": Qwen3Omni(path=str(checkpoints["qwen3_omni"]), talker_max_new_tokens=TALKER_STEPS)}
@@ -139,7 +139,7 @@ def test_refusals_are_clear(adapters, family):
 
 
 def test_speaker_and_setup_errors(checkpoints):
-    from baselines.qwen_omni import Qwen3Omni, Qwen25Omni
+    from deeptalk_eval.models.qwen_omni import Qwen3Omni, Qwen25Omni
 
     with pytest.raises(UsageError, match=r"speaker='Nobody'.*\['Chelsie', 'Ethan'\]"):
         Qwen25Omni(path=str(checkpoints["qwen2_5_omni"]), speaker="Nobody")
@@ -149,7 +149,7 @@ def test_speaker_and_setup_errors(checkpoints):
         Qwen25Omni(path="/no/such/qwen")
     with pytest.raises(UsageError, match="dtype='float8'"):
         Qwen25Omni(path=str(checkpoints["qwen2_5_omni"]), dtype="float8")
-    text_only = Qwen3Omni(path=str(checkpoints["qwen3_omni"]), speaker="CHELSIE", talker="false")
+    text_only = Qwen3Omni(path=str(checkpoints["qwen3_omni"]), speaker="CHELSIE", talker=False)
     assert text_only.speaker == "chelsie" and not hasattr(text_only.model, "talker")
     with pytest.raises(UsageError, match="talker=false"):
         text_only.generate([Request("v", text="hi", output_modality="speech")])

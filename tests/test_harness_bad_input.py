@@ -148,7 +148,7 @@ def test_validate_and_list(cli, test_tasks, tmp_path):
     code, out, _ = cli("list", "tasks", "--include-path", test_tasks)
     assert code == 0 and "echo_qa" in out and "echo_stream" in out
     code, out, _ = cli("list", "models")
-    assert code == 0 and "baselines.cascade:Cascade" in out
+    assert code == 0 and "deeptalk_eval.models.cascade:Cascade" in out
     code, out, _ = cli("list", "groups", "--include-path", test_tasks)
     assert code == 0 and "echo" in out and "all" in out
 

@@ -10,7 +10,8 @@ import pytest
 from deeptalk_eval.aggregate import aggregate_metric, aggregate_task
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Response
 from deeptalk_eval.cache import ResponseCache, request_key
-from deeptalk_eval.registry import TaskIndex, UsageError, model_class, parse_model_args
+from deeptalk_eval.model_args import parse_model_args
+from deeptalk_eval.registry import TaskIndex, UsageError, model_class
 from deeptalk_eval.runner import shard_of
 from deeptalk_eval.taskconfig import MetricSpec
 
@@ -117,7 +118,8 @@ def test_entry_points_register_tasks_and_models(tmp_path, monkeypatch):
 def test_model_path_and_args():
     cls = model_class(None, SCRIPTED)
     assert cls.__name__ == "ScriptedModel"
-    assert parse_model_args("a=1,b=0.5,c=true,d=text,e=") == {"a": 1, "b": 0.5, "c": True, "d": "text", "e": ""}
+    # text as given: each value is read later by the type the adapter declares
+    assert parse_model_args("a=1,b=0.5,c=true,d=text,e=") == {"a": "1", "b": "0.5", "c": "true", "d": "text", "e": ""}
     with pytest.raises(UsageError, match="not a deeptalk_eval.api.SpokenModel"):
         model_class(None, "json:dumps")
 

@@ -87,7 +87,9 @@ def test_unknown_task(tmp_path):
 
 
 @pytest.mark.parametrize("model_args, words", [
-    ("colour=red", ["no argument 'colour'", "fail_ids"]),  # checked against the adapter's signature
+    # read by the adapter's declared arguments, which the line lists with their types
+    ("colour=red", ["no argument 'colour'", "fail_ids: str", "delay: float", "no_audio: bool"]),
+    ("delay=soon", ["model", "delay='soon' is not a number", "fail_ids: str"]),
     ("novalue", ["'novalue' is not key=value"]),
 ])
 def test_bad_model_args(tmp_path, model_args, words):
@@ -97,10 +99,17 @@ def test_bad_model_args(tmp_path, model_args, words):
     assert not list((tmp_path / "out").glob("*/*.json"))
 
 
-def test_bad_model_arg_value_from_the_adapter(tmp_path):
+def test_bad_model_arg_value_of_a_builtin_model(tmp_path):
     proc = run_subprocess("--model", "glm4voice", "--model-args", "url=http://127.0.0.1:1,timeout=soon",
                           "--tasks", "spoken_qa", "--limit", "1", "--output-dir", tmp_path)
-    assert_user_error(proc, "model arg timeout='soon' is not a number")
+    assert_user_error(proc, "model glm4voice: timeout='soon' is not a number", "url: str | None", "timeout: float")
+
+
+def test_the_old_batch_size_model_arg_says_what_to_use(tmp_path):
+    proc = run_subprocess("--model", "deeptalk", "--model-args", "batch_size=4", "--tasks", "spoken_qa",
+                          "--limit", "1", "--output-dir", tmp_path)
+    assert_user_error(proc, "model deeptalk has no argument 'batch_size'", "the --batch-size flag",
+                      "loglikelihood_batch_size=N")
 
 
 def test_bad_option_value_is_one_line(tmp_path):
@@ -131,7 +140,7 @@ def test_a_set_up_mistake_met_during_generation_stops_the_run(tmp_path):
     adapter.write_text(f"""import sys
 sys.path.insert(0, {str(TESTS)!r})
 from glm4voice_fake_server import FakeGLM4VoiceServer, WordTokenizer
-from baselines.glm4voice import GLM4Voice
+from deeptalk_eval.models.glm4voice import GLM4Voice
 
 
 class NoTokenizer(GLM4Voice):
@@ -242,17 +251,19 @@ class BuggyInit(SpokenModel):
 """
 
 
-@pytest.mark.parametrize("adapter, error, exit_code", [
+@pytest.mark.parametrize("adapter, model_args, error, exit_code", [
     # each sample fails (recorded), every sample failed -> exit 1; the first one's traceback is shown
-    ("BuggyGenerate", "AttributeError: 'str' object has no attribute 'uppercased'", 1),
-    # an exception escaping the constructor is Python's own: traceback, exit 1
-    ("BuggyInit", "TypeError: int() argument must be", 1),
+    ("BuggyGenerate", "", "AttributeError: 'str' object has no attribute 'uppercased'", 1),
+    # an exception escaping the constructor is Python's own, well-typed arguments or not: traceback, exit 1
+    ("BuggyInit", "", "TypeError: int() argument must be", 1),
+    ("BuggyInit", "size=4", "TypeError: int() argument must be", 1),
 ])
-def test_a_bug_keeps_its_traceback(tmp_path, adapter, error, exit_code):
+def test_a_bug_keeps_its_traceback(tmp_path, adapter, model_args, error, exit_code):
     path = tmp_path / "buggy.py"
     path.write_text(BUGGY_ADAPTERS)
     proc = run_subprocess("--model-path", f"{path}:{adapter}", "--include-path", TEST_TASKS, "--tasks", "echo_fast",
-                          "--limit", "3", "--output-dir", tmp_path / "out", "--no-progress")
+                          "--model-args", model_args, "--limit", "3", "--output-dir", tmp_path / "out",
+                          "--no-progress")
     assert proc.returncode == exit_code, proc.stderr
     assert "Traceback (most recent call last)" in proc.stderr
     assert f'File "{path}"' in proc.stderr and error in proc.stderr  # where the bug is

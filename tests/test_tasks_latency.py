@@ -1,13 +1,15 @@
-"""The latency scorer on hand-made event logs, and the harness-side clock of record_stream."""
+"""The latency scorer on hand-made event logs, the harness-side clock of record_stream, and the
+end event's info kept by both folds of a stream (collect_stream for generate, record_stream)."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from deeptalk_eval.api import Audio, Response, StreamEvent
+from deeptalk_eval.api import Audio, Response, StreamEvent, collect_stream
 from deeptalk_eval.scoring.base import SampleView, ScoringContext, get_scorer
 from deeptalk_eval.scoring.latency import latency_metrics, record_stream
 
@@ -148,3 +150,29 @@ def test_latency_task_marks_exactly_one_cold_doc():
     docs = load_docs(cfg)
     assert cfg.kind == "stream" and len(docs) >= 20
     assert [d["cold"] for d in docs].count(True) == 1 and docs[0]["cold"] is True
+
+
+def _answer_with_end_info():
+    yield StreamEvent("text", time.monotonic(), text="Hi")
+    yield StreamEvent("end", time.monotonic(), info={"prompt": "USER: hi", "tokens": {"prompt": 3, "completion": 1},
+                                                     "stop_reason": "eos"})
+
+
+def test_both_folds_keep_what_the_end_event_knows():
+    for resp in (collect_stream(_answer_with_end_info()), record_stream(_answer_with_end_info(), time.monotonic())):
+        assert resp.text == "Hi" and resp.prompt == "USER: hi" and resp.tokens == {"prompt": 3, "completion": 1}
+        assert resp.extra["stop_reason"] == "eos"
+    assert [e["kind"] for e in record_stream(_answer_with_end_info(), time.monotonic()).extra["events"]] == \
+        ["text", "end"]
+
+
+def test_latency_samples_log_the_end_info(cli, scripted, test_tasks, tmp_path):
+    code, _, err = cli("--model-path", scripted, "--include-path", test_tasks, "--tasks", "echo_stream", "--limit", "2",
+                       "--log-samples", "--output-dir", tmp_path, "--no-progress")
+    assert code == 0, err
+    (results,) = tmp_path.glob("*/*.json")
+    r = json.loads(results.read_text())
+    (log,) = [results.parent / f for f in r["samples_files"].values()]
+    out = json.loads(log.read_text().splitlines()[0])["output"]
+    assert out["prompt"].startswith("USER: ") and out["tokens"]["text"] >= 1
+    assert out["extra"]["stop_reason"] == "end_of_text" and out["extra"]["events"][-1]["kind"] == "end"

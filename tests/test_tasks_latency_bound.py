@@ -14,13 +14,13 @@ LATENCY = Path(__file__).resolve().parents[1] / "tasks" / "latency" / "latency_s
 
 
 def _adapter_config(cap: int, request: Request):
-    """DeepTalkModel._config on a bare adapter: no checkpoint needed for the mapping."""
+    """DeepTalkAdapter._config on a bare adapter: no checkpoint needed for the mapping."""
     from deeptalk.generate import StreamConfig
-    from deeptalk_eval.adapters.deeptalk import DeepTalkModel
+    from deeptalk_eval.models.deeptalk import DeepTalkAdapter
 
-    m = object.__new__(DeepTalkModel)
+    m = object.__new__(DeepTalkAdapter)
     m.stream_config = StreamConfig(max_speech_steps=cap)
-    return DeepTalkModel._config(m, request)
+    return DeepTalkAdapter._config(m, request)
 
 
 def test_latency_task_bounds_spoken_answers():

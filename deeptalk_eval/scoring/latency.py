@@ -2,8 +2,9 @@
 
 The harness measures, the model only yields timed events. `record_stream` iterates an
 adapter's `stream(request)`, stamps every event with the harness's own monotonic clock on
-receipt (relative to the moment the full input was handed over) and keeps a compact event
-log in `Response.extra["events"]`:
+receipt (relative to the moment the full input was handed over), folds the stream into a
+`Response` as `collect_stream` does for `generate` (so the end event's prompt, token counts
+and facts are kept as well) and keeps a compact event log in `Response.extra["events"]`:
 
     {"kind": "text",  "t_rel": 0.21, "n_chars": 5}
     {"kind": "audio", "t_rel": 0.34, "n_samples": 4800, "sr": 24000, "rms": 0.061}
@@ -41,7 +42,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from deeptalk_eval.api import Audio, Response, StreamEvent
+from deeptalk_eval.api import Response, StreamEvent, collect_stream
 from deeptalk_eval.scoring.base import SampleView, ScoringContext, register_scorer
 
 SILENCE_RMS = 0.01  # chunk RMS at or below this counts as silence (~ -40 dBFS for float audio)
@@ -74,37 +75,38 @@ def record_stream(events: Iterator[StreamEvent], start: float, clock=time.monoto
     (the same monotonic clock when the adapter runs in this process).
     """
     log: list[dict[str, Any]] = []
-    texts: list[str] = []
-    chunks: list[np.ndarray] = []
-    sr = None
-    for ev in events:
-        now = clock() - start
-        if ev.kind == "text":
-            if ev.text:
-                texts.append(ev.text)
-                log.append({"kind": "text", "t_rel": now, "n_chars": len(ev.text)})
-        elif ev.kind == "audio":
-            if ev.audio is None or ev.audio.samples.size == 0:
-                continue
-            if sr is not None and ev.audio.sample_rate != sr:
-                raise ValueError(f"audio chunks of one stream changed sample rate ({sr} -> {ev.audio.sample_rate})")
-            sr = ev.audio.sample_rate
-            chunks.append(ev.audio.samples)
-            log.append({"kind": "audio", "t_rel": now, "n_samples": int(ev.audio.samples.size),
-                        "sr": sr, "rms": rms(ev.audio.samples)})
-        elif ev.kind == "mark":
-            log.append({"kind": "mark", "t_rel": float(ev.t - start), "name": ev.name, "t_recv": now})
-        elif ev.kind == "end":
-            log.append({"kind": "end", "t_rel": now})
-        else:
-            raise ValueError(f"unknown stream event kind {ev.kind!r}")
+
+    def logged() -> Iterator[StreamEvent]:
+        sr = None
+        for ev in events:
+            now = clock() - start
+            if ev.kind == "text":
+                if ev.text:
+                    log.append({"kind": "text", "t_rel": now, "n_chars": len(ev.text)})
+            elif ev.kind == "audio":
+                if ev.audio is None or ev.audio.samples.size == 0:
+                    continue
+                if sr is not None and ev.audio.sample_rate != sr:
+                    raise ValueError(f"audio chunks of one stream changed sample rate ({sr} -> {ev.audio.sample_rate})")
+                sr = ev.audio.sample_rate
+                log.append({"kind": "audio", "t_rel": now, "n_samples": int(ev.audio.samples.size),
+                            "sr": sr, "rms": rms(ev.audio.samples)})
+            elif ev.kind == "mark":
+                log.append({"kind": "mark", "t_rel": float(ev.t - start), "name": ev.name, "t_recv": now})
+            elif ev.kind == "end":
+                log.append({"kind": "end", "t_rel": now})
+            else:
+                raise ValueError(f"unknown stream event kind {ev.kind!r}")
+            yield ev
+
+    resp = collect_stream(logged(), start)
     if not log or log[-1]["kind"] != "end":
         log.append({"kind": "end", "t_rel": clock() - start})  # the stream was exhausted
-    timings = {k: v for k, v in latency_metrics(log).items()
-               if k in ("ttft", "ttfa", "gen_time") and v is not None}
-    return Response(text="".join(texts) if texts else None,
-                    audio=Audio(np.concatenate(chunks), sr) if chunks else None,
-                    timings=timings, extra={"events": log})
+    # the harness's clock, not the model's stamps
+    resp.timings = {k: v for k, v in latency_metrics(log).items()
+                    if k in ("ttft", "ttfa", "gen_time") and v is not None}
+    resp.extra["events"] = log
+    return resp
 
 
 def latency_metrics(events: list[dict[str, Any]], silence_rms: float = SILENCE_RMS,

@@ -51,19 +51,6 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from baselines import to_bool, to_int
-from baselines.base_llm import BaseLLM, TextPathScoring
-from baselines.hf_speech import (
-    args_digest,
-    check_path,
-    checkpoint_digest,
-    load_errors,
-    load_failure,
-    load_processor,
-    nonstreaming_events,
-    resample,
-    resolve_device_dtype,
-)
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -75,6 +62,18 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.hf_speech import (
+    args_digest,
+    check_path,
+    checkpoint_digest,
+    load_errors,
+    load_failure,
+    load_processor,
+    nonstreaming_events,
+    resample,
+    resolve_device_dtype,
+)
+from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
 OUTPUT_SAMPLE_RATE = 24000  # both talkers' waveforms (Qwen's model cards: 24 kHz)
 QWEN25_SYSTEM_PROMPT = (
@@ -98,17 +97,17 @@ class _QwenOmni(TextPathScoring, SpokenModel):
     model_system_prompt: ClassVar[str | None]
 
     def __init__(self, path: str | None = None, dtype: str = "auto", device: str = "auto",
-                 speaker: str | None = None, system: str | None = None, talker: bool | str = True,
-                 talker_max_new_tokens: int | str = 4096, talker_do_sample: bool | str | None = None,
-                 seed: int | str = 0, batch_size: int | str = 8, max_length: int | str | None = None,
-                 attn_implementation: str | None = None, trust_remote_code: bool | str = False):
+                 speaker: str | None = None, system: str | None = None, talker: bool = True,
+                 talker_max_new_tokens: int = 4096, talker_do_sample: bool | None = None,
+                 seed: int = 0, loglikelihood_batch_size: int = 8, max_length: int | None = None,
+                 attn_implementation: str | None = None, trust_remote_code: bool = False):
         path = str(path or self.default_path)
         speaker = speaker or self.default_speaker
         system = system or self.default_system_policy
         super().__init__(path=path, dtype=dtype, device=device, speaker=speaker, system=system, talker=talker,
                          talker_max_new_tokens=talker_max_new_tokens, talker_do_sample=talker_do_sample, seed=seed,
-                         batch_size=batch_size, max_length=max_length, attn_implementation=attn_implementation,
-                         trust_remote_code=trust_remote_code)
+                         loglikelihood_batch_size=loglikelihood_batch_size, max_length=max_length,
+                         attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         import torch
         import transformers
 
@@ -117,11 +116,11 @@ class _QwenOmni(TextPathScoring, SpokenModel):
         self.path = path
         self.system_policy = system
         self.device, self.dtype = resolve_device_dtype(device, dtype)
-        self.use_talker = to_bool(talker, "talker")
-        self.talker_max_new_tokens = to_int(talker_max_new_tokens, "talker_max_new_tokens")
-        self.talker_do_sample = None if talker_do_sample is None else to_bool(talker_do_sample, "talker_do_sample")
-        self.seed = to_int(seed, "seed")
-        self.trust_remote_code = to_bool(trust_remote_code, "trust_remote_code")
+        self.use_talker = talker
+        self.talker_max_new_tokens = talker_max_new_tokens
+        self.talker_do_sample = talker_do_sample
+        self.seed = seed
+        self.trust_remote_code = trust_remote_code
         model_cls = getattr(transformers, self.model_class_name)
         processor_cls = getattr(transformers, self.processor_class_name)
         kw: dict[str, Any] = {"dtype": self.dtype, "trust_remote_code": self.trust_remote_code}
@@ -148,9 +147,9 @@ class _QwenOmni(TextPathScoring, SpokenModel):
         self.tokenizer = self.processor.tokenizer
         self.feature_extractor = self.processor.feature_extractor
         text_config = self.model.config.thinker_config.get_text_config()
-        self.text_scorer = BaseLLM(path=path, device=str(self.device), batch_size=batch_size, model=self.model.thinker,
-                                   tokenizer=self.tokenizer,
-                                   max_length=to_int(max_length, "max_length") or text_config.max_position_embeddings)
+        self.text_scorer = BaseLLM(path=path, device=str(self.device), loglikelihood_batch_size=loglikelihood_batch_size,
+                                   model=self.model.thinker, tokenizer=self.tokenizer,
+                                   max_length=max_length or text_config.max_position_embeddings)
         self._digest: str | None = None
         torch.manual_seed(self.seed)
 
@@ -300,7 +299,6 @@ class _QwenOmni(TextPathScoring, SpokenModel):
         with torch.no_grad():
             result = self.model.generate(**inputs, **gen)
         ids, wav = self._split_result(result, want_audio)
-        t_done = time.monotonic()
         prompt_len = int(inputs["input_ids"].shape[1])
         new = ids[0, prompt_len:].tolist()
         eos = self._eos_ids()
@@ -329,27 +327,24 @@ class _QwenOmni(TextPathScoring, SpokenModel):
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
-    def stream(self, request: Request, _info: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
         """The whole answer when `generate` returns: mark `inputs_ready` (processor done), then
-        text, audio and end, stamped at return. Not a streaming model: see the module doc."""
+        text, audio and end (prompt, tokens and the extra facts), stamped at return. Not a
+        streaming model: see the module doc."""
         text, audio, marks, extra, prompt, tokens = self._run(request)
-        if _info is not None:
-            _info.update(extra=extra, prompt=prompt, tokens=tokens)
         yield from nonstreaming_events(text if request.output_modality != "speech" else None, audio,
-                                       time.monotonic(), marks)
+                                       time.monotonic(), marks, info={"prompt": prompt, "tokens": tokens, **extra})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
         for r in requests:  # batch size 1: see the module doc
-            info: dict[str, Any] = {}
-            resp = collect_stream(self.stream(r, info), start=time.monotonic())
+            resp = collect_stream(self.stream(r))
             if r.output_modality in ("text", "both"):
                 resp.text = resp.text or ""
             if r.output_modality == "speech":
                 resp.text = None
             if r.output_modality in ("speech", "both") and resp.audio is None:
                 resp.audio = Audio(np.zeros(0, np.float32), OUTPUT_SAMPLE_RATE)
-            resp.prompt, resp.tokens, resp.extra = info["prompt"], info["tokens"], info["extra"]
             out.append(resp)
         return out
 
@@ -360,7 +355,7 @@ class Qwen25Omni(_QwenOmni):
     model_args: path (Qwen/Qwen2.5-Omni-7B), dtype (auto: bfloat16 on CUDA, float32 on CPU),
     device (auto), speaker (Chelsie; or Ethan), system (model | task | model+task; default
     model), talker (true; false loads no talker: text out only), talker_max_new_tokens (4096),
-    talker_do_sample (the model's default, true), seed (0), batch_size (8, for scoring),
+    talker_do_sample (the model's default, true), seed (0), loglikelihood_batch_size (8),
     max_length (scoring context; default the thinker's max_position_embeddings),
     attn_implementation (e.g. flash_attention_2), trust_remote_code (false).
     """

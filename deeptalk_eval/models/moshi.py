@@ -50,17 +50,6 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from baselines import to_bool, to_float, to_int
-from baselines.hf_speech import (
-    args_digest,
-    check_path,
-    checkpoint_digest,
-    load_errors,
-    load_failure,
-    nonstreaming_events,
-    resample,
-    resolve_device_dtype,
-)
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -72,6 +61,16 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.hf_speech import (
+    args_digest,
+    check_path,
+    checkpoint_digest,
+    load_errors,
+    load_failure,
+    nonstreaming_events,
+    resample,
+    resolve_device_dtype,
+)
 
 SAMPLING = ("model", "request")
 
@@ -92,8 +91,8 @@ class Moshi(SpokenModel):
     default_path: ClassVar[str] = "kmhf/hf-moshiko"
 
     def __init__(self, path: str | None = None, dtype: str = "auto", device: str = "auto",
-                 answer_seconds: float | str = 10.0, sampling: str = "model", seed: int | str = 0,
-                 trust_remote_code: bool | str = False):
+                 answer_seconds: float = 10.0, sampling: str = "model", seed: int = 0,
+                 trust_remote_code: bool = False):
         path = str(path or self.default_path)
         super().__init__(path=path, dtype=dtype, device=device, answer_seconds=answer_seconds, sampling=sampling,
                          seed=seed, trust_remote_code=trust_remote_code)
@@ -105,11 +104,11 @@ class Moshi(SpokenModel):
         self.path = path
         self.sampling = sampling
         self.device, self.dtype = resolve_device_dtype(device, dtype)
-        self.answer_seconds = to_float(answer_seconds, "answer_seconds")
-        if not self.answer_seconds or self.answer_seconds <= 0:
+        if answer_seconds <= 0:
             raise UsageError(f"model arg answer_seconds={answer_seconds!r} must be > 0")
-        self.seed = to_int(seed, "seed")
-        trc = to_bool(trust_remote_code, "trust_remote_code")
+        self.answer_seconds = answer_seconds
+        self.seed = seed
+        trc = trust_remote_code
         check_path(path, "moshi")
         try:
             self.model = MoshiForConditionalGeneration.from_pretrained(
@@ -241,28 +240,24 @@ class Moshi(SpokenModel):
         )
         return text, answer, marks, extra, {"prompt_frames": prompt_frames, "text": len(ids), "text_words": len(words)}
 
-    def stream(self, request: Request, _info: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
         """The answer window when `generate` returns: mark `inputs_ready`, then the
-        inner-monologue text, the audio and the end, stamped at return. Not streaming."""
+        inner-monologue text, the audio and the end (prompt, tokens and the extra facts),
+        stamped at return. Not streaming."""
         text, audio, marks, extra, tokens = self._run(request)
-        if _info is not None:
-            _info.update(extra=extra, tokens=tokens)
         want_text = request.output_modality in ("text", "both")
         want_audio = request.output_modality in ("speech", "both")
+        prompt = f"<user audio: {tokens['prompt_frames']} frames> + <silence: {self.answer_frames} frames>"
         yield from nonstreaming_events(text if want_text else None, audio if want_audio else None,
-                                       time.monotonic(), marks)
+                                       time.monotonic(), marks, info={"prompt": prompt, "tokens": tokens, **extra})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
         for r in requests:  # one at a time
-            info: dict[str, Any] = {}
-            resp = collect_stream(self.stream(r, info), start=time.monotonic())
+            resp = collect_stream(self.stream(r))
             if r.output_modality in ("text", "both"):
                 resp.text = resp.text or ""
             if r.output_modality in ("speech", "both") and resp.audio is None:
                 resp.audio = Audio(np.zeros(0, np.float32), self.sample_rate)
-            frames = info["tokens"]["prompt_frames"]
-            resp.prompt = f"<user audio: {frames} frames> + <silence: {self.answer_frames} frames>"
-            resp.tokens, resp.extra = info["tokens"], info["extra"]
             out.append(resp)
         return out

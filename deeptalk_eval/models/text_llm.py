@@ -23,9 +23,8 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from baselines import to_bool, to_int
 from deeptalk_eval.api import (
     Capabilities,
     Request,
@@ -83,8 +82,9 @@ class BaseLLM(SpokenModel):
     """A dense HF causal LM: text in, text out, loglikelihoods for lm-eval tasks.
 
     model_args: path (default smollm2-135m-instruct), dtype (float32), device (cpu),
-    batch_size (8, for scoring), max_length (context limit for scoring; default from the
-    model config), chat_template (true: render requests with the tokenizer's template).
+    loglikelihood_batch_size (8: requests per scoring forward pass), max_length (context
+    limit for scoring; default from the model config), chat_template (true: render requests
+    with the tokenizer's template).
     `model=` / `tokenizer=` accept already-loaded objects (Python callers, tests).
     """
 
@@ -98,22 +98,22 @@ class BaseLLM(SpokenModel):
         path: str = "smollm2-135m-instruct",
         dtype: str = "float32",
         device: str = "cpu",
-        batch_size: int | str = 8,
-        max_length: int | str | None = None,
-        chat_template: bool | str = True,
-        model: Any = None,
-        tokenizer: Any = None,
+        loglikelihood_batch_size: int = 8,
+        max_length: int | None = None,
+        chat_template: bool = True,
+        model: torch.nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
     ):
-        super().__init__(path=path, dtype=dtype, device=device, batch_size=batch_size,
+        super().__init__(path=path, dtype=dtype, device=device, loglikelihood_batch_size=loglikelihood_batch_size,
                          max_length=max_length, chat_template=chat_template)
         if dtype not in DTYPES:
             raise UsageError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
         self.path = str(path)
         self.device = torch.device(device)
-        self.batch_size = to_int(batch_size, "batch_size")
-        if self.batch_size < 1:
-            raise UsageError(f"model arg batch_size={batch_size!r} must be >= 1")
-        self.use_chat_template = to_bool(chat_template, "chat_template")
+        if loglikelihood_batch_size < 1:
+            raise UsageError(f"model arg loglikelihood_batch_size={loglikelihood_batch_size!r} must be >= 1")
+        self.loglikelihood_batch_size = loglikelihood_batch_size
+        self.use_chat_template = chat_template
         if (model is None) != (tokenizer is None):
             raise ValueError("BaseLLM: pass both model= and tokenizer=, or neither")
         if model is None:
@@ -127,7 +127,7 @@ class BaseLLM(SpokenModel):
 
             self.max_length = resolve_max_length(self.model.config, tokenizer, default=DEFAULT_MAX_LENGTH)
         else:
-            self.max_length = to_int(max_length, "max_length")
+            self.max_length = max_length
         self._weights_sha: str | None = None
 
     # -- identity ---------------------------------------------------------------------------
@@ -142,7 +142,8 @@ class BaseLLM(SpokenModel):
         return self._weights_sha
 
     def fingerprint(self) -> str:
-        opts = {k: v for k, v in sorted(self.args.items()) if k != "device"}
+        # how it runs (device, scoring batch) does not change what it answers
+        opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "loglikelihood_batch_size")}
         return f"base_llm:{self.weights_sha256()[:16]}:{opts}:max_length={self.max_length}"
 
     def describe(self) -> dict[str, Any]:
@@ -206,9 +207,9 @@ class BaseLLM(SpokenModel):
             items.append((i, inp, cont))
         items.sort(key=lambda x: -len(x[1]))
         out: list[tuple[float, bool] | None] = [None] * len(items)
-        batches = range(0, len(items), self.batch_size)
+        batches = range(0, len(items), self.loglikelihood_batch_size)
         for b in tqdm(batches, desc=desc, disable=len(batches) < 4, unit="batch"):
-            batch = items[b:b + self.batch_size]
+            batch = items[b:b + self.loglikelihood_batch_size]
             width = len(batch[0][1])
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             mask = torch.zeros(len(batch), width, dtype=torch.long)
@@ -272,17 +273,17 @@ class BaseLLM(SpokenModel):
             eos.append(self.tokenizer.eos_token_id)
         return eos
 
-    def stream(self, request: Request, _stats: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
-        """Text deltas as they are decoded; marks "prefill_start", "first_token", "last_token"."""
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
+        """Text deltas as they are decoded; marks "prefill_start", "first_token", "last_token";
+        the end's info: prompt, tokens (prompt, completion), stopped_by, seed, sampled."""
         if request.output_modality != "text":
             raise UnsupportedRequest(f"request {request.id}: base_llm produces text only, not {request.output_modality}")
-        stats = _stats if _stats is not None else {}
         opts = request.options
         prompt = self.render_prompt(request)
         templated = (self.use_chat_template and not request.raw_prompt
                      and getattr(self.tokenizer, "chat_template", None))
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
-        stats.update(prompt=prompt, prompt_tokens=int(enc.input_ids.shape[1]))
+        stopped_by = "eos_or_max_new_tokens"
 
         streamer = _TimedStreamer(self.tokenizer, timeout=TOKEN_TIMEOUT_S)
         stop_flag = _StopFlag()
@@ -324,7 +325,7 @@ class BaseLLM(SpokenModel):
                     if cut:
                         yield StreamEvent("text", time.monotonic(), text=buf[:cut])
                     buf = ""
-                    stats["stopped_by"] = "stop_string"
+                    stopped_by = "stop_string"
                     break
                 ready = len(buf) - hold
                 if ready > 0:
@@ -334,7 +335,6 @@ class BaseLLM(SpokenModel):
             # After a stop string, or when the consumer stops listening, end generate() at its next step.
             stop_flag.event.set()
             thread.join()
-            stats["completion_tokens"] = len(streamer.token_times)
         if error:
             raise RuntimeError(f"request {request.id}: generation failed: {error[0]!r}") from error[0]
         if buf:
@@ -344,18 +344,15 @@ class BaseLLM(SpokenModel):
         if streamer.token_times:
             # Stamped when the model made it: a consumer that lagged behind (TTS) sees it later.
             yield StreamEvent("mark", streamer.token_times[-1], name="last_token")
-        stats.setdefault("stopped_by", "eos_or_max_new_tokens")
-        yield StreamEvent("end", time.monotonic())
+        tokens = {"prompt": int(enc.input_ids.shape[1]), "completion": len(streamer.token_times)}
+        yield StreamEvent("end", time.monotonic(), info={"prompt": prompt, "tokens": tokens, "stopped_by": stopped_by,
+                                                         "seed": opts.seed, "sampled": sample})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
         for r in requests:
-            stats: dict[str, Any] = {}
-            resp = collect_stream(self.stream(r, stats), start=time.monotonic())
+            resp = collect_stream(self.stream(r))
             resp.text = resp.text or ""
-            resp.prompt = stats.pop("prompt")
-            resp.tokens = {"prompt": stats.pop("prompt_tokens"), "completion": stats.pop("completion_tokens")}
-            resp.extra = {**stats, "seed": r.options.seed, "sampled": r.options.temperature > 0}
             out.append(resp)
         return out
 

@@ -205,7 +205,8 @@ def checkpoint_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def args_digest(args: dict[str, Any], skip: tuple[str, ...] = ("device",)) -> str:
+def args_digest(args: dict[str, Any], skip: tuple[str, ...] = ("device", "loglikelihood_batch_size")) -> str:
+    """The model args that may change answers (not where or in what batches it runs), hashed."""
     kept = {k: v for k, v in sorted(args.items()) if k not in skip}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -214,14 +215,15 @@ def args_digest(args: dict[str, Any], skip: tuple[str, ...] = ("device",)) -> st
 
 
 def nonstreaming_events(text: str | None, audio: Audio | None, t_done: float,
-                        marks: dict[str, float] | None = None) -> Iterator[StreamEvent]:
+                        marks: dict[str, float] | None = None,
+                        info: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
     """The events of an answer that arrived whole at `t_done` (the moment `generate` returned):
-    marks at their own times, then the text, the audio and the end, all stamped `t_done`. The
-    first audio of such a model is its whole answer."""
+    marks at their own times, then the text, the audio and the end (carrying `info`), all
+    stamped `t_done`. The first audio of such a model is its whole answer."""
     for name, t in (marks or {}).items():
         yield StreamEvent("mark", t, name=name)
     if text:
         yield StreamEvent("text", t_done, text=text)
     if audio is not None and audio.samples.size:
         yield StreamEvent("audio", t_done, audio=audio)
-    yield StreamEvent("end", time.monotonic())
+    yield StreamEvent("end", time.monotonic(), info=dict(info or {}))

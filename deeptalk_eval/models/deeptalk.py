@@ -20,8 +20,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from baselines import to_bool, to_int
-from baselines.base_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -33,6 +31,7 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "reference"
@@ -40,7 +39,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OUTPUTS = {"text": "text", "speech": "speech", "both": "both"}
 
 
-class DeepTalkModel(TextPathScoring, SpokenModel):
+class DeepTalkAdapter(TextPathScoring, SpokenModel):
     name = "deeptalk"
     capabilities = Capabilities(text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True,
                                 loglikelihood=True)
@@ -49,14 +48,15 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
     greedy_batch_size = 8
 
     def __init__(self, path: str | None = None, device: str = "cpu", dtype: str = "float32",
-                 routing_mode: str | None = None, first_chunk_frames: int | str = 2, chunk_frames: int | str = 10,
-                 max_speech_steps: int | str = 400, batch_parallel: bool | str = False, codec: str | None = None,
-                 batch_size: int | str = 8, threads: int | str | None = None, cache: str | None = None,
-                 decode_threads: int | str | None = None):
+                 routing_mode: str | None = None, first_chunk_frames: int = 2, chunk_frames: int = 10,
+                 max_speech_steps: int = 400, batch_parallel: bool = False, codec: str | None = None,
+                 loglikelihood_batch_size: int = 8, threads: int | None = None, cache: str | None = None,
+                 decode_threads: int | None = None):
         super().__init__(path=path, device=device, dtype=dtype, routing_mode=routing_mode,
                          first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
                          max_speech_steps=max_speech_steps, batch_parallel=batch_parallel, codec=codec,
-                         batch_size=batch_size, threads=threads, cache=cache, decode_threads=decode_threads)
+                         loglikelihood_batch_size=loglikelihood_batch_size, threads=threads, cache=cache,
+                         decode_threads=decode_threads)
         from deeptalk.generate import SpeechGenerator, StreamConfig
         from deeptalk.train import load_checkpoint
 
@@ -69,25 +69,23 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
         if dtype not in DTYPES:
             raise UsageError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
         if threads is not None:
-            torch.set_num_threads(to_int(threads, "threads"))
+            torch.set_num_threads(threads)
         self.bundle = load_checkpoint(ckpt, device=device, dtype=DTYPES[dtype], codec=codec)
         model = self.bundle.model
         if routing_mode is not None:
             model.set_routing_mode(routing_mode)
-        parallel = to_bool(batch_parallel, "batch_parallel")
         if cache is None:  # batch-parallel decoding runs on the growing cache
-            cache = "dynamic" if parallel else "static"
-        self.stream_config = StreamConfig(first_chunk_frames=to_int(first_chunk_frames, "first_chunk_frames"),
-                                          chunk_frames=to_int(chunk_frames, "chunk_frames"),
-                                          max_speech_steps=to_int(max_speech_steps, "max_speech_steps"),
-                                          batch_parallel=parallel, cache=cache,
-                                          decode_threads=to_int(decode_threads, "decode_threads"))
+            cache = "dynamic" if batch_parallel else "static"
+        self.stream_config = StreamConfig(first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
+                                          max_speech_steps=max_speech_steps, batch_parallel=batch_parallel,
+                                          cache=cache, decode_threads=decode_threads)
         self.generator = SpeechGenerator(model, self.bundle.tokenizer, encoder=self.bundle.encoder,
                                          codec=self.bundle.codec)
 
         # lm-eval's conventions for text scoring, shared with the base-LLM baseline: same
         # tokenisation and windows, so retention compares like with like
-        self.text_scorer = BaseLLM(path=str(ckpt), device=device, batch_size=batch_size, model=model,
+        self.text_scorer = BaseLLM(path=str(ckpt), device=device, loglikelihood_batch_size=loglikelihood_batch_size,
+                                    model=model,
                                     tokenizer=self.bundle.tokenizer, max_length=model.config.max_position_embeddings)
         self._sha: str | None = None
 
@@ -108,7 +106,7 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
         return hashlib.sha256(json.dumps(self.bundle.codec.describe(), sort_keys=True, default=str).encode()).hexdigest()
 
     def fingerprint(self) -> str:
-        opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "threads", "batch_size")}
+        opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "threads", "loglikelihood_batch_size")}
         return (f"deeptalk:{self.checkpoint_sha256()[:16]}:codec={self.codec_sha256()[:16]}:{opts}"
                 f":routing={self.bundle.model.config.routing_mode}")
 
@@ -163,13 +161,13 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
         except ValueError as e:  # bad audio (empty, NaN, ...): a clear per-request error
             raise UnsupportedRequest(str(e)) from None
 
-    def stream(self, request: Request, _info: dict | None = None) -> Iterator[StreamEvent]:
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
+        """Text deltas (cut at a stop string), audio chunks, the generator's marks; the end's
+        info: prompt, tokens (text, steps, audio_frames), stop_reason, audio_flags."""
         if request.output_modality not in OUTPUTS:
             raise UnsupportedRequest(f"request {request.id}: unknown output modality {request.output_modality!r}")
         t0 = time.monotonic()
         prompt = self._prompt(request, t0)
-        if _info is not None:
-            _info.update(prompt=prompt.rendered, audio_flags=prompt.audio_flags)
         shown = _StopCut(request.options.stop)
         for ev in self.generator.stream(prompt, OUTPUTS[request.output_modality], self._config(request)):
             if ev.kind == "text":
@@ -181,24 +179,21 @@ class DeepTalkModel(TextPathScoring, SpokenModel):
             elif ev.kind == "mark":
                 yield StreamEvent("mark", ev.t, name=ev.name)
             elif ev.kind == "end":
-                if _info is not None:
-                    _info.update(ev.info or {})
-                yield StreamEvent("end", ev.t)
+                done = ev.info or {}
+                yield StreamEvent("end", ev.t, info={
+                    "prompt": prompt.rendered,
+                    "tokens": {"text": len(done.get("text_ids", [])), "steps": int(done.get("steps", 0)),
+                               "audio_frames": int(done.get("frames", 0))},
+                    "stop_reason": done.get("stop_reason"), "audio_flags": prompt.audio_flags})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         if len(requests) > 1:
             return self._generate_batch(requests)
         out = []
         for r in requests:
-            info: dict = {}
-            t0 = time.monotonic()
-            resp = collect_stream(self.stream(r, info), start=t0)
+            resp = collect_stream(self.stream(r))
             if r.output_modality in ("speech", "both") and resp.audio is None:
                 resp.audio = Audio(np.zeros(0, np.float32), self.bundle.codec.sample_rate)
-            resp.prompt = info.get("prompt")
-            resp.tokens = {"text": len(info.get("text_ids", [])), "steps": int(info.get("steps", 0)),
-                           "audio_frames": int(info.get("frames", 0))}
-            resp.extra = {"stop_reason": info.get("stop_reason"), "audio_flags": info.get("audio_flags", {})}
             out.append(resp)
         return out
 

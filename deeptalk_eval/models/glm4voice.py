@@ -24,12 +24,22 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from baselines import to_bool, to_float
-from baselines.glm4voice_protocol import (
+from deeptalk_eval.api import (
+    Audio,
+    Capabilities,
+    Request,
+    Response,
+    SpokenModel,
+    StreamEvent,
+    UnsupportedRequest,
+    collect_stream,
+)
+from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.glm4voice_protocol import (
     AUDIO_TOKEN_0,
     DECODER_BLOCK_SIZES,
     DECODER_SAMPLE_RATE,
@@ -43,17 +53,6 @@ from baselines.glm4voice_protocol import (
     route_token,
     speech_tokens_to_text,
 )
-from deeptalk_eval.api import (
-    Audio,
-    Capabilities,
-    Request,
-    Response,
-    SpokenModel,
-    StreamEvent,
-    UnsupportedRequest,
-    collect_stream,
-)
-from deeptalk_eval.errors import UsageError
 
 DOCS = "docs/baselines.md#glm-4-voice"
 # What a task's system text does: "demo" keeps the demo's system prompt (the one the model
@@ -206,14 +205,14 @@ class GLM4Voice(SpokenModel):
         tokenizer_path: str | None = None,
         flow_path: str | None = None,
         repo_path: str | None = None,
-        trust_remote_code: bool | str = False,
+        trust_remote_code: bool = False,
         device: str = "cuda",
         system: str = "demo",
-        temperature: float | str | None = None,
-        top_p: float | str | None = None,
-        timeout: float | str = 600.0,
-        text_tokenizer: Any = None,
-        speech_tokenizer: Any = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        timeout: float = 600.0,
+        text_tokenizer: object = None,
+        speech_tokenizer: Callable[[Audio], list[int]] | None = None,
         decoder: SpeechDecoder | None = None,
     ):
         super().__init__(
@@ -233,14 +232,14 @@ class GLM4Voice(SpokenModel):
         self.tokenizer_path = tokenizer_path
         self.flow_path = flow_path
         self.repo_path = repo_path
-        self.trust_remote_code = to_bool(trust_remote_code, "trust_remote_code")
+        self.trust_remote_code = trust_remote_code
         self.device = device
         if system not in SYSTEM_POLICIES:
             raise UsageError(f"model arg system={system!r}: use one of {list(SYSTEM_POLICIES)}")
         self.system_policy = system
-        self.temperature = to_float(temperature, "temperature")
-        self.top_p = to_float(top_p, "top_p")
-        self.timeout = to_float(timeout, "timeout")
+        self.temperature = temperature
+        self.top_p = top_p
+        self.timeout = timeout
         self._text_tokenizer = text_tokenizer
         self._speech_tokenizer = speech_tokenizer
         self._decoder = decoder
@@ -367,8 +366,11 @@ class GLM4Voice(SpokenModel):
         return build_prompt(user, speech, previous, self._system_prompt(request, speech))
 
     # -- streaming --------------------------------------------------------------------------
-    def stream(self, request: Request, _stats: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
-        stats = _stats if _stats is not None else {}
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
+        """Marks speech_tokens_done (speech in), first_text_token, first_audio_token,
+        end_of_turn; text deltas; audio per decoded block. The end's info: the prompt, token
+        counts (text, audio), what was sent, the decoded blocks, how the answer ended."""
+        extra: dict[str, Any] = {}  # the end's info beyond prompt and tokens
         opts = request.options
         if opts.stop:
             raise UnsupportedRequest(f"request {request.id}: GLM-4-Voice's server has no stop strings (stop={list(opts.stop)})")
@@ -381,14 +383,13 @@ class GLM4Voice(SpokenModel):
         prompt = self.build_prompt(request)
         if request.audio is not None:
             yield StreamEvent("mark", time.monotonic(), name="speech_tokens_done")
-        stats["prompt"] = prompt
         if request.system and self.system_policy == "demo":
-            stats["system_not_sent"] = request.system  # recorded: the demo's system prompt was used
+            extra["system_not_sent"] = request.system  # recorded: the demo's system prompt was used
         temperature = opts.temperature if self.temperature is None else self.temperature
         top_p = opts.top_p if self.top_p is None else self.top_p
-        stats["sent"] = {"temperature": temperature, "top_p": top_p, "max_new_tokens": opts.max_new_tokens}
+        extra["sent"] = {"temperature": temperature, "top_p": top_p, "max_new_tokens": opts.max_new_tokens}
         if opts.seed is not None and temperature > 0:
-            stats["seed_ignored"] = True  # the server has no seed; sampled outputs are not repeatable
+            extra["seed_ignored"] = True  # the server has no seed; sampled outputs are not repeatable
 
         body = build_request_body(prompt, temperature, top_p, opts.max_new_tokens)
         http_req = urllib.request.Request(
@@ -413,7 +414,7 @@ class GLM4Voice(SpokenModel):
         def flush(finalize: bool) -> StreamEvent:
             nonlocal pending, block
             samples = session.decode(pending, finalize)
-            stats.setdefault("decoded_blocks", []).append(len(pending))
+            extra.setdefault("decoded_blocks", []).append(len(pending))
             pending = []
             block = min(block + 1, len(DECODER_BLOCK_SIZES) - 1)
             return StreamEvent("audio", time.monotonic(), audio=Audio(samples, decoder.sample_rate))
@@ -452,21 +453,17 @@ class GLM4Voice(SpokenModel):
         final = tok.decode(text_ids) if text_ids else ""
         if len(final) > len(text_so_far):
             yield StreamEvent("text", time.monotonic(), text=final[len(text_so_far):])
-        stats.update(text_tokens=len(text_ids), audio_tokens=n_audio, ended=ended)
+        extra["ended"] = ended
         if not ended:
-            stats["stopped_by"] = "max_new_tokens or server"
-        yield StreamEvent("end", time.monotonic())
+            extra["stopped_by"] = "max_new_tokens or server"
+        yield StreamEvent("end", time.monotonic(), info={
+            "prompt": prompt, "tokens": {"text": len(text_ids), "audio": n_audio}, **extra})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
         for r in requests:
-            stats: dict[str, Any] = {}
-            start = time.monotonic()
-            resp = collect_stream(self.stream(r, stats), start=start)
+            resp = collect_stream(self.stream(r))
             if resp.text is not None:
                 resp.text = resp.text.strip()
-            resp.prompt = stats.pop("prompt")
-            resp.tokens = {"text": stats.pop("text_tokens"), "audio": stats.pop("audio_tokens")}
-            resp.extra = stats
             out.append(resp)
         return out

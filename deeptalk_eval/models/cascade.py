@@ -19,8 +19,6 @@ import re
 import time
 from typing import Any, Iterator, Sequence
 
-from baselines import to_bool
-from baselines.base_llm import BaseLLM, TextPathScoring
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -33,6 +31,7 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
 # A sentence ends at . ! ? (plus closing quotes/brackets) followed by whitespace, or at a newline.
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n+")
@@ -91,7 +90,7 @@ class Cascade(TextPathScoring, SpokenModel):
         llm_dtype: str = "float32",
         tts: str = "piper:joe",
         device: str = "cpu",
-        warmup: bool | str = True,
+        warmup: bool = True,
     ):
         super().__init__(asr=asr, asr_backend=asr_backend, llm=llm if isinstance(llm, str) else llm.path,
                          llm_dtype=llm_dtype, tts=tts, device=device)
@@ -106,7 +105,7 @@ class Cascade(TextPathScoring, SpokenModel):
         # No transcript cache: a cached transcript would hide the ASR time from the latency figures.
         self.transcriber = make_transcriber({"backend": asr_backend, "model": str(asr), "device": device, "cache": False})
         self.llm = llm if isinstance(llm, BaseLLM) else BaseLLM(path=str(llm), dtype=llm_dtype, device=device)
-        if to_bool(warmup, "warmup"):
+        if warmup:
             self.transcriber.model  # loads Whisper
             self.speak("Ready.")  # loads the voice
 
@@ -136,10 +135,11 @@ class Cascade(TextPathScoring, SpokenModel):
         }
 
     # -- streaming ----------------------------------------------------------------------------
-    def stream(self, request: Request, _stats: dict[str, Any] | None = None) -> Iterator[StreamEvent]:
+    def stream(self, request: Request) -> Iterator[StreamEvent]:
         """Marks asr_done (speech in), llm_prefill_start, llm_first_token, first_sentence,
-        llm_last_token; text deltas; one audio chunk per sentence."""
-        stats = _stats if _stats is not None else {}
+        llm_last_token; text deltas; one audio chunk per sentence. The end's info: the LLM's
+        prompt and token counts, the transcript, the LLM's whole text, the spoken sentences."""
+        extra: dict[str, Any] = {}  # the end's info beyond prompt and tokens
         want_text = request.output_modality in ("text", "both")
         want_audio = request.output_modality in ("speech", "both")
 
@@ -150,15 +150,16 @@ class Cascade(TextPathScoring, SpokenModel):
             history.append(turn)
         if request.audio is not None:
             heard = self._hear(request.audio, request.id, f"request {request.id}")
-            stats["asr_transcript"] = heard
+            extra["asr_transcript"] = heard
             yield StreamEvent("mark", time.monotonic(), name="asr_done")
             # A text prompt that comes with the audio (an instruction) goes before the transcript.
             user_text = f"{request.text.strip()}\n\n{heard}" if request.text and request.text.strip() else heard
             if not heard:
                 # The ASR heard nothing (silence, noise): a cascade has nothing to answer.
                 # An empty reply is scored as no answer; it is not a failure of the pipeline.
-                stats.update(llm_prompt=None, llm_text="", spoken_sentences=[])
-                yield StreamEvent("end", time.monotonic())
+                extra.update(llm_text="", spoken_sentences=[])
+                yield StreamEvent("end", time.monotonic(), info={
+                    "prompt": None, "tokens": {"prompt": None, "completion": None}, **extra})
                 return
         elif request.text and request.text.strip():
             user_text = request.text
@@ -169,14 +170,14 @@ class Cascade(TextPathScoring, SpokenModel):
         llm_request = Request(id=request.id, text=user_text, history=history, system=request.system,
                               output_modality="text", options=request.options,
                               raw_prompt=request.raw_prompt and request.audio is None)
-        llm_stats: dict[str, Any] = {}
+        llm_info: dict[str, Any] = {}
         sentences = SentenceBuffer()
         spoken: list[str] = []
         text_parts: list[str] = []
 
         def say(sentence: str) -> Iterator[StreamEvent]:
             if not _SPEAKABLE.search(sentence):
-                stats["unspeakable_segments"] = stats.get("unspeakable_segments", 0) + 1
+                extra["unspeakable_segments"] = extra.get("unspeakable_segments", 0) + 1
                 return
             if not spoken:
                 yield StreamEvent("mark", time.monotonic(), name="first_sentence")
@@ -184,8 +185,10 @@ class Cascade(TextPathScoring, SpokenModel):
             audio = self.speak(sentence)
             yield StreamEvent("audio", time.monotonic(), audio=audio)
 
-        for ev in self.llm.stream(llm_request, llm_stats):
-            if ev.kind == "mark":
+        for ev in self.llm.stream(llm_request):
+            if ev.kind == "end":
+                llm_info = ev.info
+            elif ev.kind == "mark":
                 # llm_prefill_start, llm_first_token, llm_last_token (stamped when the LLM made them)
                 yield StreamEvent("mark", ev.t, name=f"llm_{ev.name}")
             elif ev.kind == "text":
@@ -197,22 +200,18 @@ class Cascade(TextPathScoring, SpokenModel):
                         yield from say(sentence)
         if want_audio and (rest := sentences.flush()):
             yield from say(rest)
-        stats.update(
-            llm_prompt=llm_stats.get("prompt"), llm_text="".join(text_parts), spoken_sentences=spoken,
-            prompt_tokens=llm_stats.get("prompt_tokens"), completion_tokens=llm_stats.get("completion_tokens"),
-        )
-        yield StreamEvent("end", time.monotonic())
+        extra.update(llm_text="".join(text_parts), spoken_sentences=spoken)
+        llm_tokens = llm_info.get("tokens", {})
+        yield StreamEvent("end", time.monotonic(), info={
+            "prompt": llm_info.get("prompt"),
+            "tokens": {"prompt": llm_tokens.get("prompt"), "completion": llm_tokens.get("completion")}, **extra})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []
         for r in requests:
-            stats: dict[str, Any] = {}
-            resp = collect_stream(self.stream(r, stats), start=time.monotonic())
+            resp = collect_stream(self.stream(r))
             if r.output_modality in ("text", "both"):
                 resp.text = resp.text or ""
-            resp.prompt = stats.pop("llm_prompt", None)
-            resp.tokens = {"prompt": stats.pop("prompt_tokens", None), "completion": stats.pop("completion_tokens", None)}
-            resp.extra = stats
             out.append(resp)
         return out
 
