@@ -36,7 +36,6 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from deeptalk.delay import steps_until_frames
 
 Output = Literal["text", "speech", "both"]
 TEXT_MODALITY, SPEECH_MODALITY = 0, 1
@@ -688,7 +687,3 @@ class _SpokenAnswer:
         finished = self.text_done and self.eos_step is not None and s >= self.eos_step + q - 1
         return tok, column, finished
 
-
-def first_audio_floor_steps(first_chunk_frames: int, num_codebooks: int) -> int:
-    """Decoding steps the delay pattern forces before `first_chunk_frames` frames exist."""
-    return steps_until_frames(first_chunk_frames, num_codebooks)
