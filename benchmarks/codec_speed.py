@@ -23,7 +23,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from deeptalk.speech.codec import load_codec
+    from deeptalk.speech.codec_loader import load_codec
     from deeptalk.speech.tts import synthesize
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

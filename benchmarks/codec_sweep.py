@@ -17,7 +17,7 @@ def main() -> None:
     from tabulate import tabulate
 
     from deeptalk.speech import codec_data
-    from deeptalk.speech.codec import load_codec
+    from deeptalk.speech.codec_loader import load_codec
     from deeptalk.speech.codec_cli import WhisperASR, _seed_all, evaluate, summarize
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

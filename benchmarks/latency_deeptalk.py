@@ -57,12 +57,12 @@ def pct(xs, q):
 
 def build(args):
     from deeptalk.base_llm import load_base_llm
-    from deeptalk.speech.codec import load_codec
+    from deeptalk.speech.codec_loader import load_codec
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
     from deeptalk.upcycle import extend_tokenizer, upcycle
 
     if args.checkpoint:   # a trained model: its own routing, heads, projector and codec
-        from deeptalk.train import load_checkpoint
+        from deeptalk.checkpoint import load_checkpoint
 
         b = load_checkpoint(args.checkpoint, codec=None if args.codec == "offline" else args.codec)
         return b.model.eval(), b.tokenizer, b.encoder.eval(), b.codec

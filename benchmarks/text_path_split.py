@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from deeptalk.base_llm import load_base_llm
-from deeptalk.train import load_checkpoint
+from deeptalk.checkpoint import load_checkpoint
 from deeptalk.upcycle import calibration_texts, capture_ffn_inputs, dense_mlp, neuron_activations, token_blocks
 
 

@@ -36,7 +36,7 @@ def main() -> None:
     from whisper.normalizers import EnglishTextNormalizer
 
     from deeptalk.generate import SpeechGenerator, StreamConfig
-    from deeptalk.train import load_checkpoint
+    from deeptalk.checkpoint import load_checkpoint
 
     task = yaml.safe_load((ROOT / "tasks" / "asr" / "asr_synth_piper_joe.yaml").read_text())
     instruction = task["prompt"]

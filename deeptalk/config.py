@@ -158,17 +158,8 @@ class DeepTalkConfig(PretrainedConfig):
         return self.codebook_size + AUDIO_SPECIALS.index("pad")
 
     @property
-    def audio_bos_id(self) -> int:
-        return self.codebook_size + AUDIO_SPECIALS.index("bos")
-
-    @property
     def audio_eos_id(self) -> int:
         return self.codebook_size + AUDIO_SPECIALS.index("eos")
-
-    @property
-    def audio_delays(self) -> list[int]:
-        """Codebook i runs i + 1 steps behind the text (see deeptalk/delay.py)."""
-        return [i + 1 for i in range(self.num_codebooks)]
 
     def special_token_id(self, token: str) -> int:
         if token not in self.special_tokens:

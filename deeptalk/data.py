@@ -28,7 +28,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -348,12 +348,3 @@ def load_wav(built: BuiltSet, item: dict, key: str = "wav") -> np.ndarray:
         raise DataError(f"{built.root}: item {item.get('id')}: missing file {item[key]}")
     return np.load(path)
 
-
-def split_items(items: Iterable[dict], holdout: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """Seeded (train, held-out) split of a list of items."""
-    items = list(items)
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_hold = int(round(len(items) * holdout))
-    hold = set(order[:n_hold])
-    return [x for i, x in enumerate(items) if i not in hold], [x for i, x in enumerate(items) if i in hold]

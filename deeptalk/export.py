@@ -2,7 +2,7 @@
 
     deeptalk-train --recipe reference --stages "" --output runs/reference --export checkpoints/reference
 
-The exported directory has the layout `train.load_checkpoint` reads (tokenizer, projector,
+The exported directory has the layout `checkpoint.load_checkpoint` reads (tokenizer, projector,
 encoder config, codec reference, stage.json, the assignment and its heatmap, loss curves)
 with `delta.json` + `delta.safetensors` in place of the full weights (deeptalk/delta.py).
 A size cap guards the repository: git keeps every committed version forever.
@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .base_llm import drop_gguf_copy
-from .delta import DELTA_TENSORS
+from .checkpoint import load_checkpoint
+from .delta import DELTA_TENSORS, save_delta
 
 # everything a stage directory holds beside the model weights that a shipped model keeps
 SIDE_FILES = ("speech_encoder.safetensors", "speech_encoder.json", "codec.json", "stage.json")
@@ -32,8 +33,6 @@ def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | N
     `run_files`: extra files to copy in under the given names (the recipe, the run summary).
     `base`: the dense base model itself, when its name cannot be loaded (a test's random base).
     """
-    from .train import load_checkpoint
-
     if dtype not in DTYPES:
         raise ValueError(f"export dtype {dtype!r}: expected one of {sorted(DTYPES)}")
     stage_dir, out = Path(stage_dir), Path(out)
@@ -44,7 +43,7 @@ def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | N
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    meta = bundle.model.save_delta(tmp, base, dtype=DTYPES[dtype], tokenizer=bundle.tokenizer)
+    meta = save_delta(bundle.model, tmp, base, dtype=DTYPES[dtype], tokenizer=bundle.tokenizer)
     drop_gguf_copy(tmp)  # stage folders written before the base's cache dropped it carry it
     size_mb = (tmp / DELTA_TENSORS).stat().st_size / 2**20
     if max_mb is not None and size_mb > max_mb:

@@ -36,7 +36,6 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 import torch
 
-from deeptalk.delay import steps_until_frames
 
 Output = Literal["text", "speech", "both"]
 TEXT_MODALITY, SPEECH_MODALITY = 0, 1
@@ -265,48 +264,124 @@ class SpeechGenerator:
         return torch.multinomial(flat, 1, generator=gen).reshape(probs.shape[:-1])
 
     # -- the decoding loop ---------------------------------------------------------
-    @torch.no_grad()
     def steps(self, prompt: Prompt, output: Output, cfg: StreamConfig) -> Iterator[tuple]:
         """Yield ("prefill", None), then per step (text_id, audio_column [Q] | None), then ("stop", reason)."""
+        for _, tok, column in self._decode([prompt], output, cfg):
+            yield tok, column
+
+    @torch.no_grad()
+    def _decode(self, prompts: Sequence[Prompt], output: Output, cfg: StreamConfig) -> Iterator[tuple]:
+        """The one decoding loop, for one prompt or a left-padded batch (one model step for all rows).
+
+        Yields (None, "prefill", None); then at each step (row, text_id, audio_column [Q] | None)
+        for every row still answering, followed by (row, "stop", "eos") where that row ended;
+        after the step budget, (row, "stop", "max_steps" | "max_new_tokens") for the rest."""
         speak = output in ("speech", "both")
-        if speak and not prompt.speak:
+        if speak and not all(p.speak for p in prompts):
             raise ValueError("a spoken answer needs a prompt built with speak=True")
         if speak and not self.cfg.num_codebooks:
             raise ValueError("this model has no speech heads (num_codebooks=0): cannot answer in speech")
         parallel = speak and cfg.batch_parallel
         if parallel and cfg.cache != "dynamic":
             raise ValueError("batch_parallel decoding needs cache='dynamic'")
+        if parallel and len(prompts) != 1:
+            raise ValueError("batch_parallel decoding answers one prompt at a time")
         gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None and cfg.temperature > 0 else None
-        model = self.model
-        text_bias = self._text_bias.to(model.device)
-        cache = self._new_cache(cfg, prompt.input_ids.shape[1], speak)
-        mask = None
-        if parallel:
-            # the paper's batch-parallel decoding: row 0 speaks, row 1 answers the same request
-            # in text only (its prompt lacks <|speech_start|>, left-padded by one); row 1's
-            # text token is fed to both rows, so the spoken answer follows the text-only one
-            ids, mod = prompt.input_ids, prompt.token_modality
-            pad = torch.full_like(ids[:, :1], self.tokenizer.pad_token_id or 0)
-            mask = torch.ones(2, ids.shape[1], dtype=torch.long, device=ids.device)
-            mask[1, 0] = 0
-            out = model(input_ids=torch.cat([ids, torch.cat([pad, ids[:, :-1]], 1)]),
-                        token_modality=torch.cat([mod, torch.cat([torch.zeros_like(pad), mod[:, :-1]], 1)]),
-                        speech_embeds=None if prompt.speech_embeds is None else prompt.speech_embeds.repeat(2, 1, 1),
-                        attention_mask=mask,
-                        use_cache=True, logits_to_keep=1)
-        else:
-            out = model(input_ids=prompt.input_ids, speech_embeds=prompt.speech_embeds,
-                        token_modality=prompt.token_modality, use_cache=True, logits_to_keep=1,
-                        return_audio_logits=speak, past_key_values=cache)
+        model, dev, n, q = self.model, self.model.device, len(prompts), self.cfg.num_codebooks
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids, modality, speech, mask, positions = self._prefill_inputs(prompts, parallel, pad)
+        out = model(input_ids=ids, speech_embeds=speech, token_modality=modality, attention_mask=mask,
+                    position_ids=positions, past_key_values=self._new_cache(cfg, ids.shape[1], speak),
+                    use_cache=True, logits_to_keep=1, return_audio_logits=speak)
         past = out.past_key_values
-        yield "prefill", None
+        positions = None if positions is None else positions[:, -1:]
+        yield None, "prefill", None
+        text_bias = self._text_bias.to(dev)
+        audio_bias = self._audio_bias.to(dev) if speak else None
+        answers = [_SpokenAnswer(self) for _ in range(n)] if speak else None
+        done = [False] * n
+        # batch-parallel: the text-only companion row (last) supplies the text token
+        text_row = (lambda r: n) if parallel else (lambda r: r)
+        step_modality = torch.tensor([[SPEECH_MODALITY if speak else TEXT_MODALITY]] * n
+                                     + ([[TEXT_MODALITY]] if parallel else []), device=dev)
+        pad_column = torch.full((q,), self.cfg.audio_pad_id, device=dev) if speak else None
         threads = torch.get_num_threads()
         if cfg.decode_threads:
             torch.set_num_threads(cfg.decode_threads)
         try:
-            yield from self._decode(out, past, mask, parallel, speak, cfg, gen, text_bias)
+            for s in range(cfg.max_speech_steps if speak else cfg.max_new_tokens):
+                tokens, columns = [], []
+                for r in range(n):
+                    if done[r]:  # finished rows ride along; their outputs are not read
+                        tokens.append(pad)
+                        columns.append(pad_column)
+                        continue
+                    if speak:
+                        # once the text has ended nothing is drawn for it (a seeded sampler's stream stays the same)
+                        raw = None if answers[r].text_done else \
+                            int(self._pick(out.logits[text_row(r), -1] + text_bias, cfg, gen))
+                        column = self._pick(out.audio_logits[r, -1] + audio_bias, cfg, gen)  # [Q]
+                        tok, column, finished = answers[r].step(s, raw, column, out.audio_logits[r, -1])
+                    else:
+                        tok, column = int(self._pick(out.logits[r, -1] + text_bias, cfg, gen)), None
+                        finished = tok in self.stop_ids
+                    yield r, tok, column
+                    if finished:
+                        done[r] = True
+                        yield r, "stop", "eos"
+                    tokens.append(tok)
+                    columns.append(column)
+                if all(done):
+                    return
+                if parallel:  # the companion reads the same text token and no audio
+                    tokens.append(tokens[0])
+                    columns.append(torch.full_like(columns[0], -1))
+                if mask is not None:
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                if positions is not None:
+                    positions = positions + 1
+                out = model(input_ids=torch.tensor(tokens, device=dev).view(-1, 1),
+                            audio_codes=torch.stack(columns).view(-1, q, 1) if speak else None,
+                            attention_mask=mask, position_ids=positions, past_key_values=past,
+                            token_modality=step_modality, use_cache=True, return_audio_logits=speak)
+                past = out.past_key_values
+            for r in range(n):
+                if not done[r]:
+                    yield r, "stop", "max_steps" if speak else "max_new_tokens"
         finally:
             torch.set_num_threads(threads)
+
+    def _prefill_inputs(self, prompts: Sequence[Prompt], parallel: bool, pad: int):
+        """(input_ids, token_modality, speech_embeds, attention_mask, position_ids) of the prefill.
+
+        One prompt goes in as it is (no mask, default positions). Several are left-padded, so
+        every row's next token lands in the same column. Batch-parallel decoding (the paper's
+        trick) adds a text-only companion row: the same request without <|speech_start|>,
+        left-padded by one; its text token is fed to both rows, so the spoken answer follows
+        the text-only one."""
+        if parallel:
+            p = prompts[0]
+            ids, mod = p.input_ids, p.token_modality
+            pad_col = torch.full_like(ids[:, :1], self.tokenizer.pad_token_id or 0)
+            mask = torch.ones(2, ids.shape[1], dtype=torch.long, device=ids.device)
+            mask[1, 0] = 0
+            return (torch.cat([ids, torch.cat([pad_col, ids[:, :-1]], 1)]),
+                    torch.cat([mod, torch.cat([torch.zeros_like(pad_col), mod[:, :-1]], 1)]),
+                    None if p.speech_embeds is None else p.speech_embeds.repeat(2, 1, 1), mask, None)
+        if len(prompts) == 1:
+            p = prompts[0]
+            return p.input_ids, p.token_modality, p.speech_embeds, None, None
+        dev, b = self.model.device, len(prompts)
+        width = max(p.input_ids.shape[1] for p in prompts)
+        ids = torch.full((b, width), pad, dtype=torch.long, device=dev)
+        modality = torch.zeros((b, width), dtype=torch.long, device=dev)
+        mask = torch.zeros((b, width), dtype=torch.long, device=dev)
+        for r, p in enumerate(prompts):
+            w = p.input_ids.shape[1]
+            ids[r, width - w:], modality[r, width - w:], mask[r, width - w:] = p.input_ids[0], p.token_modality[0], 1
+        speech = [p.speech_embeds[0] for p in prompts if p.speech_embeds is not None]
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        return ids, modality, torch.cat(speech) if speech else None, mask, positions
 
     def _new_cache(self, cfg: StreamConfig, prompt_len: int, speak: bool):
         """A static KV cache sized for the prompt and the step budget, or None (dynamic)."""
@@ -319,46 +394,9 @@ class SpeechGenerator:
         budget = cfg.max_speech_steps if speak else cfg.max_new_tokens
         return StaticCache(config=self.model.config, max_cache_len=prompt_len + budget + 1)
 
-    def _decode(self, out, past, mask, parallel, speak, cfg, gen, text_bias):
-        model = self.model
-        if not speak:
-            for _ in range(cfg.max_new_tokens):
-                tok = int(self._pick(out.logits[0, -1] + text_bias, cfg, gen))
-                yield tok, None
-                if tok in self.stop_ids:
-                    yield "stop", "eos"
-                    return
-                out = model(input_ids=torch.tensor([[tok]], device=model.device), past_key_values=past,
-                            token_modality=torch.tensor([[TEXT_MODALITY]], device=model.device),
-                            use_cache=True, return_audio_logits=False)
-                past = out.past_key_values
-            yield "stop", "max_new_tokens"
-            return
-
-        q = self.cfg.num_codebooks
-        audio_bias = self._audio_bias.to(model.device)
-        row = _SpokenAnswer(self)
-        modality = torch.tensor([[SPEECH_MODALITY]] + ([[TEXT_MODALITY]] if parallel else []), device=model.device)
-        text_row = 1 if parallel else 0
-        for s in range(cfg.max_speech_steps):
-            # once the text has ended nothing is drawn for it (a seeded sampler's stream stays the same)
-            raw = None if row.text_done else int(self._pick(out.logits[text_row, -1] + text_bias, cfg, gen))
-            column = self._pick(out.audio_logits[0, -1] + audio_bias, cfg, gen)  # [Q]
-            tok, column, finished = row.step(s, raw, column, out.audio_logits[0, -1])
-            yield tok, column
-            if finished:
-                yield "stop", "eos"
-                return
-            if parallel:
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-                codes = torch.stack([column, torch.full_like(column, -1)]).view(2, q, 1)
-                out = model(input_ids=torch.full((2, 1), tok, device=model.device), audio_codes=codes,
-                            attention_mask=mask, past_key_values=past, token_modality=modality, use_cache=True)
-            else:
-                out = model(input_ids=torch.tensor([[tok]], device=model.device), audio_codes=column.view(1, q, 1),
-                            past_key_values=past, token_modality=modality, use_cache=True)
-            past = out.past_key_values
-        yield "stop", "max_steps"
+    def _shown(self, tok: int, speak: bool) -> bool:
+        """Whether a text-channel token is part of the answer's text (not a stop or, when speaking, a pad)."""
+        return tok not in self.stop_ids and not (speak and tok == self.special.get("<|text_pad|>"))
 
     # -- streaming -----------------------------------------------------------------
     def stream(self, prompt: Prompt, output: Output = "text", cfg: StreamConfig | None = None) -> Iterator[GenEvent]:
@@ -422,7 +460,7 @@ class SpeechGenerator:
                     stop_reason = column
                     continue
                 n_steps += 1
-                if tok not in self.stop_ids and not (speak and tok == self.special.get("<|text_pad|>")):
+                if self._shown(tok, speak):
                     delta = shown.push(tok)
                     if delta:
                         yield GenEvent("text", now(), text=delta)
@@ -479,24 +517,60 @@ class SpeechGenerator:
         """The same loop without chunked decoding; a spoken answer is decoded once, whole
         (`as_streamed`: in the chunks `stream()` decodes, so the audio is the one it plays)."""
         cfg = cfg or StreamConfig()
-        speak = output in ("speech", "both")
         timings: dict[str, float] = {}
         if prompt.t_encoder is not None:
             timings["encoder"] = prompt.t_encoder - prompt.t_start
-        text_ids: list[int] = []
-        grid: list[np.ndarray] = []
-        stop_reason = None
-        for tok, column in self.steps(prompt, output, cfg):
+        [answer], t_prefill = self._answers([prompt], output, cfg)
+        timings["prefill_done"] = t_prefill - prompt.t_start
+        result = self._result(answer, output, cfg, as_streamed)
+        timings["total"] = time.monotonic() - prompt.t_start
+        result.timings = timings
+        return result
+
+    def generate_batch(self, prompts: Sequence[Prompt], output: Output = "text",
+                       cfg: StreamConfig | None = None) -> list[GenerationResult]:
+        """Greedy answers to several prompts in one batch (left-padded, one decoding step for
+        all rows), each as `stream()` would give it: the same tokens up to float summation
+        order, audio decoded chunk by chunk as streamed. Sampling or batch-parallel decoding
+        answers one prompt at a time (a shared sampler would draw differently)."""
+        cfg = cfg or StreamConfig()
+        speak = output in ("speech", "both")
+        if len(prompts) <= 1 or cfg.temperature > 0 or (speak and cfg.batch_parallel):
+            return [self.generate(p, output, cfg, as_streamed=True) for p in prompts]
+        t0 = time.monotonic()
+        answers, t_prefill = self._answers(prompts, output, cfg)
+        results = []
+        for answer in answers:
+            result = self._result(answer, output, cfg, as_streamed=True)
+            result.timings = {"prefill_done": t_prefill - t0, "total": time.monotonic() - t0, "batch": float(len(prompts))}
+            results.append(result)
+        return results
+
+    def _answers(self, prompts: Sequence[Prompt], output: Output, cfg: StreamConfig) -> tuple[list[tuple], float]:
+        """Run the loop to the end: per prompt (text ids, emitted grid, stop reason); and when prefill finished."""
+        speak = output in ("speech", "both")
+        if speak and self.codec is None:
+            raise ValueError("a spoken answer needs a codec")
+        text_ids: list[list[int]] = [[] for _ in prompts]
+        grids: list[list[np.ndarray]] = [[] for _ in prompts]
+        stops: list[str | None] = [None] * len(prompts)
+        t_prefill = 0.0
+        for r, tok, column in self._decode(prompts, output, cfg):
             if tok == "prefill":
-                timings["prefill_done"] = time.monotonic() - prompt.t_start
-                continue
-            if tok == "stop":
-                stop_reason = column
-                continue
-            if column is not None:
-                grid.append(column.cpu().numpy())
-            if tok not in self.stop_ids and not (speak and tok == self.special.get("<|text_pad|>")):
-                text_ids.append(tok)
+                t_prefill = time.monotonic()
+            elif tok == "stop":
+                stops[r] = column
+            else:
+                if column is not None:
+                    grids[r].append(column.cpu().numpy())
+                if self._shown(tok, speak):
+                    text_ids[r].append(tok)
+        return list(zip(text_ids, grids, stops)), t_prefill
+
+    def _result(self, answer: tuple, output: Output, cfg: StreamConfig, as_streamed: bool) -> GenerationResult:
+        """A GenerationResult (without timings) from one row of `_answers`, its audio decoded."""
+        text_ids, grid, stop_reason = answer
+        speak = output in ("speech", "both")
         codes = audio = None
         if speak:
             codes = self._codes_of(grid)
@@ -504,10 +578,9 @@ class SpeechGenerator:
                 audio = self.decode_as_streamed(codes, cfg)
             else:
                 audio = self.codec.decode(codes) if codes.shape[1] else np.zeros(0, np.float32)
-        timings["total"] = time.monotonic() - prompt.t_start
         return GenerationResult(self.decode_text(text_ids), text_ids, codes, audio,
                                 self.codec.sample_rate if speak else None, stop_reason,
-                                len(grid) if speak else len(text_ids), timings)
+                                len(grid) if speak else len(text_ids), {})
 
     def text_deltas(self, text_ids: Sequence[int]) -> list[str]:
         """The text deltas `stream()` yields for these answer ids (empty where it yields none)."""
@@ -531,98 +604,6 @@ class SpeechGenerator:
             start = end
         parts.append(decoder.flush())
         return np.concatenate(parts).astype(np.float32)
-
-    @torch.no_grad()
-    def generate_batch(self, prompts: Sequence[Prompt], output: Output = "text",
-                       cfg: StreamConfig | None = None) -> list[GenerationResult]:
-        """Greedy answers to several prompts in one batch (left-padded, one decoding step for
-        all rows), each as `stream()` would give it: the same tokens up to float summation
-        order, audio decoded chunk by chunk as streamed. Sampling or batch-parallel decoding
-        answers one prompt at a time (a shared sampler would draw differently)."""
-        cfg = cfg or StreamConfig()
-        speak = output in ("speech", "both")
-        if len(prompts) <= 1 or cfg.temperature > 0 or (speak and cfg.batch_parallel):
-            return [self.generate(p, output, cfg, as_streamed=True) for p in prompts]
-        if speak and (self.codec is None or not self.cfg.num_codebooks):
-            raise ValueError("a spoken answer needs a codec and speech heads")
-        if speak and not all(p.speak for p in prompts):
-            raise ValueError("a spoken answer needs prompts built with speak=True")
-        model, dev = self.model, self.model.device
-        t0 = time.monotonic()
-        b, q = len(prompts), self.cfg.num_codebooks
-        width = max(p.input_ids.shape[1] for p in prompts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((b, width), pad, dtype=torch.long, device=dev)
-        modality = torch.zeros((b, width), dtype=torch.long, device=dev)
-        mask = torch.zeros((b, width), dtype=torch.long, device=dev)
-        for r, p in enumerate(prompts):  # left padding: every row's next token lands in the same column
-            n = p.input_ids.shape[1]
-            ids[r, width - n:], modality[r, width - n:], mask[r, width - n:] = p.input_ids[0], p.token_modality[0], 1
-        speech = [p.speech_embeds[0] for p in prompts if p.speech_embeds is not None]
-        positions = (mask.cumsum(1) - 1).clamp_min(0)
-        budget = cfg.max_speech_steps if speak else cfg.max_new_tokens
-        cache = self._new_cache(cfg, width, speak)
-        out = model(input_ids=ids, speech_embeds=torch.cat(speech) if speech else None, token_modality=modality,
-                    attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
-                    logits_to_keep=1, return_audio_logits=speak)
-        t_prefill = time.monotonic()
-        past, pos = out.past_key_values, positions[:, -1:]
-        text_bias = self._text_bias.to(dev)
-        audio_bias = self._audio_bias.to(dev) if speak else None
-        rows = [_SpokenAnswer(self) for _ in range(b)] if speak else None
-        done, stop = [False] * b, [None] * b
-        text_ids: list[list[int]] = [[] for _ in range(b)]
-        grids: list[list[np.ndarray]] = [[] for _ in range(b)]
-        step_modality = torch.full((b, 1), SPEECH_MODALITY if speak else TEXT_MODALITY, device=dev)
-        threads = torch.get_num_threads()
-        if cfg.decode_threads:
-            torch.set_num_threads(cfg.decode_threads)
-        try:
-            for s in range(budget):
-                picks = (out.logits[:, -1] + text_bias).argmax(-1).tolist()
-                cols = (out.audio_logits[:, -1] + audio_bias).argmax(-1) if speak else None  # [B, Q]
-                next_tok, next_col = [], []
-                for r in range(b):
-                    if done[r]:  # finished rows ride along; their outputs are not read
-                        next_tok.append(pad)
-                        next_col.append(torch.full((q,), self.cfg.audio_pad_id, device=dev) if speak else None)
-                        continue
-                    if speak:
-                        tok, col, finished = rows[r].step(s, picks[r], cols[r], out.audio_logits[r, -1])
-                        grids[r].append(col.cpu().numpy())
-                        keep = tok not in self.stop_ids and tok != self.special.get("<|text_pad|>")
-                    else:
-                        tok, col, finished = picks[r], None, picks[r] in self.stop_ids
-                        keep = not finished
-                    if keep:
-                        text_ids[r].append(tok)
-                    if finished:
-                        done[r], stop[r] = True, "eos"
-                    next_tok.append(tok)
-                    next_col.append(col)
-                if all(done):
-                    break
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-                pos = pos + 1
-                out = model(input_ids=torch.tensor(next_tok, device=dev).view(b, 1),
-                            audio_codes=torch.stack(next_col).view(b, q, 1) if speak else None,
-                            attention_mask=mask, position_ids=pos, past_key_values=past,
-                            token_modality=step_modality, use_cache=True, return_audio_logits=speak)
-                past = out.past_key_values
-        finally:
-            torch.set_num_threads(threads)
-        results = []
-        for r in range(b):
-            codes = audio = None
-            if speak:
-                codes = self._codes_of(grids[r])
-                audio = self.decode_as_streamed(codes, cfg)
-            timings = {"prefill_done": t_prefill - t0, "total": time.monotonic() - t0, "batch": float(b)}
-            results.append(GenerationResult(self.decode_text(text_ids[r]), text_ids[r], codes, audio,
-                                            self.codec.sample_rate if speak else None,
-                                            stop[r] or ("max_steps" if speak else "max_new_tokens"),
-                                            len(grids[r]) if speak else len(text_ids[r]), timings))
-        return results
 
     def _codes_of(self, grid: list[np.ndarray]) -> np.ndarray:
         """The complete frames [Q, T] of an emitted delay-pattern grid, up to codebook 0's EOS."""
@@ -688,7 +669,3 @@ class _SpokenAnswer:
         finished = self.text_done and self.eos_step is not None and s >= self.eos_step + q - 1
         return tok, column, finished
 
-
-def first_audio_floor_steps(first_chunk_frames: int, num_codebooks: int) -> int:
-    """Decoding steps the delay pattern forces before `first_chunk_frames` frames exist."""
-    return steps_until_frames(first_chunk_frames, num_codebooks)

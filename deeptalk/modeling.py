@@ -4,7 +4,7 @@ a text LM head and parallel speech heads (one per codec codebook, Mini-Omni styl
 API contract (stable; generation, training and the harness adapter build on it)
 -------------------------------------------------------------------------------
 model = DeepTalkForCausalLM(config) | DeepTalkForCausalLM.from_pretrained(dir)
-        | deeptalk.upcycle.upcycle(dense) | DeepTalkForCausalLM.load_delta(dir)
+        | deeptalk.upcycle.upcycle(dense) | deeptalk.delta.load_delta(dir)
 
 Inputs of one step sequence (B batch, T steps, Q codebooks, V_a = config.audio_vocab_size):
   input_ids       [B, T] long   text channel. `<|audio_in|>` positions are placeholders
@@ -36,8 +36,8 @@ Runtime settings:
   model.set_trainable_modality("speech" | "text" | None)   masked stages 2.1 / 2.2 / 3
   model.set_modality_map(speech_experts | None)             after adaptive assignment
   model.set_routing_mode("all" | "masked" | "modality")
-Checkpoints: save_pretrained / from_pretrained (safetensors); save_delta / load_delta
-(deeptalk/delta.py: only what differs from the upcycled base LLM).
+Checkpoints: save_pretrained / from_pretrained (safetensors); deeptalk.delta.save_delta / load_delta
+(only what differs from the upcycled base LLM).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, L
 from transformers.utils import ModelOutput
 
 from .config import ROUTING_MODES, DeepTalkConfig
-from .moe import MoEFeedForward, Router, SwiGLU
+from .moe import MoEFeedForward, Router
 
 MODALITIES = ("speech", "text")
 
@@ -351,18 +351,6 @@ class DeepTalkForCausalLM(DeepTalkPreTrainedModel, GenerationMixin):
                 layer = self.model.layers[int(parts[2])].mlp
                 if bool(layer.speech_group[int(parts[parts.index("experts") + 1])]) == want_speech:
                     yield name, p
-
-    # --- delta checkpoints (see deeptalk/delta.py for the format) ---
-    def save_delta(self, path, base, dtype: torch.dtype | None = torch.bfloat16, **kwargs):
-        from .delta import save_delta
-
-        return save_delta(self, path, base, dtype=dtype, **kwargs)
-
-    @classmethod
-    def load_delta(cls, path, base=None, **kwargs) -> "DeepTalkForCausalLM":
-        from .delta import load_delta
-
-        return load_delta(path, base=base, **kwargs)
 
 
 AutoConfig.register("deeptalk", DeepTalkConfig, exist_ok=True)

@@ -27,7 +27,6 @@ import logging
 import pkgutil
 import sys
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,6 @@
 """The `deeptalk` harness adapter on a tiny checkpoint in the trainer's layout.
 
-The checkpoint is written by `deeptalk.train.save_checkpoint` from a tiny random DeepTalk
+The checkpoint is written by `deeptalk.checkpoint.save_checkpoint` from a tiny random DeepTalk
 (real classes), the real Whisper tiny.en encoder with a random projector and a small random
 offline codec: the adapter must load it, serve every modality pair, stream, and score text.
 """
@@ -24,7 +24,7 @@ def tiny_checkpoint(tmp_path_factory):
     from deeptalk.modeling import DeepTalkForCausalLM
     from deeptalk.speech.codec_offline import OfflineCodec
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
-    from deeptalk.train import save_checkpoint
+    from deeptalk.checkpoint import save_checkpoint
     from deeptalk.upcycle import extend_tokenizer
 
     out = tmp_path_factory.mktemp("ckpt")

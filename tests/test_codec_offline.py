@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from deeptalk.speech.codec import CodecError, SpeechCodec, load_codec
+from deeptalk.speech.codec import CodecError, SpeechCodec
+from deeptalk.speech.codec_loader import load_codec
 from deeptalk.speech.codec_offline import DEFAULT_PATH, OfflineCodec, fit_residual_kmeans
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from deeptalk.speech.codec import CodecError, load_codec
+from deeptalk.speech.codec import CodecError
+from deeptalk.speech.codec_loader import load_codec
 from deeptalk.speech.codec_offline import DEFAULT_PATH, OfflineCodec
 from deeptalk.speech.mel_refiner import MelRefiner, RefinerConfig, train_refiner, training_pairs
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from deeptalk import DeepTalkForCausalLM
+from deeptalk.delta import load_delta, save_delta
 from deeptalk.upcycle import upcycle
 
 
@@ -36,7 +36,7 @@ def trained(base):
 
 
 def test_delta_round_trip_exact(base, trained, tmp_path):
-    meta = trained.save_delta(tmp_path, base, dtype=None)
+    meta = save_delta(trained, tmp_path, base, dtype=None)
     kinds = json.loads((tmp_path / "delta.json").read_text())["tensors"]
     assert kinds["model.layers.2.mlp.experts.3.up_proj.weight"] == "full"
     assert kinds["model.layers.2.mlp.experts.2.up_proj.weight"] == "base"
@@ -44,7 +44,7 @@ def test_delta_round_trip_exact(base, trained, tmp_path):
     assert kinds["model.layers.0.self_attn.q_proj.weight"] == "base"
     assert kinds["model.embed_tokens.weight"] == "rows"  # row 17 + the special-token rows
     assert kinds["model.layers.1.mlp.router.weight"] == "full"
-    loaded = DeepTalkForCausalLM.load_delta(tmp_path, base=base)
+    loaded = load_delta(tmp_path, base=base)
     state = loaded.state_dict()
     for name, t in trained.state_dict().items():
         assert torch.equal(t, state[name]), name
@@ -55,12 +55,12 @@ def test_delta_round_trip_exact(base, trained, tmp_path):
 
 
 def test_delta_bf16_and_wrong_base(base, trained, tmp_path):
-    trained.save_delta(tmp_path, base)  # default: stored tensors in bf16
-    loaded = DeepTalkForCausalLM.load_delta(tmp_path, base=base)
+    save_delta(trained, tmp_path, base)  # default: stored tensors in bf16
+    loaded = load_delta(tmp_path, base=base)
     w = trained.moe_layers[1].experts[3].up_proj.weight
     torch.testing.assert_close(loaded.moe_layers[1].experts[3].up_proj.weight, w, atol=1e-2, rtol=1e-2)
     assert torch.equal(loaded.moe_layers[1].experts[2].up_proj.weight, trained.moe_layers[1].experts[2].up_proj.weight)
     with pytest.raises(ValueError, match="fingerprint"):
-        DeepTalkForCausalLM.load_delta(tmp_path, base=dense_llama(1))
+        load_delta(tmp_path, base=dense_llama(1))
     with pytest.raises(FileNotFoundError, match="not a deeptalk delta"):
-        DeepTalkForCausalLM.load_delta(tmp_path / "nothing", base=base)
+        load_delta(tmp_path / "nothing", base=base)

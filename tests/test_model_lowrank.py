@@ -9,10 +9,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deeptalk import DeepTalkForCausalLM
+from deeptalk.delta import load_delta, save_delta
 from deeptalk.distill import text_kl
 from deeptalk.lowrank import add_lowrank, lowrank_factors, lowrank_parameters, merge_lowrank
-from deeptalk.train import Example, set_trainable, stage_train_groups, train_stage
+from deeptalk.training.examples import Example
+from deeptalk.training.param_groups import set_trainable, stage_train_groups
+from deeptalk.training.stage_loop import train_stage
 from test_train_distill import batch, dense_llama, split_moe
 
 RANK = 2
@@ -117,14 +119,14 @@ def test_a_lowrank_stage_changes_text_experts_by_rank_r_and_moves_towards_the_ba
 
 
 def test_a_killed_lowrank_stage_resumes_to_the_same_weights(data, trained, tmp_path, monkeypatch):
-    from deeptalk import train
+    from deeptalk.training import stage_loop
 
     dense, _, _, examples = data
     model = split_moe(dense)
     _stage(tmp_path, model, dense, examples, max_steps=6)  # "killed" after its step-6 checkpoint
     steps = []
-    forward = train.Trainee.forward
-    monkeypatch.setattr(train.Trainee, "forward", lambda self, b: steps.append(1) or forward(self, b))
+    forward = stage_loop.Trainee.forward
+    monkeypatch.setattr(stage_loop.Trainee, "forward", lambda self, b: steps.append(1) or forward(self, b))
     resumed = split_moe(dense)  # a fresh process: the previous stage's weights, then the state
     _stage(tmp_path, resumed, dense, examples, max_steps=12, resume=True)
     assert len(steps) == 6  # it went on from the checkpoint, with the factors it had saved
@@ -135,11 +137,11 @@ def test_a_killed_lowrank_stage_resumes_to_the_same_weights(data, trained, tmp_p
 def test_the_delta_stores_lowrank_changes_as_factors(data, trained, tmp_path):
     dense, ids, mask, _ = data
     model = trained[0]
-    meta = model.save_delta(tmp_path / "bf16", dense)  # bf16: factors of the change
+    meta = save_delta(model, tmp_path / "bf16", dense)  # bf16: factors of the change
     kinds = json.loads((tmp_path / "bf16" / "delta.json").read_text())["tensors"]
     text_expert = f"model.layers.1.mlp.experts.{int((~model.moe_layers[0].speech_group).nonzero()[0])}.up_proj.weight"
     assert kinds[text_expert] == "lowrank" and meta["version"] == 2
-    loaded = DeepTalkForCausalLM.load_delta(tmp_path / "bf16", base=dense)
+    loaded = load_delta(tmp_path / "bf16", base=dense)
     loaded.set_routing_mode("modality")
     w = model.get_parameter(text_expert)
     err_factors = (loaded.get_parameter(text_expert) - w).abs().max()
@@ -148,5 +150,5 @@ def test_the_delta_stores_lowrank_changes_as_factors(data, trained, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits,
                                    model(input_ids=ids, attention_mask=mask).logits, atol=5e-2, rtol=0)
-    model.save_delta(tmp_path / "exact", dense, dtype=None)  # no rounding asked for: whole tensors, exactly
+    save_delta(model, tmp_path / "exact", dense, dtype=None)  # no rounding asked for: whole tensors, exactly
     assert json.loads((tmp_path / "exact" / "delta.json").read_text())["tensors"][text_expert] == "full"

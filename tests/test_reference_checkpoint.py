@@ -38,7 +38,7 @@ def test_text_experts_are_the_base_llms_own():
 
 @pytest.fixture(scope="module")
 def bundle():
-    from deeptalk.train import load_checkpoint
+    from deeptalk.checkpoint import load_checkpoint
 
     return load_checkpoint(REF)
 

@@ -9,7 +9,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from deeptalk.distill import check_config, teachable_rows, text_kl
-from deeptalk.train import Example, train_stage
+from deeptalk.training.examples import Example
+from deeptalk.training.stage_loop import train_stage
 from deeptalk.upcycle import upcycle
 
 VOCAB = 200

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from deeptalk.train import set_trainable, stage_train_groups
+from deeptalk.training.param_groups import set_trainable, stage_train_groups
 from deeptalk.upcycle import upcycle
 
 

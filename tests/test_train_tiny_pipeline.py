@@ -60,7 +60,9 @@ def test_all_stages_and_hook(tmp_path):
     assert {f"loss-stage-{s}.csv" for s in ("1", "2.1", "2.2", "3")} <= {f.name for f in ship.iterdir()}
     import torch
 
-    from deeptalk.train import build_base, load_checkpoint, load_recipe
+    from deeptalk.checkpoint import load_checkpoint
+    from deeptalk.training.build import build_base
+    from deeptalk.training.recipe import load_recipe
 
     dense = build_base(load_recipe("tiny"))[0]
     shipped, trained = load_checkpoint(ship, base=dense), load_checkpoint(out / "stage-3")
@@ -123,7 +125,7 @@ def test_ctc_projector_recipe(tmp_path):
 
     from deeptalk.generate import TEXT_MODALITY, SpeechGenerator
     from deeptalk.speech.tts import synthesize
-    from deeptalk.train import load_checkpoint
+    from deeptalk.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
     p = train("--recipe", "tiny-ctc", "--output", str(out))

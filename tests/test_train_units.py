@@ -11,7 +11,8 @@ import yaml
 from deeptalk.config import SPECIAL_TOKENS, DeepTalkConfig
 from deeptalk.delay import undo_delay_pattern
 from deeptalk.generate import answer_steps
-from deeptalk.train import STAGES, Example, collate, load_recipe
+from deeptalk.training.examples import Example, collate
+from deeptalk.training.recipe import STAGES, load_recipe
 
 
 def cfg(q=3, k=16):
@@ -132,7 +133,8 @@ def test_corpus_rows_are_calibration_prose_for_language_modelling():
 
     from transformers import AutoTokenizer
 
-    from deeptalk.train import TEXT_MODALITY, corpus_examples
+    from deeptalk.generate import TEXT_MODALITY
+    from deeptalk.training.examples import corpus_examples
     from deeptalk.upcycle import calibration_texts
 
     tok = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "checkpoints" / "reference")

@@ -9,14 +9,13 @@ Implementations: `OfflineCodec` (codec_offline.py: residual k-means over stacked
 log-mel frames + Griffin-Lim; fitted here and shipped in deeptalk/speech/assets/) and
 `SNACCodec` (codec_snac.py: SNAC 24 kHz when its weights are on disk or reachable).
 
-    codec = load_codec("offline")
+    codec = load_codec("offline")          # deeptalk/speech/codec_loader.py
     codes = codec.encode(wav, sr)          # int64 [Q, T]
     audio = codec.decode(codes)            # float32 [T * samples_per_frame] at codec.sample_rate
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import numpy as np
 
@@ -138,23 +137,3 @@ class StreamingDecoder:
         self._tail = audio[end - start * spf : end - start * spf + self.crossfade] if not final else np.zeros(0, np.float32)
         self._emitted = end
         return seg.astype(np.float32, copy=False)
-
-
-def load_codec(name: str | Path = "offline", **kwargs) -> SpeechCodec:
-    """'offline' (the shipped codec), 'snac' (SNAC 24 kHz), or a path to an offline codec file."""
-    if str(name) == "offline":
-        from deeptalk.speech.codec_offline import OfflineCodec
-
-        return OfflineCodec.load(**kwargs)
-    if str(name) == "snac" or str(name).startswith("snac:"):
-        from deeptalk.speech.codec_snac import SNACCodec
-
-        src = str(name).split(":", 1)[1] if ":" in str(name) else kwargs.pop("source", None)
-        return SNACCodec.load(src, **kwargs)
-    path = Path(name)
-    if path.suffix == ".safetensors" or path.is_dir():
-        from deeptalk.speech.codec_offline import OfflineCodec
-
-        return OfflineCodec.load(path, **kwargs)
-    raise CodecError(f"unknown codec {name!r}: use 'offline', 'snac', 'snac:<dir or hub id>' "
-                     f"or a path to an offline codec .safetensors")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from deeptalk.speech import codec_data
-from deeptalk.speech.codec import load_codec
+from deeptalk.speech.codec_loader import load_codec
 
 ASR_RATE = 16000
 # what eval transcribes: the speech, its unquantised log-mel through the vocoder (the

@@ -58,7 +58,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                          loglikelihood_batch_size=loglikelihood_batch_size, threads=threads, cache=cache,
                          decode_threads=decode_threads)
         from deeptalk.generate import SpeechGenerator, StreamConfig
-        from deeptalk.train import load_checkpoint
+        from deeptalk.checkpoint import load_checkpoint
 
         ckpt = Path(path) if path else DEFAULT_CHECKPOINT
         if not ckpt.is_dir():

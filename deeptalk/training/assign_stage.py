@@ -1,0 +1,49 @@
+"""The `assign` stage: measure modality load and install the speech / text expert map."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from deeptalk.generate import SPEECH_MODALITY
+from deeptalk.training.examples import Example, collate, qa_examples, text_examples
+
+
+def assign_stage(model, encoder, tokenizer, scfg: dict, qa_set, data, path: Path, seed: int, acc) -> dict:
+    """Measure modality load on speech-only and text-only batches and install the modality map."""
+    from deeptalk.experts import assign_modality_experts, measure_modality_load, random_assignment, write_assignment
+
+    method, k = scfg.get("method", "adaptive"), int(scfg["speech_experts"])
+    n = int(scfg.get("batches", 8))
+    qa = qa_examples(qa_set, encoder, tokenizer, model.config)[:n]
+    tx = text_examples(data["text"], tokenizer, model.config)[:n]
+    if not qa or not tx:
+        raise ValueError(f"assignment needs speech and text examples, got {len(qa)} and {len(tx)}")
+
+    def forward_args(e: Example, speech: bool) -> dict:
+        b = collate([e], tokenizer.eos_token_id, model.config.num_codebooks)
+        args = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+        if speech:  # only the speech positions (input frames + spoken answer steps) count as speech
+            keep = b["token_modality"][0] == SPEECH_MODALITY
+            args["token_modality"] = b["token_modality"]
+            with torch.no_grad():
+                args["speech_embeds"] = encoder.projector(e.feats.unsqueeze(0).to(encoder.projector.fc1.weight.dtype))[0]
+            args["audio_codes"] = b["audio_codes"]
+            args["attention_mask"] = args["attention_mask"]
+            assert keep.any()
+        return args
+
+    path.mkdir(parents=True, exist_ok=True)
+    rho_a = rho_t = None
+    if method == "adaptive":
+        rho_a, rho_t = measure_modality_load(model, [forward_args(e, True) for e in qa], [forward_args(e, False) for e in tx])
+        experts = assign_modality_experts(rho_a, rho_t, k)
+    elif method == "random":
+        experts = random_assignment(model.config.num_moe_layers, model.config.num_routed_experts, k, seed)
+    elif method == "pure":
+        experts = None
+    else:
+        raise ValueError(f"assignment method {method!r}: expected adaptive, random or pure")
+    record = write_assignment(model, experts, path if acc.is_main_process else None, rho_a, rho_t, method=method,
+                              k=k, seed=seed)
+    return {"stage": "assign", **record, "speech_batches": len(qa), "text_batches": len(tx)}

@@ -1,0 +1,113 @@
+"""Data sets -> training sequences (`Example`), built with the generator's own prompt layout, and batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from deeptalk.generate import SPEECH_MODALITY, TEXT_MODALITY, answer_steps, build_prompt_ids
+
+ASR_INSTRUCTION = "Transcribe what was said."
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]
+    modality: list[int]
+    feats: torch.Tensor | None = None  # Whisper features [T, d] for the <|audio_in|> slots
+    audio: torch.Tensor | None = None  # [Q, L] delayed codes (-1 = none) aligned with ids
+
+    @property
+    def tokens(self) -> int:
+        return sum(l != -100 for l in self.labels)
+
+
+def _answer_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _spoken_items(item_set, encoder, desc: str):
+    """(item, Whisper features, number of speech positions) for every spoken item of a set."""
+    from deeptalk.data import load_wav
+    from deeptalk.speech.encoder import num_positions, prepare_audio
+
+    for item in tqdm(item_set.items, desc=desc):
+        feats = encoder.whisper_features(prepare_audio(load_wav(item_set, item), 16000, name=item["id"]))
+        if encoder.reads_as_text:  # a CTC projector's positions are the tokens it hears (it is frozen after stage 1)
+            with torch.no_grad():
+                p = int(encoder([feats])[1][0])
+        else:
+            p = num_positions(feats.shape[0], encoder.config.stride)
+        yield item, feats, p
+
+
+def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
+    out = []
+    for item, feats, p in _spoken_items(asr_set, encoder, "whisper features (asr)"):
+        ids, mod, _ = build_prompt_ids(tokenizer, config, ASR_INSTRUCTION, p, speak=False,
+                                       speech_as_text=encoder.reads_as_text)
+        ans = _answer_ids(tokenizer, item["text"]) + [tokenizer.eos_token_id]
+        out.append(Example(ids + ans, [-100] * len(ids) + ans, mod + [TEXT_MODALITY] * len(ans), feats))
+    return out
+
+
+def qa_examples(qa_set, encoder, tokenizer, config) -> list[Example]:
+    out = []
+    for item, feats, p in _spoken_items(qa_set, encoder, "whisper features (spoken qa)"):
+        ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True, speech_as_text=encoder.reads_as_text)
+        codes = np.load(qa_set.path(item, "codes"))
+        text, grid = answer_steps(_answer_ids(tokenizer, item["answer"]), codes, config)
+        audio = torch.full((config.num_codebooks, len(ids) + len(text)), -1, dtype=torch.long)
+        audio[:, len(ids):] = grid
+        out.append(Example(ids + text, [-100] * len(ids) + text, mod + [SPEECH_MODALITY] * len(text), feats, audio))
+    return out
+
+
+def text_examples(text_set, tokenizer, config) -> list[Example]:
+    out = []
+    for item in text_set.items:
+        ids, mod, _ = build_prompt_ids(tokenizer, config, item["prompt"], None, speak=False)
+        ans = _answer_ids(tokenizer, item["answer"]) + [tokenizer.eos_token_id]
+        out.append(Example(ids + ans, [-100] * len(ids) + ans, mod + [TEXT_MODALITY] * len(ans)))
+    return out
+
+
+def corpus_examples(tokenizer, num_tokens: int, block: int = 256) -> list[Example]:
+    """Plain offline prose (the upcycling calibration split, deeptalk/upcycle.py) as text-only
+    language-modelling rows: broad text for stage 2.2 to heal the text path on, beside the
+    instruction answers (`data.text_corpus_tokens` in a recipe)."""
+    from deeptalk.upcycle import calibration_texts, token_blocks
+
+    blocks = token_blocks(tokenizer, calibration_texts("calib"), num_tokens, block)
+    return [Example(row.tolist(), row.tolist(), [TEXT_MODALITY] * block) for row in blocks]
+
+
+def collate(examples: list[Example], pad_id: int, num_codebooks: int, max_len: int | None = None) -> dict:
+    """Right-padded batch; audio rows -1 (nothing) / labels -100 where absent."""
+    n = max(len(e.ids) for e in examples)
+    if max_len is not None and n > max_len:
+        raise ValueError(f"a training sequence has {n} tokens, more than max_len={max_len}: shorten the data")
+    b = len(examples)
+    ids = torch.full((b, n), pad_id, dtype=torch.long)
+    labels = torch.full((b, n), -100, dtype=torch.long)
+    modality = torch.zeros((b, n), dtype=torch.long)
+    mask = torch.zeros((b, n), dtype=torch.long)
+    audio = torch.full((b, num_codebooks, n), -1, dtype=torch.long) if num_codebooks else None
+    has_audio = any(e.audio is not None for e in examples)
+    for i, e in enumerate(examples):
+        L = len(e.ids)
+        ids[i, :L] = torch.tensor(e.ids)
+        labels[i, :L] = torch.tensor(e.labels)
+        modality[i, :L] = torch.tensor(e.modality)
+        mask[i, :L] = 1
+        if e.audio is not None:
+            audio[i, :, :L] = e.audio
+    batch = {"input_ids": ids, "labels": labels, "token_modality": modality, "attention_mask": mask,
+             "feats": [e.feats for e in examples if e.feats is not None]}
+    if has_audio:
+        batch["audio_codes"] = audio
+        batch["audio_labels"] = torch.where(audio >= 0, audio, torch.full_like(audio, -100))
+    return batch

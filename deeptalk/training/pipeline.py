@@ -1,0 +1,151 @@
+"""The pipeline: build data, codec and model, run the recipe's stages in order, checkpoint and hook each."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from deeptalk.checkpoint import load_checkpoint, save_checkpoint
+from deeptalk.training.assign_stage import assign_stage
+from deeptalk.training.build import build_base, build_codec, build_encoder, build_model
+from deeptalk.training.examples import asr_examples, corpus_examples, qa_examples, text_examples
+from deeptalk.training.hearing_stage import hearing_stage
+from deeptalk.training.plots import plot_losses
+from deeptalk.training.recipe import STAGES, recipe_hash, seed_everything
+from deeptalk.training.recipe_data import build_data
+from deeptalk.training.stage_loop import train_stage
+
+
+def run_hook(cmd: str | None, stage: str, checkpoint: Path, output: Path) -> dict | None:
+    if not cmd:
+        return None
+    filled = cmd.format(stage=stage, checkpoint=str(checkpoint), output=str(output))
+    t0 = time.monotonic()
+    proc = subprocess.run(filled, shell=True, capture_output=True, text=True)
+    rec = {"command": filled, "returncode": proc.returncode, "seconds": round(time.monotonic() - t0, 2),
+           "stdout_tail": proc.stdout[-2000:], "stderr_tail": proc.stderr[-2000:]}
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {stage}: hook failed (exit {proc.returncode}): {filled}\n{proc.stderr[-2000:]}")
+    return rec
+
+
+def stage_done(path: Path) -> bool:
+    p = path / "stage.json"
+    return p.is_file() and json.loads(p.read_text()).get("done", False)
+
+
+def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hook: str | None = None) -> dict:
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    acc = Accelerator(cpu=not torch.cuda.is_available(),
+                      kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    seed = int(recipe["seed"])
+    seed_everything(seed)
+    if recipe.get("torch_threads"):  # on a shared CPU, one thread per process can beat OpenMP's contention
+        torch.set_num_threads(int(recipe["torch_threads"]))
+    output.mkdir(parents=True, exist_ok=True)
+    if acc.is_main_process:
+        (output / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in recipe.items() if not k.startswith("_")}))
+    hook = hook if hook is not None else recipe.get("hook")
+    t_run = time.monotonic()
+
+    # data and codec are built by the main process first (cached), then read by all
+    with acc.main_process_first():
+        dense, tokenizer, base_name = build_base(recipe)
+        data = build_data(recipe)
+        codec, codec_ref = build_codec(recipe, output, data["asr"])
+        from deeptalk import data as D
+
+        qa_set = D.build_spoken_qa(data["qa_questions"], data["qa_answers"], codec,
+                                   json.dumps(codec.describe(), sort_keys=True, default=str),
+                                   recipe["data"]["voices"], recipe["data"].get("answer_voice", "piper:joe"), seed)
+    if "path" in codec_ref:
+        codec_ref["src_dir"] = str(output)
+    manifests = {k: v.manifest for k, v in (("asr", data["asr"]), ("spoken_qa", qa_set), ("text", data["text"]))}
+    for k, m in manifests.items():
+        acc.print(f"data {k}: {m['items']} items, failure rate {m['failure_rate']:.3f}")
+
+    # the model: resume from the last finished stage, or upcycle the base
+    order = [s for s in STAGES if s in stages]
+    prev = None
+    for s in STAGES:
+        if s in order:
+            break
+        if stage_done(output / f"stage-{s}"):
+            prev = output / f"stage-{s}"
+    if prev is not None:
+        b = load_checkpoint(prev)
+        model, tokenizer, encoder = b.model, b.tokenizer, b.encoder
+    else:
+        seed_everything(seed)
+        model = build_model(recipe, dense, tokenizer, codec)
+        seed_everything(seed)
+        encoder = build_encoder(recipe, model.config.hidden_size, tokenizer)
+    model.config.speech_encoder_dim = encoder.projector.fc1.in_features // encoder.config.stride
+    encoder.projector.to(model.dtype)
+    encoder.tie(model.get_input_embeddings().weight)
+
+    asr_ex = qa_ex = text_ex = None
+    summary = {"recipe": recipe["name"], "recipe_hash": recipe_hash(recipe), "seed": seed, "stages": {},
+               "data": manifests, "base": base_name}
+    for stage in order:
+        path = output / f"stage-{stage}"
+        if stage_done(path) and resume:
+            acc.print(f"stage {stage}: done already, loading {path}")
+            b = load_checkpoint(path)
+            model, tokenizer, encoder = b.model, b.tokenizer, b.encoder
+            summary["stages"][stage] = b.info
+            continue
+        scfg = recipe["stages"].get(stage)
+        if scfg is None:
+            raise ValueError(f"recipe {recipe['name']!r} has no settings for stage {stage!r}")
+        t0 = time.monotonic()
+        if stage == "assign":
+            info = assign_stage(model, encoder, tokenizer, scfg, qa_set, data, path, seed, acc)
+        else:
+            if stage == "1" and encoder.reads_as_text:
+                ex = None  # CTC on the hearing corpus (deeptalk/hearing.py), the LLM untouched
+            elif stage == "1":
+                asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config)
+                ex = asr_ex
+            elif stage == "2.1":
+                qa_ex = qa_ex or qa_examples(qa_set, encoder, tokenizer, model.config)
+                ex = qa_ex
+            elif stage == "2.2":
+                text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
+                corpus = int(recipe["data"].get("text_corpus_tokens", 0))
+                ex = text_ex + (corpus_examples(tokenizer, corpus) if corpus else [])
+            else:
+                asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config)
+                qa_ex = qa_ex or qa_examples(qa_set, encoder, tokenizer, model.config)
+                text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
+                ex = qa_ex + text_ex + asr_ex[: len(qa_ex)]
+            acc.free_memory()  # forget the previous stage's prepared objects (save/load_state count them)
+            if ex is None:
+                info = hearing_stage(recipe, scfg, encoder, tokenizer, path, seed, resume, acc)
+            else:
+                info = train_stage(acc, stage, scfg, model, encoder, ex, tokenizer, path, seed, resume, teacher=dense)
+        model.set_routing_mode(recipe.get("inference_routing", "all") if model.config.speech_experts is not None
+                               else "all")
+        if model.config.speech_experts is not None:
+            model.set_trainable_modality(None)
+        info.update({"done": True, "wall_seconds": round(time.monotonic() - t0, 2), "seed": seed,
+                     "recipe": recipe["name"], "recipe_hash": recipe_hash(recipe), "base": base_name,
+                     "data_answerer": data["answerer"], "routing_mode": model.config.routing_mode})
+        if acc.is_main_process:
+            if (path / "loss.csv").is_file():
+                plot_losses(path / "loss.csv", path / "loss.png", f"{recipe['name']} stage {stage}")
+            save_checkpoint(path, model, tokenizer, encoder, codec_ref, info)
+            info["hook"] = run_hook(hook, stage, path, output)
+            (path / "stage.json").write_text(json.dumps(info, indent=1, default=str))
+        acc.wait_for_everyone()
+        summary["stages"][stage] = info
+    summary["wall_seconds"] = round(time.monotonic() - t_run, 2)
+    if acc.is_main_process:
+        (output / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    acc.end_training()
+    return summary

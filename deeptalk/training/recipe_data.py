@@ -1,0 +1,44 @@
+"""A recipe's stage data: ASR pairs, spoken QA questions with self-distilled answers, text instructions."""
+from __future__ import annotations
+
+import random
+
+
+def build_data(recipe: dict) -> dict:
+    """Build (or reuse from the cache) the stage data sets of the recipe."""
+    from deeptalk import data as D
+
+    d = recipe["data"]
+    seed = recipe["seed"]
+    rng = random.Random(seed)
+    questions = D.quiz_questions()
+    rng.shuffle(questions)
+    n_qa, n_asr, n_text = d["spoken_qa"], d["asr"], d["text"]
+    qa_q = [q["question"] for q in questions[:n_qa]]
+    prompts = D.instruction_prompts(seed)
+    rng.shuffle(prompts)
+    text_p = prompts[:n_text]
+
+    from deeptalk.base_llm import load_base_llm
+
+    answerer_name = d.get("answerer", "smollm2-135m-instruct")
+    max_new = d.get("answer_max_new_tokens", 48)
+    answerer_id = f"{answerer_name}|greedy|{max_new}|batch16"
+    need = [p for p in qa_q + text_p]
+    lazy = {}
+
+    def answer(ps):
+        if "fn" not in lazy:
+            m, t = load_base_llm(answerer_name)
+            lazy["fn"] = D.base_llm_answerer(m, t, max_new_tokens=max_new)
+        return lazy["fn"](ps)
+
+    answers = D.cached_answers(need, answer, answerer_id, desc="self-distilled answers")
+    qa_a = [D.first_sentences(a, d.get("spoken_answer_max_words", 24)) for a in answers[:n_qa]]
+    text_a = answers[n_qa:]
+    # ASR sentences: questions not used for spoken QA, then answer sentences (natural text)
+    asr_sents = [q["question"] for q in questions[n_qa:]][: n_asr // 2]
+    asr_sents += [s for s in (D.first_sentences(a, 20) for a in answers) if s][: n_asr - len(asr_sents)]
+    asr = D.build_asr_set(asr_sents, d["voices"], seed)
+    return {"asr": asr, "qa_questions": qa_q, "qa_answers": qa_a, "text": D.build_text_set(text_p, text_a),
+            "answerer": answerer_id}
