@@ -156,15 +156,6 @@ def test_describe_records_setup(adapter, monkeypatch):
     assert adapter.fingerprint() != before
 
 
-def test_stop_cut_never_takes_back_shown_text():
-    from deeptalk_eval.models.deeptalk import _StopCut
-
-    cut = _StopCut(["\n\n", "Q:"])
-    assert [cut.push(d) for d in ("The answer", " is 4.\n", "\n", "Q: next")] == ["The answer", " is 4.\n", "", ""]
-    cut = _StopCut([])
-    assert "".join(cut.push(d) for d in ("a", "", "b")) == "ab"
-
-
 def test_lm_eval_contexts_are_fed_untemplated(adapter):
     context = "Q: Is the sky blue?\nA: Yes\n\nQ: Is grass red?\nA:"
     opts = GenerationOptions(max_new_tokens=3)

@@ -31,6 +31,7 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.stop_strings import StopCut
 from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,7 +169,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             raise UnsupportedRequest(f"request {request.id}: unknown output modality {request.output_modality!r}")
         t0 = time.monotonic()
         prompt = self._prompt(request, t0)
-        shown = _StopCut(request.options.stop)
+        shown = StopCut(request.options.stop)
         for ev in self.generator.stream(prompt, OUTPUTS[request.output_modality], self._config(request)):
             if ev.kind == "text":
                 delta = shown.push(ev.text)
@@ -179,6 +180,9 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             elif ev.kind == "mark":
                 yield StreamEvent("mark", ev.t, name=ev.name)
             elif ev.kind == "end":
+                tail = shown.finish()
+                if tail:
+                    yield StreamEvent("text", ev.t, text=tail)
                 done = ev.info or {}
                 yield StreamEvent("end", ev.t, info={
                     "prompt": prompt.rendered,
@@ -213,8 +217,8 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             prompts = [self._prompt(requests[i], t0) for i in idx]
             results = self.generator.generate_batch(prompts, OUTPUTS[output], cfg)
             for i, p, res in zip(idx, prompts, results):
-                shown = _StopCut(requests[i].options.stop)  # the text exactly as stream() shows it
-                text = "".join(shown.push(d) for d in self.generator.text_deltas(res.text_ids) if d)
+                shown = StopCut(requests[i].options.stop)  # the text exactly as stream() shows it
+                text = "".join(shown.push(d) for d in self.generator.text_deltas(res.text_ids) if d) + shown.finish()
                 audio = None
                 if output in ("speech", "both"):
                     audio = Audio(res.audio if res.audio is not None else np.zeros(0, np.float32),
@@ -224,22 +228,4 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                                   tokens={"text": len(res.text_ids), "steps": res.steps, "audio_frames": frames},
                                   extra={"stop_reason": res.stop_reason, "audio_flags": p.audio_flags,
                                          "batch": len(idx)})
-        return out
-
-
-class _StopCut:
-    """Streamed text up to the first stop string: push a delta, get what may be shown of it."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops, self.full, self.shown = stops, "", 0
-
-    def push(self, delta: str) -> str:
-        self.full += delta
-        cut = len(self.full)
-        for s in self.stops:
-            if s and s in self.full:
-                cut = min(cut, self.full.index(s))
-        if cut <= self.shown:
-            return ""
-        out, self.shown = self.full[self.shown:cut], cut
         return out

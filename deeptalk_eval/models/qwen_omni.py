@@ -73,6 +73,7 @@ from deeptalk_eval.models.hf_speech import (
     resample,
     resolve_device_dtype,
 )
+from deeptalk_eval.models.stop_strings import first_stop
 from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
 OUTPUT_SAMPLE_RATE = 24000  # both talkers' waveforms (Qwen's model cards: 24 kHz)
@@ -305,7 +306,7 @@ class _QwenOmni(TextPathScoring, SpokenModel):
         n_text = next((i for i, t in enumerate(new) if t in eos), len(new))
         extra["stopped_by"] = "eos" if n_text < len(new) else "max_new_tokens"
         text = self.tokenizer.decode(new[:n_text], skip_special_tokens=True).strip()
-        cut = min((i for i in (text.find(s) for s in opts.stop if s) if i >= 0), default=-1)
+        cut = first_stop(text, opts.stop)
         if cut >= 0:
             text, extra["stopped_by"] = text[:cut].rstrip(), "stop_string"
         audio = None

@@ -35,6 +35,7 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
+from deeptalk_eval.models.stop_strings import StopCut
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
@@ -311,34 +312,27 @@ class BaseLLM(SpokenModel):
         yield StreamEvent("mark", time.monotonic(), name="prefill_start")
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        stops = [s for s in opts.stop if s]
-        hold = max((len(s) for s in stops), default=1) - 1  # a stop string may straddle chunks
-        buf, first = "", True
+        cutter, first = StopCut(opts.stop), True
         try:
             for chunk in _named_timeout(streamer, request.id):
                 if first and streamer.token_times:
                     yield StreamEvent("mark", streamer.token_times[0], name="first_token")
                     first = False
-                buf += chunk
-                cut = min((i for i in (buf.find(s) for s in stops) if i >= 0), default=-1)
-                if cut >= 0:
-                    if cut:
-                        yield StreamEvent("text", time.monotonic(), text=buf[:cut])
-                    buf = ""
+                shown = cutter.push(chunk)
+                if shown:
+                    yield StreamEvent("text", time.monotonic(), text=shown)
+                if cutter.stopped:
                     stopped_by = "stop_string"
                     break
-                ready = len(buf) - hold
-                if ready > 0:
-                    yield StreamEvent("text", time.monotonic(), text=buf[:ready])
-                    buf = buf[ready:]
         finally:
             # After a stop string, or when the consumer stops listening, end generate() at its next step.
             stop_flag.event.set()
             thread.join()
         if error:
             raise RuntimeError(f"request {request.id}: generation failed: {error[0]!r}") from error[0]
-        if buf:
-            yield StreamEvent("text", time.monotonic(), text=buf)
+        tail = cutter.finish()
+        if tail:
+            yield StreamEvent("text", time.monotonic(), text=tail)
         if first and streamer.token_times:
             yield StreamEvent("mark", streamer.token_times[0], name="first_token")
         if streamer.token_times:
