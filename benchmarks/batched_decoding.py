@@ -16,7 +16,9 @@ import tempfile
 from pathlib import Path
 
 from deeptalk_eval.results import atomic_write_text, hardware_info, read_samples
-from deeptalk_eval.runner import RunOptions, prepare, run
+from deeptalk_eval.run.loop import run
+from deeptalk_eval.run.options import RunOptions
+from deeptalk_eval.run.plan import prepare
 
 
 def one_run(tasks: list[str], limit: int, batch_size: int, threads: int, out: Path) -> dict:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from deeptalk_eval.api import Capabilities, Response, SpokenModel
 from deeptalk_eval.results import atomic_write_text, hardware_info
-from deeptalk_eval.runner import RunOptions, prepare, run
+from deeptalk_eval.run.loop import run
+from deeptalk_eval.run.options import RunOptions
+from deeptalk_eval.run.plan import prepare
 from deeptalk_eval.scoring.base import register_scorer, scorer_names
 
 TASK = """task: noop_overhead

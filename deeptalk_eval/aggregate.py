@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from deeptalk_eval.taskconfig import MetricSpec
+from deeptalk_eval.task_config import MetricSpec
 
 PERCENTILES = {"median": 50.0, "p50": 50.0, "p90": 90.0, "p95": 95.0}
 BOOTSTRAP_SEED = 0

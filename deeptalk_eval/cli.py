@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from deeptalk_eval.errors import UsageError
-from deeptalk_eval.taskconfig import TaskConfigError
+from deeptalk_eval.task_yaml import TaskConfigError
 
 SUBCOMMANDS = ("run", "list", "validate", "merge", "leaderboard", "regress")
 # what argv may start with other than a subcommand without meaning `run`
@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def options_from_args(args: argparse.Namespace):
     from deeptalk_eval.model_args import parse_model_args
-    from deeptalk_eval.runner import RunOptions, parse_shard, shard_from_env
+    from deeptalk_eval.run.options import RunOptions
+    from deeptalk_eval.run.shards import parse_shard, shard_from_env
 
     return RunOptions(
         model=args.model, model_args=parse_model_args(args.model_args), model_path=args.model_path,
@@ -133,13 +134,17 @@ def offline_by_default(online: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from deeptalk_eval import runner
+    from deeptalk_eval.run.loop import run
+    from deeptalk_eval.run.options import check_writable
+    from deeptalk_eval.run.plan import prepare
+    from deeptalk_eval.run.rescore import rescore
+    from deeptalk_eval.run.summary_table import summary_table
 
     offline_by_default(args.online)
     if args.retention_tasks:
         from deeptalk_eval.retention_tasks import write_retention_tasks
 
-        runner.check_writable(args.output_dir)  # written to before `prepare` checks it
+        check_writable(args.output_dir)  # written to before `prepare` checks it
         folder = args.output_dir / ".retention_tasks"
         try:
             added = write_retention_tasks(args.retention_tasks, folder)
@@ -151,15 +156,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     opts = options_from_args(args)
     if args.rescore:
-        result = runner.rescore(args.rescore, opts)
+        result = rescore(args.rescore, opts)
     else:
         if not (args.model or args.model_path):
             raise UsageError("--model NAME or --model-path module:Class is required")
-        plan = runner.prepare(opts)  # everything that can be wrong with the input, before running
-        result = runner.run(plan)
+        plan = prepare(opts)  # everything that can be wrong with the input, before running
+        result = run(plan)
     from deeptalk_eval.run_report import after_run  # pandas: only once there is something to report
 
-    print(runner.summary_table(result.results))
+    print(summary_table(result.results))
     print(f"\nresults: {result.path}")
     print(after_run(result.results, result.path, args.output_dir))
     return result.exit_code
@@ -173,7 +178,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         print(tabulate(sorted(model_specs().items()), headers=["model", "adapter"]))
     elif args.what == "scorers":
-        import deeptalk_eval.runner  # noqa: F401  the scorers a run knows (e.g. "latency")
         from deeptalk_eval.scoring.base import scorer_names
 
         print("\n".join(scorer_names()))
@@ -192,11 +196,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Schema, data file, scorer names, the first request's prompt. Exit 2 on the first problem."""
-    import deeptalk_eval.runner  # noqa: F401  the scorers a run knows (e.g. "latency")
     from deeptalk_eval.scoring.base import get_scorer
-    from deeptalk_eval.taskconfig import (
-        build_request, is_template, load_docs, load_task, read_task_file, render_prompt,
-    )
+    from deeptalk_eval.task_config import load_task
+    from deeptalk_eval.task_docs import load_docs
+    from deeptalk_eval.task_requests import build_request, render_prompt
+    from deeptalk_eval.task_yaml import is_template, read_task_file
 
     offline_by_default(args.online)
 
@@ -238,7 +242,8 @@ def validate_example(task) -> None:
     serves it): process_docs, the input fields, the prompt, and every scorer on an empty
     reply (which reads the gold fields without asking a model, an ASR or a judge)."""
     from deeptalk_eval.scoring.base import SampleView, ScoringContext, get_scorer
-    from deeptalk_eval.taskconfig import SampleInputError, example_docs, render_prompt
+    from deeptalk_eval.task_docs import example_docs
+    from deeptalk_eval.task_requests import SampleInputError, render_prompt
 
     hub = task.hub
     where = f"{hub['path']}" + (f" ({hub['name']})" if hub.get("name") else "")
@@ -275,10 +280,11 @@ def validate_example(task) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from deeptalk_eval import runner
+    from deeptalk_eval.run.merge import merge
+    from deeptalk_eval.run.summary_table import summary_table
 
-    result = runner.merge(args.out, args.inputs)
-    print(runner.summary_table(result.results))
+    result = merge(args.out, args.inputs)
+    print(summary_table(result.results))
     print(f"\nmerged results: {result.path}")
     return result.exit_code
 

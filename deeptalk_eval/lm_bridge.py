@@ -3,7 +3,7 @@
 `SpokenModelLM` wraps any `SpokenModel` that can score text (capabilities.loglikelihood)
 as an lm-eval `LM`, so retention tasks (`kind: lm_eval`) run through lm-eval itself with
 its own prompts, few-shot sampling and metrics. It is registered in lm-eval's model
-registry as "deeptalk_eval_bridge" (model_args: `model=NAME[,model_path=module:Class],...`).
+registry as "deeptalk_eval_bridge"; the harness hands lm-eval a built instance.
 
 `run_lm_eval` runs one of our `kind: lm_eval` tasks and converts lm-eval's results and
 per-item samples into ours (metric names without lm-eval's ",none" filter suffix).
@@ -31,16 +31,6 @@ class SpokenModelLM(LM):
             raise ValueError(f"{type(model).__name__} cannot score text (capabilities.loglikelihood is False)")
         self.model = model
         self.chunk_size = chunk_size
-
-    @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "SpokenModelLM":
-        from deeptalk_eval.model_args import bind_model_args, parse_model_args
-        from deeptalk_eval.registry import model_class
-
-        args = parse_model_args(arg_string)
-        name, path = args.pop("model", None), args.pop("model_path", None)
-        model_cls = model_class(name, path)
-        return cls(model_cls(**bind_model_args(model_cls, args, path or str(name))))
 
     def _chunks(self, requests: list, desc: str, disable: bool):
         for b in tqdm(range(0, len(requests), self.chunk_size), desc=desc, disable=disable):

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from deeptalk_eval.errors import UsageError
-from deeptalk_eval.taskconfig import TaskConfig, TaskConfigError, is_template, load_task, read_task_file
+from deeptalk_eval.task_config import TaskConfig, load_task
+from deeptalk_eval.task_yaml import TaskConfigError, is_template, read_task_file
 
 BUILTIN_MODELS: dict[str, str] = {
     "deeptalk": "deeptalk_eval.models.deeptalk:DeepTalkAdapter",

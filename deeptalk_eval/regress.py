@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from deeptalk_eval.errors import UsageError
-from deeptalk_eval.leaderboard import LeaderboardError, flatten_metrics
+from deeptalk_eval.leaderboard_rows import LeaderboardError, flatten_metrics
 
 GATE_LIMITS = ("max_drop", "max_rel_drop", "max_increase", "max_rel_increase", "min", "max")
 GATE_FLAGS = ("significant", "alpha", "optional")

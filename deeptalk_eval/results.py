@@ -15,7 +15,6 @@ Everything is written to a temporary file and renamed, so a kill never leaves ha
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,7 +29,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from deeptalk_eval.api import Audio
 from deeptalk_eval.cache import to_plain
 from deeptalk_eval.errors import UsageError
 
@@ -120,28 +118,6 @@ def metrics_identity(results: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- per-sample logs ------------------------------------------------------------------
-
-
-def write_wav(path: Path, audio: Audio) -> str:
-    """Lossless float wav; returns the file's sha256."""
-    import soundfile as sf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), audio.samples, audio.sample_rate, subtype="FLOAT", format="WAV")
-    tmp.replace(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def read_wav_checked(path: Path, sha256: str | None) -> Audio:
-    import soundfile as sf
-
-    if not path.is_file():
-        raise UsageError(f"{path}: logged audio file is missing")
-    if sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
-        raise UsageError(f"{path}: logged audio does not match its sha256 (file changed)")
-    samples, sr = sf.read(str(path), dtype="float32")
-    return Audio(samples, sr)
 
 
 def write_samples(path: Path, records: Iterable[dict[str, Any]]) -> None:

@@ -14,7 +14,8 @@ import math
 import textwrap
 from pathlib import Path
 
-from deeptalk_eval import leaderboard
+from deeptalk_eval.leaderboard import build_table
+from deeptalk_eval.leaderboard_rows import LeaderboardError, Row, add_retention, all_rows, collect_rows, read_row
 from deeptalk_eval.regress import DEFAULT_GATES
 
 # the run text retention is measured against (the leaderboard's default retention baseline)
@@ -31,19 +32,19 @@ def shown_path(path: str | Path) -> str:
         return str(path)
 
 
-def comparison_rows(results_path: Path, results_dir: Path) -> tuple[list[leaderboard.Row], list[str]]:
+def comparison_rows(results_path: Path, results_dir: Path) -> tuple[list[Row], list[str]]:
     """[this run, latest base_llm run, reported rows...] with text_retention/drop_rel filled
     as the leaderboard fills it, and the leaderboard's notes on why a figure is missing."""
-    this = leaderboard.read_row(results_path)
+    this = read_row(results_path)
     if this is None:
         return [], []
-    others = leaderboard.collect_rows(results_dir)
+    others = collect_rows(results_dir)
     this_path = results_path.resolve()
     base = [r for r in others if r.kind == "measured" and r.model == BASE_MODEL
             and Path(r.path).resolve() != this_path]
     reported = [r for r in others if r.kind == "reported"]
     rows = [this] + base + reported
-    notes = leaderboard.add_retention(rows, BASE_MODEL, baselines=leaderboard.all_rows(results_dir))
+    notes = add_retention(rows, BASE_MODEL, baselines=all_rows(results_dir))
     return rows, notes
 
 
@@ -52,11 +53,11 @@ def column_header(model: str, what: str | None) -> str:
     return "\n".join(textwrap.wrap(model, HEADER_WIDTH) + ([f"({what})"] if what else []))
 
 
-def headline_table(rows: list[leaderboard.Row]) -> str | None:
+def headline_table(rows: list[Row]) -> str | None:
     """One line per headline figure this run has; one column per row (terminal-narrow)."""
     from tabulate import tabulate
 
-    df = leaderboard.build_table(rows, columns=["headline"])
+    df = build_table(rows, columns=["headline"])
     if df.empty or df.iloc[0]["source"] != rows[0].source:
         return None  # this run has none of the headline figures
     metrics = [c for c in df.columns if c not in ("model", "kind", "date", "source")
@@ -72,7 +73,7 @@ def headline_table(rows: list[leaderboard.Row]) -> str | None:
     return tabulate(body, headers=headers, floatfmt=".4g", missingval="—")
 
 
-def reported_elsewhere(rows: list[leaderboard.Row]) -> str | None:
+def reported_elsewhere(rows: list[Row]) -> str | None:
     """A line on the published rows that share no figure with this run (rows[0]): their
     figures are on other benchmarks, in `reported:*` columns; it says where to find them."""
     this = {k for k, v in rows[0].metrics.items() if not math.isnan(v)}
@@ -102,7 +103,7 @@ def after_run(results: dict, results_path: Path, results_dir: Path) -> str:
     try:
         rows, notes = comparison_rows(results_path, results_dir)
         table = headline_table(rows) if rows else None
-    except leaderboard.LeaderboardError as e:  # another file in the folder is broken: the run itself is fine
+    except LeaderboardError as e:  # another file in the folder is broken: the run itself is fine
         lines = ["", f"Headline figures: not shown: {e}"]
     else:
         if table:

@@ -103,7 +103,8 @@ class _Recorder:
 
 
 def test_runner_transcribes_a_tasks_outputs_together():
-    from deeptalk_eval.runner import RunOptions, Scoring
+    from deeptalk_eval.run.options import RunOptions
+    from deeptalk_eval.run.scoring_pass import Scoring
     from deeptalk_eval.scoring.base import ScoringContext
 
     scoring = Scoring(RunOptions(progress=False, asr_batch_size=4))
@@ -123,7 +124,8 @@ def test_runner_transcribes_a_tasks_outputs_together():
 
 
 def test_runner_passes_the_asr_batch_size():
-    from deeptalk_eval.runner import RunOptions, Scoring
+    from deeptalk_eval.run.options import RunOptions
+    from deeptalk_eval.run.scoring_pass import Scoring
 
     t = Scoring(RunOptions(asr_batch_size=5, shared_cache=False)).transcriber()
     assert t.batch_size == 5

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deeptalk_eval.taskconfig import TaskConfigError, load_docs, load_task
+from deeptalk_eval.task_config import load_task
+from deeptalk_eval.task_docs import load_docs
+from deeptalk_eval.task_yaml import TaskConfigError
 
 GOOD = """task: t1
 version: 1

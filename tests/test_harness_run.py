@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from deeptalk_eval.results import metrics_identity
-from deeptalk_eval.taskconfig import load_task
+from deeptalk_eval.task_config import load_task
 
 
 def results_of(out_dir: Path) -> dict:

@@ -12,8 +12,8 @@ from deeptalk_eval.api import Audio, GenerationOptions, Request, Response
 from deeptalk_eval.cache import ResponseCache, request_key
 from deeptalk_eval.model_args import parse_model_args
 from deeptalk_eval.registry import TaskIndex, UsageError, model_class
-from deeptalk_eval.runner import shard_of
-from deeptalk_eval.taskconfig import MetricSpec
+from deeptalk_eval.run.shards import shard_of
+from deeptalk_eval.task_config import MetricSpec
 
 from conftest import SCRIPTED, TEST_TASKS
 

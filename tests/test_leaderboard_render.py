@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from deeptalk_eval import leaderboard
 from deeptalk_eval.cli import main as cli_main
-from deeptalk_eval.leaderboard import LeaderboardError, build_table, collect_rows, flatten_metrics
+from deeptalk_eval.leaderboard import build_table
+from deeptalk_eval.leaderboard_rows import LeaderboardError, add_retention, all_rows, collect_rows, flatten_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -149,7 +149,7 @@ def test_design_figures_sit_in_their_benchmarks_columns(model, column, value):
 def test_no_reported_figure_in_a_measured_column():
     """The rule: a reported figure shares a column with measured runs only when its file
     declares it the same metric on the same data with the same scoring (none does today)."""
-    from deeptalk_eval.leaderboard import REPORTED_PREFIX
+    from deeptalk_eval.leaderboard_rows import REPORTED_PREFIX
 
     rows = collect_rows(REPO / "results")
     measured = {k for r in rows if r.kind == "measured" for k in r.metrics}
@@ -330,7 +330,7 @@ def test_measured_retention_drop_against_the_base_llm(tmp_path, capsys):
     write_retention_run(root, "deeptalk", {"tr_a": 0.45, "tr_b": 0.25, "tr_c": 0.9})  # tr_c: not in base
     write_retention_run(root, "other", {"tr_a": 0.1}, limit=5)
     rows = {r.model: r for r in collect_rows(root)}
-    notes = leaderboard.add_retention(list(rows.values()))
+    notes = add_retention(list(rows.values()))
     assert rows["deeptalk"].metrics["text_retention/drop_rel"] == pytest.approx((0.4 - 0.35) / 0.4)
     assert rows["deeptalk"].metrics["text_retention/drop_rel_tasks"] == 2
     assert "text_retention/drop_rel" not in rows["base_llm"].metrics
@@ -348,7 +348,7 @@ def test_each_row_is_compared_with_the_base_run_of_its_own_limit(tmp_path):
     write_retention_run(root, "full", {"tr_a": 0.4})
     write_retention_run(root, "quick", {"tr_a": 0.6}, limit=30)
     rows = {r.model: r for r in collect_rows(root)}
-    assert leaderboard.add_retention(list(rows.values()), baselines=leaderboard.all_rows(root)) == []
+    assert add_retention(list(rows.values()), baselines=all_rows(root)) == []
     assert rows["full"].metrics["text_retention/drop_rel"] == pytest.approx(0.2)
     assert rows["quick"].metrics["text_retention/drop_rel"] == pytest.approx(0.25)
 

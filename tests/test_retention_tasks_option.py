@@ -4,7 +4,7 @@ import pytest
 from deeptalk_eval.cli import main
 from deeptalk_eval.registry import TaskIndex
 from deeptalk_eval.retention_tasks import write_retention_tasks
-from deeptalk_eval.taskconfig import load_task
+from deeptalk_eval.task_config import load_task
 
 
 def test_names_become_lm_eval_tasks_in_the_retention_group(tmp_path):

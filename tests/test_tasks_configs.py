@@ -14,7 +14,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from deeptalk_eval.api import Audio, Response  # noqa: E402
 from deeptalk_eval.scoring.base import SampleView, ScoringContext, get_scorer  # noqa: E402
-from deeptalk_eval.taskconfig import example_docs, is_template, load_docs, load_task  # noqa: E402
+from deeptalk_eval.task_config import load_task  # noqa: E402
+from deeptalk_eval.task_docs import example_docs, load_docs  # noqa: E402
+from deeptalk_eval.task_yaml import is_template  # noqa: E402
 
 TASKS = Path(__file__).resolve().parents[1] / "tasks"
 FILES = sorted(p for p in TASKS.rglob("*.yaml") if "lm_eval" not in p.relative_to(TASKS).parts
@@ -126,7 +128,7 @@ def test_alsa_recordings_are_what_their_names_say():
     """Whisper tiny.en on the real recordings: the file-name transcripts are right."""
     from deeptalk_eval.scoring.asr import make_transcriber
     from deeptalk_eval.scoring.wer import corpus_wer
-    from deeptalk_eval.taskconfig import read_wav
+    from deeptalk_eval.audio_files import read_wav
 
     cfg = load_task(TASKS / "asr" / "asr_alsa_recordings.yaml")
     docs = load_docs(cfg)

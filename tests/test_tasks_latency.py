@@ -144,7 +144,8 @@ def test_record_stream_against_an_independent_clock():
 
 
 def test_latency_task_marks_exactly_one_cold_doc():
-    from deeptalk_eval.taskconfig import load_docs, load_task
+    from deeptalk_eval.task_config import load_task
+    from deeptalk_eval.task_docs import load_docs
 
     cfg = load_task(Path(__file__).resolve().parents[1] / "tasks" / "latency" / "latency_spoken.yaml")
     docs = load_docs(cfg)

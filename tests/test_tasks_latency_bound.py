@@ -8,7 +8,7 @@ import pytest
 
 from deeptalk_eval.api import GenerationOptions, Request
 from deeptalk_eval.cache import request_key
-from deeptalk_eval.taskconfig import load_task
+from deeptalk_eval.task_config import load_task
 
 LATENCY = Path(__file__).resolve().parents[1] / "tasks" / "latency" / "latency_spoken.yaml"
 

@@ -87,7 +87,7 @@ def test_lm_eval_yamls_load_offline_in_task_manager():
 
 
 def test_our_task_files_point_at_the_lm_eval_tasks():
-    from deeptalk_eval.taskconfig import load_task
+    from deeptalk_eval.task_config import load_task
 
     named = set()
     for f in TR_DIR.glob("text_retention_*.yaml"):
@@ -124,7 +124,7 @@ def test_same_numbers_as_lm_eval_itself(smollm2, lm_task, yaml_name, limit):
 
     from deeptalk.base_llm import converted_dir
     from deeptalk_eval.lm_bridge import run_lm_eval
-    from deeptalk_eval.taskconfig import load_task
+    from deeptalk_eval.task_config import load_task
 
     ours, records, _ = run_lm_eval(load_task(TR_DIR / yaml_name), smollm2, seed=1234, limit=limit)
     ref = simple_evaluate(model="hf", model_args=f"pretrained={converted_dir('smollm2-135m-instruct')},dtype=float32",

@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO, SCRIPTED, TEST_TASKS
 
 from deeptalk_eval.registry import TaskIndex
-from deeptalk_eval.taskconfig import TaskConfigError, config_sha256, is_template, load_task
+from deeptalk_eval.task_config import config_sha256, load_task
+from deeptalk_eval.task_yaml import TaskConfigError, is_template
 
 FLAT = """\
 task: t1

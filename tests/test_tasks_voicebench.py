@@ -11,7 +11,9 @@ import pytest
 from conftest import REPO
 
 from deeptalk_eval.registry import TaskIndex
-from deeptalk_eval.taskconfig import TaskConfigError, is_template, load_docs, load_task
+from deeptalk_eval.task_config import load_task
+from deeptalk_eval.task_docs import load_docs
+from deeptalk_eval.task_yaml import TaskConfigError, is_template
 
 FOLDER = REPO / "tasks" / "voicebench"
 TASKS = sorted(p for p in FOLDER.glob("*.yaml") if not is_template(p))

@@ -247,4 +247,4 @@ def judge_rating(sample: SampleView, ctx: ScoringContext, instruction_field: str
             "no_answer": 0.0}
 
 
-judge_rating.preflight = preflight  # the runner calls it before a run (see runner.prepare)
+judge_rating.preflight = preflight  # the runner calls it before a run (see deeptalk_eval.run.plan.prepare)

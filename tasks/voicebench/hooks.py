@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-HUB_SPLIT_FIELD = "hub_split"  # deeptalk_eval.taskconfig.HUB_SPLIT_FIELD: the split a doc came from
+HUB_SPLIT_FIELD = "hub_split"  # deeptalk_eval.task_docs.HUB_SPLIT_FIELD: the split a doc came from
 REQUIRED: dict[str, tuple[str, ...]] = {
     "open": ("audio", "prompt"),
     "safety": ("audio", "prompt"),

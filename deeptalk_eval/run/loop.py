@@ -1,0 +1,162 @@
+"""The evaluation loop. `run()` builds the model, lets it check its own set-up
+(`SpokenModel.check_setup`, e.g. a model server that is not running) and then evaluates
+task by task:
+
+- every sample's response (or failure) is committed to the response cache as soon as it
+  exists, so a killed run started again with the same command redoes nothing it finished
+  (`cached_answers`);
+- an adapter that raises fails only its samples; failures are recorded with their error
+  and counted per task, and the first one's traceback is printed. A `UsageError` from the
+  adapter (a set-up mistake that every sample would repeat) stops the run instead;
+- a model lacking a capability a task needs skips that task, said out loud in the results;
+- each task records how much model-independent work (TTS clips, transcripts) was read from
+  the shared cache or computed;
+- after each task, `<run folder>/progress.json` holds the finished tasks' metrics and wall
+  times (`run.finished` false), so a run killed hours in keeps what it measured; the final
+  results file replaces it.
+"""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+import uuid
+from typing import Any
+
+from deeptalk_eval.cache import ResponseCache
+from deeptalk_eval.errors import UsageError
+from deeptalk_eval.registry import TaskIndex
+from deeptalk_eval.results import environment, safe_name, timestamp, write_results, write_samples
+from deeptalk_eval.run.cached_answers import CachedAnswers
+from deeptalk_eval.run.generate_task import run_generate_task, set_seeds
+from deeptalk_eval.run.lm_eval_task import run_lm_eval_task
+from deeptalk_eval.run.options import RunOptions
+from deeptalk_eval.run.outcome import (
+    RunResult, TaskOutcome, error_text, exit_code, print_outcome, shared_cache_record,
+)
+from deeptalk_eval.run.plan import Plan, missing_capability, online_only
+from deeptalk_eval.run.scoring_pass import Scoring
+from deeptalk_eval.task_config import TaskConfig
+
+# in the run folder while a run goes on: the finished tasks (results format, run.finished false)
+PROGRESS_FILE = "progress.json"
+
+
+def results_skeleton(opts: RunOptions, plan_tasks: list[TaskConfig], index: TaskIndex) -> dict[str, Any]:
+    names = [t.name for t in plan_tasks]
+    groups = {g: [t for t in members if t in names] for g, members in index.all_groups().items()}
+    return {
+        "results": {},
+        "groups": {g: m for g, m in groups.items() if m},
+        "configs": {t.name: t.record() for t in plan_tasks},
+        "versions": {t.name: t.version for t in plan_tasks},
+        "config": {"model": opts.model_label, "model_args": opts.model_args, "model_path": opts.model_path,
+                   "seed": opts.seed, "limit": opts.limit, "batch_size": opts.batch_size,
+                   "shard": list(opts.shard) if opts.shard else None, "online": opts.online,
+                   "asr": opts.asr, "device": opts.device, "shared_cache": opts.uses_shared_cache,
+                   "judge": opts.judge},
+        "environment": environment(),
+        "asr": None,
+        "model_info": {},
+        "stage": opts.stage,
+        "seed": opts.seed,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": {},
+        "samples_files": {},
+    }
+
+
+def run(plan: Plan) -> RunResult:
+    opts = plan.options
+    set_seeds(opts.seed)
+    model_dir = opts.output_dir / safe_name(opts.model_label)
+    stamp = timestamp() + (f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else "")
+    run_dir = model_dir / stamp
+    results = results_skeleton(opts, plan.tasks, plan.index)
+    t_start = time.monotonic()
+    model = plan.model_cls(**opts.model_args)  # the arguments were checked against its signature
+    try:
+        model.check_setup()  # e.g. a model server that does not answer: stop before the first sample
+    except BaseException:
+        model.close()
+        raise
+    set_seeds(opts.seed)  # again: loading the model may have imported torch
+    results["model_info"] = {"class": f"{plan.model_cls.__module__}.{plan.model_cls.__qualname__}",
+                             "capabilities": plan.model_cls.capabilities.to_dict(),
+                             "fingerprint": model.fingerprint(), **model.describe()}
+    cache = ResponseCache(opts.output_dir / ".cache" / f"{safe_name(opts.model_label)}.sqlite")
+    answers = CachedAnswers(model, cache, opts)
+    # Streamed (latency) responses are cached under a measurement id that lives until this
+    # command completes: a resumed run keeps what it measured before the kill, a new run of a
+    # finished command measures again instead of replaying old timings.
+    shard = f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else ""
+    measurement_file = cache.path.with_name(f"{cache.path.stem}{shard}.measurement")
+    if not measurement_file.is_file():
+        measurement_file.write_text(uuid.uuid4().hex)
+    answers.measurement = measurement_file.read_text().strip()
+    scoring = Scoring(opts)
+    outcomes: list[TaskOutcome] = []
+    # wall time per task (cache hits make a resumed task fast: see model_calls / cache_hits)
+    seconds: dict[str, float] = {"model_load": round(time.monotonic() - t_start, 2)}
+    try:
+        # Streaming (latency) tasks first, so that their first request is the model's real cold start.
+        for task in sorted(plan.tasks, key=lambda t: t.kind != "stream"):
+            t_task = time.monotonic()
+            missing = missing_capability(task, plan.model_cls)
+            if online_only(task, opts):
+                out = TaskOutcome(task.name, "skipped: online-only dataset (run with --online)")
+            elif missing:
+                out = TaskOutcome(task.name, f"skipped: capability {missing} missing")
+            elif task.kind == "lm_eval":
+                if opts.shard and opts.shard[0] != 0:
+                    out = TaskOutcome(task.name, "skipped: lm_eval tasks run on shard 0 only")
+                else:
+                    out = run_lm_eval_task(task, model, answers.fingerprint, opts)
+            else:
+                try:
+                    out = run_generate_task(task, plan.docs[task.name], answers, scoring, opts, run_dir)
+                except UsageError:
+                    raise  # the adapter's set-up mistake: the CLI's one line, exit 2
+                except Exception as e:  # one broken task must not take the others down
+                    traceback.print_exc(file=sys.stderr)
+                    out = TaskOutcome(task.name, f"error: {error_text(e)}")
+            if out.status == "ok" and opts.log_samples and out.records:
+                f = run_dir / f"samples_{safe_name(out.name)}.jsonl"  # written as each task ends
+                write_samples(f, out.records)
+                results["samples_files"][out.name] = str(f.relative_to(model_dir))
+            outcomes.append(out)
+            seconds[out.name] = round(time.monotonic() - t_task, 2)
+            if task.name in answers.batch_sizes:
+                results["config"].setdefault("batch_sizes", {})[task.name] = answers.batch_sizes[task.name]
+            print_outcome(out)
+            # the finished tasks so far, readable if the run is killed before the end
+            write_results(run_dir / PROGRESS_FILE, filled(results, outcomes, seconds, t_start, finished=False))
+    finally:
+        cache.close()
+        model.close()
+
+    path = write_results(model_dir / f"{stamp}.json", filled(results, outcomes, seconds, t_start, finished=True))
+    (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+    measurement_file.unlink(missing_ok=True)
+    return RunResult(results, path, exit_code(outcomes), outcomes)
+
+
+def filled(results: dict[str, Any], outcomes: list[TaskOutcome], seconds: dict[str, float], t_start: float,
+            finished: bool) -> dict[str, Any]:
+    """`results` with the outcomes' statuses, metrics and timings entered."""
+    for out in outcomes:
+        results["status"][out.name] = out.status
+        if out.status == "ok":
+            results["results"][out.name] = out.metrics
+            if out.info.get("asr"):
+                results["asr"] = out.info["asr"]
+            if {k: v for k, v in out.info.items() if k != "asr"}:
+                results.setdefault("scoring_info", {})[out.name] = {k: v for k, v in out.info.items() if k != "asr"}
+    results["run"] = {"model_calls": sum(o.model_calls for o in outcomes),
+                      "cache_hits": sum(o.cache_hits for o in outcomes),
+                      "seconds": {**seconds, "total": round(time.monotonic() - t_start, 2)},
+                      "shared_cache": shared_cache_record(outcomes, results["config"].get("shared_cache")),
+                      "finished": finished}
+    return results

@@ -1,0 +1,85 @@
+"""Shard runs (with their sample logs) combined into one results file: the samples in
+their unsharded order, so the figures (bootstrap CIs included) are the unsharded run's."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from deeptalk_eval.aggregate import aggregate_task
+from deeptalk_eval.errors import UsageError
+from deeptalk_eval.results import read_results, read_samples, safe_name, timestamp, write_results, write_samples
+from deeptalk_eval.run.options import check_writable
+from deeptalk_eval.run.outcome import RunResult
+from deeptalk_eval.task_config import MetricSpec, config_sha256
+
+
+def merge(out_path: str | Path, inputs: list[str | Path]) -> RunResult:
+    """Combine the results of shard runs (with their sample logs) into one results file."""
+    parts = [read_results(p) for p in inputs]
+    if len(parts) < 1:
+        raise UsageError("merge needs at least one input results file")
+    first = parts[0]
+    shards = [tuple(p["config"].get("shard") or (0, 1)) for p in parts]
+    n = {s[1] for s in shards}
+    if len(n) != 1 or sorted(s[0] for s in shards) != list(range(next(iter(n)))):
+        raise UsageError(f"merge: inputs are shards {shards}; need each of 0..n-1 exactly once")
+    for p in parts[1:]:
+        for key in ("model", "model_args", "seed", "limit"):
+            if p["config"].get(key) != first["config"].get(key):
+                raise UsageError(f"merge: {p['_path']} has {key}={p['config'].get(key)!r}, "
+                                 f"{first['_path']} has {first['config'].get(key)!r}")
+        for t, c in p["configs"].items():
+            # hashed from the recorded fields, so results files older than `config_sha256` compare too
+            if t in first["configs"] and config_sha256(c["config"]) != config_sha256(
+                    first["configs"][t]["config"]):
+                raise UsageError(f"merge: task {t!r} differs between {first['_path']} and {p['_path']}")
+    out_path = Path(out_path)
+    if out_path.suffix != ".json":
+        out_path = out_path / safe_name(first["config"]["model"]) / f"{timestamp()}_merged.json"
+    check_writable(out_path.parent)
+    merged = {k: v for k, v in first.items() if k != "_path"}
+    merged.update({"results": {}, "samples_files": {}, "status": {}, "merged_from": [p["_path"] for p in parts]})
+    merged["config"] = dict(first["config"], shard=None)
+    merged["configs"] = {t: c for p in parts for t, c in p["configs"].items()}
+    runs = [p.get("run") or {} for p in parts]
+    merged["run"] = {"model_calls": sum(r.get("model_calls", 0) for r in runs),
+                     "cache_hits": sum(r.get("cache_hits", 0) for r in runs),
+                     "shard_seconds": [r.get("seconds") for r in runs],  # shards run side by side
+                     "shard_shared_cache": [r.get("shared_cache") for r in runs]}
+    run_dir = out_path.with_suffix("")
+    tasks = list(dict.fromkeys(t for p in parts for t in p["configs"]))
+    for t in tasks:
+        statuses = [p["status"].get(t) for p in parts if t in p.get("status", {})]
+        logged = [p for p in parts if t in p.get("samples_files", {})]
+        if not logged:
+            # lm_eval tasks run whole on shard 0; anything else without logs cannot be merged.
+            done = [p for p in parts if t in p["results"]]
+            if done and all(s.startswith("skipped") or s == "ok" for s in statuses):
+                merged["results"][t] = done[0]["results"][t]
+                merged["status"][t] = "ok"
+            else:
+                merged["status"][t] = next((s for s in statuses if s != "ok"), "error: no sample logs to merge")
+            continue
+        records, seen = [], {}
+        for p in logged:
+            base = Path(p["_path"]).parent
+            for rec in read_samples(base / p["samples_files"][t]):
+                if rec["id"] in seen:
+                    raise UsageError(f"merge: task {t!r} sample {rec['id']!r} is in both {seen[rec['id']]} "
+                                     f"and {p['_path']}")
+                seen[rec["id"]] = p["_path"]
+                for part in ("input", "output"):
+                    a = (rec.get(part) or {}).get("audio")
+                    if a and "path" in a:
+                        a["path"] = os.path.relpath(base / a["path"], out_path.parent)
+                records.append(rec)
+        records.sort(key=lambda r: r["index"])  # the unsharded order: same bootstrap, same figures
+        specs = [MetricSpec(**m) for m in (merged["configs"][t]["config"].get("metrics") or [])]
+        merged["results"][t] = aggregate_task(specs, records)
+        merged["status"][t] = "ok"
+        f = run_dir / f"samples_{safe_name(t)}.jsonl"
+        write_samples(f, records)
+        merged["samples_files"][t] = str(f.relative_to(out_path.parent))
+    path = write_results(out_path, merged)
+    code = 1 if any(s.startswith("error") for s in merged["status"].values()) else 0
+    return RunResult(merged, path, code, [])
