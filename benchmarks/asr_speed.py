@@ -1,6 +1,6 @@
 """How fast the ASR backends transcribe, in seconds of compute per second of audio.
 
-Clips: the human recordings in /usr/share/sounds/alsa and, when `deeptalk.speech.tts`
+Clips: the human recordings in /usr/share/sounds/alsa and, when `deeptalk_common.tts`
 is available, a few sentences spoken by Piper (whose texts also give a WER). Each backend
 is loaded once, warmed up on one clip, then timed over all clips `--repeats` times with
 the transcript cache off; the median pass is reported. The 1-minute load average is
@@ -23,7 +23,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np
 import soundfile as sf
 
 from deeptalk_eval.api import Audio
@@ -47,9 +46,9 @@ def load_clips(with_piper: bool) -> list[tuple[str, Audio, str | None]]:
         raise FileNotFoundError("no recordings in /usr/share/sounds/alsa (Debian package alsa-utils)")
     if with_piper:
         try:
-            from deeptalk.speech.tts import synthesize
+            from deeptalk_common.tts import synthesize
         except ImportError as e:
-            print(f"Piper sentences skipped: deeptalk.speech.tts not importable ({e})")
+            print(f"Piper sentences skipped: deeptalk_common.tts not importable ({e})")
         else:
             for i, text in enumerate(PIPER_SENTENCES):
                 x, sr = synthesize(text, engine="piper", voice="joe")
@@ -63,7 +62,7 @@ def bench_backend(backend: str, model: str, clips, repeats: int, threads: int) -
         cfg["cpu_threads"] = threads
     asr = make_transcriber(cfg)
     t0 = time.perf_counter()
-    asr.model  # load (and, the first time, convert) the weights
+    _ = asr.model  # load (and, the first time, convert) the weights
     load_s = time.perf_counter() - t0
     asr(clips[0][1])  # warm-up: first-call allocations are not steady-state speed
     passes, transcripts = [], []

@@ -20,11 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    import numpy as np
     import torch
 
     from deeptalk.speech.codec_loader import load_codec
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--codec", default="offline")

@@ -17,8 +17,8 @@ def main() -> None:
     from tabulate import tabulate
 
     from deeptalk.speech import codec_data
-    from deeptalk.speech.codec_loader import load_codec
     from deeptalk.speech.codec_cli import WhisperASR, _seed_all, evaluate, summarize
+    from deeptalk.speech.codec_loader import load_codec
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--codec", default="offline")

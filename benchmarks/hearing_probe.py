@@ -44,10 +44,10 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
 
-    from deeptalk.base_llm import load_base_llm
     from deeptalk.hearing import HearingData, HearingTrain, build_hearing_data, corpus_vocab, train_ctc
     from deeptalk.speech.ctc_projector import CTCProjector
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
+    from deeptalk_common.base_llm import load_base_llm
 
     llm, tok = load_base_llm()
     encoder = SpeechEncoder.from_whisper(SpeechEncoderConfig(stride=a.stride, hidden_size=llm.config.hidden_size))

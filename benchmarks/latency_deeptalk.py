@@ -56,10 +56,10 @@ def pct(xs, q):
 
 
 def build(args):
-    from deeptalk.base_llm import load_base_llm
     from deeptalk.speech.codec_loader import load_codec
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
     from deeptalk.upcycle import extend_tokenizer, upcycle
+    from deeptalk_common.base_llm import load_base_llm
 
     if args.checkpoint:   # a trained model: its own routing, heads, projector and codec
         from deeptalk.checkpoint import load_checkpoint
@@ -155,8 +155,8 @@ def encoder_window_check(encoder, texts):
     from whisper.normalizers import EnglishTextNormalizer
 
     from deeptalk.speech.encoder import prepare_audio
-    from deeptalk.speech.tts import synthesize
-    from deeptalk.speech.whisper_ckpt import load_whisper
+    from deeptalk_common.tts import synthesize
+    from deeptalk_common.whisper_ckpt import load_whisper
 
     model = load_whisper(encoder.config.whisper)
     norm = EnglishTextNormalizer()
@@ -262,7 +262,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from deeptalk.generate import SpeechGenerator, StreamConfig
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     torch.set_num_threads(args.threads)
     if args.window_check_only:

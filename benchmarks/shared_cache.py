@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from deeptalk.paths import cache_dir
+from deeptalk_common.paths import cache_dir
 from deeptalk_eval.results import atomic_write_text, hardware_info
 
 REPO = Path(__file__).resolve().parent.parent

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from deeptalk.base_llm import load_base_llm
 from deeptalk.checkpoint import load_checkpoint
 from deeptalk.upcycle import calibration_texts, capture_ffn_inputs, dense_mlp, neuron_activations, token_blocks
+from deeptalk_common.base_llm import load_base_llm
 
 
 @torch.no_grad()

@@ -35,8 +35,8 @@ def main() -> None:
     import jiwer
     from whisper.normalizers import EnglishTextNormalizer
 
-    from deeptalk.generate import SpeechGenerator, StreamConfig
     from deeptalk.checkpoint import load_checkpoint
+    from deeptalk.generate import SpeechGenerator, StreamConfig
 
     task = yaml.safe_load((ROOT / "tasks" / "asr" / "asr_synth_piper_joe.yaml").read_text())
     instruction = task["prompt"]

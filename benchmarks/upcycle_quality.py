@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from deeptalk.base_llm import DEFAULT_BASE, load_base_llm
 from deeptalk.upcycle import calibration_texts, token_blocks, upcycle
+from deeptalk_common.base_llm import DEFAULT_BASE, load_base_llm
 
 LETTERS = "ABCD"
 
@@ -105,8 +105,15 @@ def layer_error(dense, tok, layers: list[int], args) -> dict:
     inputs, with the calibrated router's top-k and with the oracle top-k (experts of largest
     output norm). Separates what the router loses from what sparsity itself loses.
     """
-    from deeptalk.upcycle import (calibrate_router, capture_ffn_inputs, cluster_neurons, config_from_dense,
-                                  copy_from_dense, dense_mlp, empty_model)
+    from deeptalk.upcycle import (
+        calibrate_router,
+        capture_ffn_inputs,
+        cluster_neurons,
+        config_from_dense,
+        copy_from_dense,
+        dense_mlp,
+        empty_model,
+    )
 
     calib = capture_ffn_inputs(dense, token_blocks(tok, calibration_texts("calib"), args.calibrate_tokens), layers)
     held = capture_ffn_inputs(dense, token_blocks(tok, calibration_texts("heldout"), args.eval_tokens), layers)

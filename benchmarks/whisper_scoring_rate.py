@@ -37,7 +37,7 @@ SENTENCES = REPO / "tasks" / "tts" / "data" / "sentences.jsonl"
 
 
 def load_clips(n: int, lo: float = 2.0, hi: float = 6.0) -> list[tuple[str, Audio, str]]:
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     clips = []
     for line in SENTENCES.read_text().splitlines():

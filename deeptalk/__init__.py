@@ -2,8 +2,8 @@
 
 `from deeptalk import DeepTalkForCausalLM` (or importing `deeptalk.modeling`) registers
 `DeepTalkConfig` / `DeepTalkForCausalLM` with transformers' Auto classes (model_type
-"deeptalk"). The model classes load on first use, so light modules (`deeptalk.paths`,
-`deeptalk.speech.tts`, ...) import without torch and transformers. The package never
+"deeptalk"). The model classes load on first use, so light modules (`deeptalk_common.paths`,
+`deeptalk_common.tts`, ...) import without torch and transformers. The package never
 imports the evaluation harness.
 """
 import importlib

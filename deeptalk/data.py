@@ -26,14 +26,14 @@ import hashlib
 import json
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from deeptalk.paths import cache_dir
+from deeptalk_common.paths import cache_dir
 
 QUIZ_DIR = Path("/usr/share/games/bsdgames/quiz")
 DATA_VERSION = 1  # bump when the layout or the prompt templates change
@@ -263,7 +263,7 @@ def _close_set(root: Path, spec: dict, items: list[dict], failures: list[dict]) 
 
 def speak(text: str, voice: str, seed: int) -> tuple[np.ndarray, int]:
     """`voice` is "engine:name" (e.g. "piper:joe", "flite:slt")."""
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     engine, _, name = voice.partition(":")
     return synthesize(text, engine=engine, voice=name, seed=seed)

@@ -73,14 +73,16 @@ def _skip(model, name: str) -> bool:
 def save_delta(model: DeepTalkForCausalLM, path, base, dtype: torch.dtype | None = torch.bfloat16,
                tokenizer=None, max_row_fraction: float = 0.5) -> dict:
     """Write `model` as a delta over `base` (a dense model, or a name/path for load_base_llm)."""
-    from .base_llm import load_base_llm
+    from deeptalk_common.base_llm import load_base_llm
 
     base_name = base if isinstance(base, str) else (model.config.base_model or getattr(base.config, "name_or_path", None))
     dense = load_base_llm(base)[0] if isinstance(base, str) else base
     ref = _rebuilt_from_base(model, dense)
     tensors: dict[str, torch.Tensor] = {}
     kinds: dict[str, str] = {}
-    cast = (lambda t: t.to(dtype) if dtype is not None and t.is_floating_point() else t)
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
     for name, t in model.state_dict().items():
         if _skip(model, name):
             continue
@@ -128,7 +130,8 @@ def save_delta(model: DeepTalkForCausalLM, path, base, dtype: torch.dtype | None
 
 def load_delta(path, base=None, dtype: torch.dtype = torch.float32) -> DeepTalkForCausalLM:
     """Rebuild a DeepTalk model from a delta directory and its base LLM (`base` overrides delta.json)."""
-    from .base_llm import load_base_llm
+    from deeptalk_common.base_llm import load_base_llm
+
     from .upcycle import copy_from_dense, empty_model
 
     path = Path(path)

@@ -15,9 +15,9 @@ Outputs beside a checkpoint (`write_assignment`):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -147,8 +147,8 @@ def write_assignment(model, speech_experts: list[list[int]] | None, out_dir=None
     out.mkdir(parents=True, exist_ok=True)
     (out / ASSIGNMENT_FILE).write_text(json.dumps(record, indent=1))
     if rho_a is not None and rho_t is not None:
-        from safetensors.torch import save_file
         import pandas as pd
+        from safetensors.torch import save_file
 
         score = assignment_scores(rho_a, rho_t)
         save_file({"rho_A": rho_a.contiguous(), "rho_T": rho_t.contiguous(), "score": score.contiguous()},

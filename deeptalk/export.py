@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
-from .base_llm import drop_gguf_copy
+from deeptalk_common.base_llm import drop_gguf_copy
+from deeptalk_common.dtypes import torch_dtype
+
 from .checkpoint import load_checkpoint
 from .delta import DELTA_TENSORS, save_delta
 
 # everything a stage directory holds beside the model weights that a shipped model keeps
 SIDE_FILES = ("speech_encoder.safetensors", "speech_encoder.json", "codec.json", "stage.json")
 ASSIGNMENT_FILES = ("assignment.json", "modality_load.csv", "modality_load.png", "modality_load.safetensors")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 
 def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | None = 64.0,
@@ -33,8 +34,7 @@ def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | N
     `run_files`: extra files to copy in under the given names (the recipe, the run summary).
     `base`: the dense base model itself, when its name cannot be loaded (a test's random base).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"export dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+    stored = torch_dtype(dtype, "export dtype")
     stage_dir, out = Path(stage_dir), Path(out)
     bundle = load_checkpoint(stage_dir)
     base = base if base is not None else bundle.model.config.base_model
@@ -43,7 +43,7 @@ def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | N
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    meta = save_delta(bundle.model, tmp, base, dtype=DTYPES[dtype], tokenizer=bundle.tokenizer)
+    meta = save_delta(bundle.model, tmp, base, dtype=None if stored is torch.float32 else stored, tokenizer=bundle.tokenizer)
     drop_gguf_copy(tmp)  # stage folders written before the base's cache dropped it carry it
     size_mb = (tmp / DELTA_TENSORS).stat().st_size / 2**20
     if max_mb is not None and size_mb > max_mb:

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
-
 
 Output = Literal["text", "speech", "both"]
 TEXT_MODALITY, SPEECH_MODALITY = 0, 1
@@ -620,7 +620,7 @@ class _TextDeltas:
     while the decode ends in a partial character (U+FFFD). Joined, the deltas can differ from
     decoding all ids at once where the tokenizer's clean-up rewrites earlier text."""
 
-    def __init__(self, gen: "SpeechGenerator"):
+    def __init__(self, gen: SpeechGenerator):
         self.gen, self.ids, self.shown = gen, [], 0
 
     def push(self, tok: int) -> str:
@@ -639,7 +639,7 @@ class _SpokenAnswer:
     after it); an answer has at least one frame; it is over when the text has ended and every
     codebook has emitted its EOS."""
 
-    def __init__(self, gen: "SpeechGenerator"):
+    def __init__(self, gen: SpeechGenerator):
         c = gen.cfg
         self.c, self.stop_ids = c, gen.stop_ids
         self.text_end, self.text_pad = gen.special["<|text_end|>"], gen.special["<|text_pad|>"]

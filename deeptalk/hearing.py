@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from deeptalk.paths import cache_dir
+from deeptalk_common.paths import cache_dir
 
 DEFAULT_VOICES = ("piper:joe", "piper:joe", "piper:joe-fast", "piper:joe-slow", "piper:joe-lively",
                   "flite:slt", "flite:kal16", "flite:awb", "flite:rms")

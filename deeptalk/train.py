@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             meta = export_checkpoint(last[-1], a.export, dtype=a.export_dtype, max_mb=a.export_max_mb, base=dense,
                                      run_files={"recipe.yaml": out / "recipe.yaml", "summary.json": out / "summary.json"})
         except ValueError as e:
-            raise SystemExit(f"--export: {e}")
+            raise SystemExit(f"--export: {e}") from None
         print(f"exported {last[-1]} -> {a.export}: {meta['size_mb']} MB delta ({meta['dtype']})")
     elif not stages:
         ap.error("nothing to do: give --stages and/or --export")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -58,7 +59,7 @@ class GenerationOptions:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "GenerationOptions":
+    def from_dict(cls, d: dict[str, Any] | None) -> GenerationOptions:
         d = dict(d or {})
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

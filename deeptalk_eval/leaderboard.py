@@ -17,16 +17,23 @@ import html
 import io
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
 from deeptalk_eval.leaderboard_rows import (
-    REPORTED_PREFIX, LeaderboardError, Row, add_retention, all_rows, check_reported_columns, collect_rows,
+    REPORTED_PREFIX,
+    LeaderboardError,
+    Row,
+    add_retention,
+    all_rows,
+    check_reported_columns,
+    collect_rows,
 )
 
-# Columns that published rows share with measured ones, shown first (DESIGN.md §2).
+# Columns that published rows share with measured ones, shown first (docs/design.md §2).
 KEY_COLUMNS = (
     "text_retention/drop_rel",
     "spoken_qa/s2s_acc",
@@ -282,13 +289,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from deeptalk_eval.cli import main as cli_main  # where user errors become one line and exit 2
-
-    return cli_main(["leaderboard", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,9 +28,10 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from deeptalk_eval.errors import UsageError
 
@@ -112,8 +113,9 @@ def flatten_metrics(data: dict[str, Any], path: str = "?") -> dict[str, float]:
     return flat
 
 
-# How a run executes, not which model it is: left out of row labels.
-EXECUTION_ARGS = ("threads", "decode_threads", "device", "batch_size")
+# How a run executes, not which model it is: left out of row labels ("batch_size" is how
+# results files written before `loglikelihood_batch_size` name that batch).
+EXECUTION_ARGS = ("threads", "decode_threads", "device", "loglikelihood_batch_size", "batch_size")
 
 
 def _model_label(config: dict[str, Any]) -> str:
@@ -226,7 +228,7 @@ def add_retention(rows: Sequence[Row], baseline_model: str = "base_llm", group: 
     so `base_llm (checkpoint=runs/x)` is compared with plain `base_llm`: the latest one with
     the row's limit and seed, out of `baselines` (every run of it, e.g. `all_rows`) or else
     the rows given. drop = (avg_base - avg_model) / avg_base over the group's tasks both
-    runs have, as in DESIGN.md §2. Task versions must match too; a row that already
+    runs have, as in docs/design.md §2. Task versions must match too; a row that already
     carries the figure keeps it. Returns notes on rows left out and why.
     """
     column = f"{group}/drop_rel"

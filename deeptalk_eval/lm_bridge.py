@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
-import numpy as np
 from tqdm import tqdm
 
 from deeptalk_eval.api import GenerationOptions, Request, SpokenModel

@@ -67,7 +67,7 @@ class TaskIndex:
     online_only: set[str] = field(default_factory=set)  # data only on a hub: named explicitly, not in `all`
 
     @classmethod
-    def scan(cls, include_paths: list[str | Path] = (), entry_points: bool = True) -> "TaskIndex":
+    def scan(cls, include_paths: list[str | Path] = (), entry_points: bool = True) -> TaskIndex:
         index = cls()
         user_dirs = [Path(p).resolve() for p in include_paths]
         for d in user_dirs:

@@ -33,10 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from deeptalk_eval.errors import UsageError
 from deeptalk_eval.leaderboard_rows import LeaderboardError, flatten_metrics
@@ -448,13 +448,3 @@ def run(args: argparse.Namespace) -> int:
                   "passed": not broken, "comparisons": [_json_safe(asdict(c)) for c in comparisons]}
         Path(args.json_out).write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return 1 if broken else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from deeptalk_eval.cli import main as cli_main  # where user errors become one line and exit 2
-
-    return cli_main(["regress", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """The shared cache: work that does not depend on the model under test, done once.
 
-It lives under `deeptalk.paths.cache_dir()` ($DEEPTALK_CACHE, default ~/.cache/deeptalk),
+It lives under `deeptalk_common.paths.cache_dir()` ($DEEPTALK_CACHE, default ~/.cache/deeptalk),
 never in an output folder, so every model, run and output folder reuses it:
 
-- `tts/`: synthesised speech (`deeptalk.speech.tts`), keyed by engine, voice, settings,
+- `tts/`: synthesised speech (`deeptalk_common.tts`), keyed by engine, voice, settings,
   seed, text and the TTS cache version. Spoken task inputs and the noise floor's spoken
   gold answers come from here.
 - `asr/transcripts.sqlite`: raw Whisper transcripts (`deeptalk_eval.scoring.asr`), keyed by
@@ -31,14 +31,14 @@ def enabled(no_shared_cache: bool = False) -> bool:
 
 
 def transcript_cache_path() -> Path:
-    from deeptalk.paths import cache_dir
+    from deeptalk_common.paths import cache_dir
 
     return cache_dir() / "asr" / "transcripts.sqlite"
 
 
 def counts(transcriber: Any | None) -> dict[str, int]:
     """Running totals of what was read from the shared cache and what was computed."""
-    from deeptalk.speech import tts
+    from deeptalk_common import tts
 
     out = {"tts_cached": tts.cache_stats["hits"], "tts_synthesised": tts.cache_stats["synthesised"],
            "transcripts_cached": 0, "transcripts_computed": 0}

@@ -37,8 +37,8 @@ def check_audio(audio: Audio, where: str) -> Audio:
 
 
 def _synthesise(text: str, tts: dict[str, Any]) -> Audio:
-    """Speak a doc's text with `deeptalk.speech.tts` (which caches what it synthesises)."""
-    from deeptalk.speech.tts import synthesize
+    """Speak a doc's text with `deeptalk_common.tts` (which caches what it synthesises)."""
+    from deeptalk_common.tts import synthesize
 
     out = synthesize(text, **tts)
     samples, sr = (out.samples, out.sample_rate) if hasattr(out, "samples") else out

@@ -24,8 +24,8 @@ from deeptalk_eval.models.glm4voice_protocol import (
     ASSISTANT_PREFIX,
     AUDIO_TOKEN_0,
     DECODER_SAMPLE_RATE,
-    ENDPOINT,
     END_OF_TURN,
+    ENDPOINT,
     SPEECH_TOKEN_RATE_HZ,
     interleave,
 )
@@ -120,7 +120,7 @@ class FakeGLM4VoiceServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "FakeGLM4VoiceServer":
+    def start(self) -> FakeGLM4VoiceServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):

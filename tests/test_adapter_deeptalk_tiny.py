@@ -19,13 +19,13 @@ from deeptalk_eval.api import Audio, GenerationOptions, Request, UnsupportedRequ
 def tiny_checkpoint(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from deeptalk.base_llm import resolve_base
+    from deeptalk.checkpoint import save_checkpoint
     from deeptalk.config import SPECIAL_TOKENS, DeepTalkConfig
     from deeptalk.modeling import DeepTalkForCausalLM
     from deeptalk.speech.codec_offline import OfflineCodec
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
-    from deeptalk.checkpoint import save_checkpoint
     from deeptalk.upcycle import extend_tokenizer
+    from deeptalk_common.base_llm import resolve_base
 
     out = tmp_path_factory.mktemp("ckpt")
     tok = AutoTokenizer.from_pretrained(resolve_base("smollm2-135m-instruct"))
@@ -56,7 +56,7 @@ def adapter(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def question_audio():
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     wav, sr = synthesize("What is a baby lion called?")
     return Audio(wav, sr)
@@ -100,7 +100,7 @@ def test_speech_to_text_and_text_to_speech(adapter, question_audio):
 
 @pytest.mark.parametrize("output", ["text", "speech"])
 def test_a_batch_answers_as_one_by_one(adapter, question_audio, output):
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     short, sr = synthesize("Name a colour.", engine="flite", voice="slt")
     reqs = [Request("q1", audio=question_audio, output_modality=output),

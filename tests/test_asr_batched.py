@@ -21,7 +21,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def piper_clips():
-    tts = pytest.importorskip("deeptalk.speech.tts")
+    tts = pytest.importorskip("deeptalk_common.tts")
     if not tts.engine_available("piper"):
         pytest.skip("Piper is not installed")
     return [Audio(*tts.synthesize(s, engine="piper", voice="joe")) for s in SENTENCES]
@@ -30,7 +30,7 @@ def piper_clips():
 @pytest.fixture(scope="module")
 def whisper_tiny(one_torch_thread):
     t = make_transcriber({"model": "tiny.en", "cache": False})
-    t.model  # load once for the module
+    _ = t.model  # load once for the module
     return t
 
 

@@ -9,8 +9,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from deeptalk_eval.models.text_llm import BaseLLM
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
+from deeptalk_eval.models.text_llm import BaseLLM
 
 PAIRS = [
     ("The capital of France is", " Paris"),
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def loaded():
-    from deeptalk.base_llm import load_base_llm
+    from deeptalk_common.base_llm import load_base_llm
 
     torch.manual_seed(0)
     return load_base_llm("smollm2-135m-instruct")

@@ -10,9 +10,8 @@ import jiwer
 import numpy as np
 import pytest
 
-from deeptalk_eval.models.cascade import Cascade, SentenceBuffer, parse_tts_spec
 from deeptalk_eval.api import Audio, GenerationOptions, Request, UnsupportedRequest
-
+from deeptalk_eval.models.cascade import Cascade, SentenceBuffer, parse_tts_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,7 +45,7 @@ def test_tts_spec():
 
 
 def test_speech_in_text_and_speech_out(cascade):
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     question = "What is the capital of France?"
     wav, sr = synthesize(question, engine="piper", voice="joe")

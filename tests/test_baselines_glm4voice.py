@@ -6,7 +6,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from glm4voice_fake_server import (
+    FakeGLM4VoiceServer,
+    FrameSpeechTokenizer,
+    ToneDecoder,
+    WordTokenizer,
+    speech_tokens_for,
+)
 
+from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
 from deeptalk_eval.models.glm4voice import GLM4Voice, GLM4VoiceConfigError
 from deeptalk_eval.models.glm4voice_protocol import (
     DECODER_BLOCK_SIZES,
@@ -17,14 +25,6 @@ from deeptalk_eval.models.glm4voice_protocol import (
     parse_stream_line,
     route_token,
     speech_tokens_to_text,
-)
-from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
-from glm4voice_fake_server import (
-    FakeGLM4VoiceServer,
-    FrameSpeechTokenizer,
-    ToneDecoder,
-    WordTokenizer,
-    speech_tokens_for,
 )
 
 QUESTION = "What is the capital of France?"

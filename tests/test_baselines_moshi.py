@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 import soundfile as sf
+from tiny_speech_models import SPOKEN_QA_TASK, tone, write_spoken_qa_task
 
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
 from deeptalk_eval.errors import UsageError
-from tiny_speech_models import SPOKEN_QA_TASK, tone, write_spoken_qa_task
 
 ANSWER_S = 1.0  # 13 frames of 80 ms
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from tiny_speech_models import SPOKEN_QA_TASK, tone, write_spoken_qa_task
 
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
 from deeptalk_eval.errors import UsageError
-from tiny_speech_models import SPOKEN_QA_TASK, tone, write_spoken_qa_task
 
 FAMILIES = {"qwen2_5_omni": "build_qwen25_omni", "qwen3_omni": "build_qwen3_omni"}
 TALKER_STEPS = 8  # keeps the talker (and its waveform) short on a CPU

@@ -21,7 +21,7 @@ def speech(tmp_path_factory):
     """A real Piper sentence (held-out style text), synthesised once into a private cache."""
     import os
 
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     old = os.environ.get("DEEPTALK_CACHE")
     os.environ["DEEPTALK_CACHE"] = str(tmp_path_factory.mktemp("tts"))
@@ -131,7 +131,6 @@ def test_residual_kmeans_each_stage_reduces_error():
     x = (rng.normal(size=(3000, 16)) * np.linspace(2, 0.2, 16)).astype(np.float32)
     books = fit_residual_kmeans(x, num_codebooks=3, codebook_size=32, seed=0, progress=False)
     assert books.shape == (3, 32, 16)
-    codec = OfflineCodec(np.zeros((1, 2, 80 * 4), np.float32), np.zeros(80), np.ones(80), stack=4)
     errs, r = [], x.copy()
     import torch
 

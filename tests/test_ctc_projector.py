@@ -88,9 +88,9 @@ def spoken():
     """Real Whisper tiny.en features of one Piper sentence, and its SmolLM2 token ids."""
     from transformers import AutoTokenizer
 
-    from deeptalk.base_llm import resolve_base
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig, prepare_audio
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.base_llm import resolve_base
+    from deeptalk_common.tts import synthesize
 
     text = "Lisbon is the capital of Portugal."
     tok = AutoTokenizer.from_pretrained(resolve_base("smollm2-135m-instruct"))

@@ -52,7 +52,7 @@ class FrameTableCodec(SpeechCodec):
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from deeptalk.base_llm import resolve_base
+    from deeptalk_common.base_llm import resolve_base
 
     return AutoTokenizer.from_pretrained(resolve_base("smollm2-135m-instruct"))
 

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import SCRIPTED, TEST_TASKS
 
 from deeptalk_eval.aggregate import aggregate_metric, aggregate_task
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Response
@@ -14,8 +15,6 @@ from deeptalk_eval.model_args import parse_model_args
 from deeptalk_eval.registry import TaskIndex, UsageError, model_class
 from deeptalk_eval.run.shards import shard_of
 from deeptalk_eval.task_config import MetricSpec
-
-from conftest import SCRIPTED, TEST_TASKS
 
 
 def recs(values, errors=()):

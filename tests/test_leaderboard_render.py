@@ -99,8 +99,8 @@ def test_every_reported_file_carries_reported_and_source():
     for path in (REPO / "results" / "reported").glob("*.json"):
         data = json.loads(path.read_text())
         assert data["reported"] is True, path
-        # where the figure comes from, and that it was read from DESIGN.md's list, not the source itself
-        assert "DESIGN.md \u00a72" in data["source"] and "not verified" in data["source"], path
+        # where the figure comes from, and that it was read from docs/design.md's list, not the source itself
+        assert "docs/design.md \u00a72" in data["source"] and "not verified" in data["source"], path
         for task, metrics in data["results"].items():
             for name, v in metrics.items():
                 # fractions (accuracies, WER, drops, seconds under one), or VoiceBench's 1-5 judge scores
@@ -108,7 +108,7 @@ def test_every_reported_file_carries_reported_and_source():
                 assert isinstance(v, float) and ok, (path, task, name, v)
 
 
-# Published figures DESIGN.md §2 lists, each with the column it must sit in (its own benchmark's).
+# Published figures docs/design.md §2 lists, each with the column it must sit in (its own benchmark's).
 DESIGN_FIGURES = [
     ("DeepOmni", "reported:ceval+cmmlu+mmlu+bbh+more/drop_rel", 0.0545),
     ("GLM-4-Voice", "reported:ceval+cmmlu+mmlu+bbh+more/drop_rel", 0.4432),

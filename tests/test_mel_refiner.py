@@ -21,7 +21,7 @@ def pairs(codec, tmp_path_factory):
     """(exact, quantised) normalised vectors and utterance lengths of three real Piper sentences."""
     import os
 
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     old = os.environ.get("DEEPTALK_CACHE")
     os.environ["DEEPTALK_CACHE"] = str(tmp_path_factory.mktemp("tts"))
@@ -124,8 +124,8 @@ def test_refine_cli_writes_a_codec_with_its_record(tmp_path, monkeypatch):
     """`deeptalk-codec refine` end to end on a tiny draw of the real refiner speech."""
     import json
 
-    from deeptalk.speech import tts
     from deeptalk.speech.codec_cli import main
+    from deeptalk_common import tts
 
     if not all(tts.engine_available(e) for e in ("piper", "flite", "festival")):
         pytest.skip("piper, flite and festival are needed (scripts/bootstrap.sh installs them as root)")

@@ -48,7 +48,9 @@ def planted_model():
 
 def test_measure_modality_load_counts_planted_routing(planted_model):
     model, v = planted_model
-    emb = lambda sign: (sign * 5 * v + 0.1 * torch.randn(2, 6, 32)).float()
+    def emb(sign):
+        return (sign * 5 * v + 0.1 * torch.randn(2, 6, 32)).float()
+
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[1, :2] = 0  # padded positions are not counted
     speech = [{"inputs_embeds": emb(1), "attention_mask": mask}]

@@ -6,16 +6,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_train_distill import batch, dense_llama, split_moe
 from torch import nn
 from torch.nn.utils import parametrize
 
 from deeptalk.delta import load_delta, save_delta
 from deeptalk.distill import text_kl
-from deeptalk.lowrank import add_lowrank, lowrank_factors, lowrank_parameters, merge_lowrank
+from deeptalk.lowrank import add_lowrank, lowrank_factors, lowrank_parameters
 from deeptalk.training.examples import Example
 from deeptalk.training.param_groups import set_trainable, stage_train_groups
 from deeptalk.training.stage_loop import train_stage
-from test_train_distill import batch, dense_llama, split_moe
 
 RANK = 2
 

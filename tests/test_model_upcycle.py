@@ -85,7 +85,7 @@ def test_calibrated_router_beats_chance(dense):
 
 @pytest.mark.slow
 def test_smollm2_every_expert_active_reproduces_dense_logits():
-    from deeptalk.base_llm import load_base_llm
+    from deeptalk_common.base_llm import load_base_llm
 
     dense, tok = load_base_llm()
     moe = all_experts_on(upcycle(dense, num_routed_experts=30, num_shared_experts=2, top_k=6, calibrate_tokens=0))
@@ -99,7 +99,7 @@ def test_base_tokenizer_saves_without_the_gguf_copy(tmp_path):
     """The bundled base's tokenizer must not drag the 98 MB GGUF into every saved checkpoint."""
     from transformers import AutoTokenizer
 
-    from deeptalk.base_llm import drop_gguf_copy, resolve_base
+    from deeptalk_common.base_llm import drop_gguf_copy, resolve_base
 
     src = Path(resolve_base("smollm2-135m-instruct"))
     assert not (src / "tokenizer.model").exists()

@@ -18,7 +18,7 @@ ANSWERS = {
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory):
     os.environ["HF_HUB_OFFLINE"] = "1"
-    tts = pytest.importorskip("deeptalk.speech.tts")
+    tts = pytest.importorskip("deeptalk_common.tts")
     asr = pytest.importorskip("deeptalk_eval.scoring.asr")
     transcribe = asr.make_transcriber({"backend": "faster-whisper", "model": "tiny.en", "cache": False})
     out = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from deeptalk.paths import cache_dir
+from deeptalk_common.paths import cache_dir
 from deeptalk_eval import shared_cache
 from deeptalk_eval.scoring import asr
 

@@ -126,9 +126,9 @@ def test_noise_floor_end_to_end(configs):
 @pytest.mark.slow
 def test_alsa_recordings_are_what_their_names_say():
     """Whisper tiny.en on the real recordings: the file-name transcripts are right."""
+    from deeptalk_eval.audio_files import read_wav
     from deeptalk_eval.scoring.asr import make_transcriber
     from deeptalk_eval.scoring.wer import corpus_wer
-    from deeptalk_eval.audio_files import read_wav
 
     cfg = load_task(TASKS / "asr" / "asr_alsa_recordings.yaml")
     docs = load_docs(cfg)

@@ -33,7 +33,7 @@ def _jsonl(name: str) -> list[dict]:
 
 def test_mmlu_extraction(build):
     items, bad = build.build_mmlu()
-    assert 260 <= len(items) <= 290, len(items)  # ~273 per DESIGN.md §4; 281 parse with this parser
+    assert 260 <= len(items) <= 290, len(items)  # ~273 per docs/design.md §4; 281 parse with this parser
     assert bad <= 5
     assert items == _jsonl("mmlu_dev"), "mmlu_dev.jsonl is stale: rerun build_lm_eval_data.py"
     assert len({it["subject"] for it in items}) == 57
@@ -122,7 +122,7 @@ def test_same_numbers_as_lm_eval_itself(smollm2, lm_task, yaml_name, limit):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from deeptalk.base_llm import converted_dir
+    from deeptalk_common.base_llm import converted_dir
     from deeptalk_eval.lm_bridge import run_lm_eval
     from deeptalk_eval.task_config import load_task
 

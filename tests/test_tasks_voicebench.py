@@ -1,10 +1,8 @@
 """The VoiceBench tasks (tasks/voicebench/): online only, out of `all`, each validated
 offline against its documented example doc; the hub loader (several splits, the assumed
 fields) checked on a stand-in for `datasets`, and a field the data lacks named in one line."""
-import json
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -123,9 +123,9 @@ def test_ctc_projector_recipe(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from deeptalk.generate import TEXT_MODALITY, SpeechGenerator
-    from deeptalk.speech.tts import synthesize
     from deeptalk.checkpoint import load_checkpoint
+    from deeptalk.generate import TEXT_MODALITY, SpeechGenerator
+    from deeptalk_common.tts import synthesize
 
     out = tmp_path / "run"
     p = train("--recipe", "tiny-ctc", "--output", str(out))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deeptalk.speech import tts
-from deeptalk.speech.tts import TTSError, synthesize, voices
+from deeptalk_common import tts
+from deeptalk_common.tts import TTSError, synthesize, voices
 
 
 @pytest.fixture

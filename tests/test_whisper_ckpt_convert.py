@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from deeptalk.speech.whisper_ckpt import (
+from deeptalk_common.whisper_ckpt import (
     CT2FormatError,
     convert_ct2_dir,
     ct2_to_openai_whisper,

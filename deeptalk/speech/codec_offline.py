@@ -162,7 +162,7 @@ class OfflineCodec(SpeechCodec):
         return path
 
     @classmethod
-    def load(cls, path: str | Path | None = None, **overrides) -> "OfflineCodec":
+    def load(cls, path: str | Path | None = None, **overrides) -> OfflineCodec:
         """Load a codec file (default: the shipped one). `overrides`: gl_iters, gl_power,
         refine (False decodes without the file's mel refiner)."""
         path = Path(path) if path is not None else DEFAULT_PATH

@@ -68,7 +68,7 @@ class SNACCodec(SpeechCodec):
         self.codebook_size = int(model.codebook_size)
 
     @classmethod
-    def load(cls, source: str | Path | None = None, device: str = "cpu") -> "SNACCodec":
+    def load(cls, source: str | Path | None = None, device: str = "cpu") -> SNACCodec:
         from snac import SNAC
 
         if source is not None and Path(source).is_dir():

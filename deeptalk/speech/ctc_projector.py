@@ -45,7 +45,7 @@ class CTCProjector(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(()))
         self._embed: torch.Tensor | None = None  # [V, H] rows of the LLM's embeddings (not saved)
 
-    def tie(self, embedding_weight: torch.Tensor) -> "CTCProjector":
+    def tie(self, embedding_weight: torch.Tensor) -> CTCProjector:
         """Attach the LLM's input embedding matrix [vocab_size, H] (frozen)."""
         w = embedding_weight.detach()
         if int(self.vocab.max()) >= w.shape[0]:

@@ -147,8 +147,8 @@ class SpeechEncoder(nn.Module):
             self.projector = Projector(d, config.hidden_size, config.stride, config.projector_hidden)
 
     @classmethod
-    def from_whisper(cls, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None) -> "SpeechEncoder":
-        from deeptalk.speech.whisper_ckpt import load_whisper
+    def from_whisper(cls, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None) -> SpeechEncoder:
+        from deeptalk_common.whisper_ckpt import load_whisper
 
         model = load_whisper(config.whisper)
         return cls(model.encoder, config, ctc_vocab)
@@ -158,7 +158,7 @@ class SpeechEncoder(nn.Module):
         """Its positions are soft text embeddings: the LLM reads them on its text path."""
         return self.config.projector == "ctc"
 
-    def tie(self, embedding_weight: torch.Tensor) -> "SpeechEncoder":
+    def tie(self, embedding_weight: torch.Tensor) -> SpeechEncoder:
         """Give a CTC projector the LLM's input embeddings (a no-op for the MLP projector)."""
         if self.reads_as_text:
             self.projector.tie(embedding_weight)

@@ -113,10 +113,15 @@ class GriffinLim:
         mag = torch.cat([mag, torch.zeros(mag.shape[0], 1)], dim=1)
         length = n_frames * c.hop_length
         angles = torch.polar(torch.ones_like(mag), _initial_phase(frame_offset, mag.shape[1], mag.shape[0]))
-        stft = lambda y: torch.stft(y, c.n_fft, c.hop_length, window=self.front.window,
-                                    center=True, return_complex=True)[:, : mag.shape[1]]
-        istft = lambda s: torch.istft(s, c.n_fft, c.hop_length, window=self.front.window,
-                                      center=True, length=(mag.shape[1] - 1) * c.hop_length)
+
+        def stft(y: torch.Tensor) -> torch.Tensor:
+            return torch.stft(y, c.n_fft, c.hop_length, window=self.front.window, center=True,
+                              return_complex=True)[:, : mag.shape[1]]
+
+        def istft(s: torch.Tensor) -> torch.Tensor:
+            return torch.istft(s, c.n_fft, c.hop_length, window=self.front.window, center=True,
+                               length=(mag.shape[1] - 1) * c.hop_length)
+
         prev = torch.zeros_like(angles)
         for _ in range(self.n_iter):
             rebuilt = stft(istft(mag * angles))

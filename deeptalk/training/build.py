@@ -10,7 +10,7 @@ import torch
 def build_base(recipe: dict):
     """(dense base LLM, tokenizer, base name). `random_tiny`: a tiny random Llama (real class)
     with the SmolLM2 tokenizer, for tests; otherwise a real base LLM (load_base_llm)."""
-    from deeptalk.base_llm import load_base_llm, resolve_base
+    from deeptalk_common.base_llm import load_base_llm, resolve_base
 
     b = recipe["base"]
     if b.get("kind") == "random_tiny":

@@ -1,7 +1,6 @@
 """What a stage trains: named parameter groups, frozen or not, and the routing mode while training."""
 from __future__ import annotations
 
-
 # What each stage trains (the paper's schedule). A recipe stage may name its own list under
 # `train:` (e.g. the shipped reference keeps text experts frozen to fit its delta budget).
 TRAIN_GROUPS = ("projector", "audio", "speech_experts", "text_experts", "text_experts_lowrank", "experts",

@@ -19,7 +19,7 @@ def build_data(recipe: dict) -> dict:
     rng.shuffle(prompts)
     text_p = prompts[:n_text]
 
-    from deeptalk.base_llm import load_base_llm
+    from deeptalk_common.base_llm import load_base_llm
 
     answerer_name = d.get("answerer", "smollm2-135m-instruct")
     max_new = d.get("answer_max_new_tokens", 48)

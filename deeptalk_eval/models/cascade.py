@@ -2,7 +2,7 @@
 
 The classic alternative to a native spoken LLM, built from the parts that run offline here:
 Whisper tiny.en (`deeptalk_eval.scoring.asr`), SmolLM2-135M-Instruct (`BaseLLM`) and Piper
-(`deeptalk.speech.tts`). Each leg is a model arg: `asr=tiny.en,llm=smollm2-135m-instruct,
+(`deeptalk_common.tts`). Each leg is a model arg: `asr=tiny.en,llm=smollm2-135m-instruct,
 tts=piper:joe`.
 
 It streams the way a real cascade would: the ASR runs on the whole utterance, the LLM
@@ -17,7 +17,8 @@ import hashlib
 import json
 import re
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from deeptalk_eval.api import (
     Audio,
@@ -94,7 +95,7 @@ class Cascade(TextPathScoring, SpokenModel):
     ):
         super().__init__(asr=asr, asr_backend=asr_backend, llm=llm if isinstance(llm, str) else llm.path,
                          llm_dtype=llm_dtype, tts=tts, device=device)
-        from deeptalk.speech import tts as tts_lib
+        from deeptalk_common import tts as tts_lib
         from deeptalk_eval.scoring.asr import make_transcriber
 
         self._tts = tts_lib
@@ -106,7 +107,7 @@ class Cascade(TextPathScoring, SpokenModel):
         self.transcriber = make_transcriber({"backend": asr_backend, "model": str(asr), "device": device, "cache": False})
         self.llm = llm if isinstance(llm, BaseLLM) else BaseLLM(path=str(llm), dtype=llm_dtype, device=device)
         if warmup:
-            self.transcriber.model  # loads Whisper
+            _ = self.transcriber.model  # loads Whisper
             self.speak("Ready.")  # loads the voice
 
     # -- legs ---------------------------------------------------------------------------------

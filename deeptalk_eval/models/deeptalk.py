@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from deeptalk_common.dtypes import torch_dtype
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -36,7 +38,6 @@ from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "reference"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OUTPUTS = {"text": "text", "speech": "speech", "both": "both"}
 
 
@@ -58,8 +59,8 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                          max_speech_steps=max_speech_steps, batch_parallel=batch_parallel, codec=codec,
                          loglikelihood_batch_size=loglikelihood_batch_size, threads=threads, cache=cache,
                          decode_threads=decode_threads)
-        from deeptalk.generate import SpeechGenerator, StreamConfig
         from deeptalk.checkpoint import load_checkpoint
+        from deeptalk.generate import SpeechGenerator, StreamConfig
 
         ckpt = Path(path) if path else DEFAULT_CHECKPOINT
         if not ckpt.is_dir():
@@ -67,11 +68,13 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                 f"deeptalk: checkpoint directory {ckpt} does not exist"
                 + ("" if path else " (the reference checkpoint ships in the repository: is this a partial "
                    "checkout? Or train one: `deeptalk-train --recipe reference --export checkpoints/reference`)"))
-        if dtype not in DTYPES:
-            raise UsageError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
+        try:
+            weights_dtype = torch_dtype(dtype, "model arg dtype")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         if threads is not None:
             torch.set_num_threads(threads)
-        self.bundle = load_checkpoint(ckpt, device=device, dtype=DTYPES[dtype], codec=codec)
+        self.bundle = load_checkpoint(ckpt, device=device, dtype=weights_dtype, codec=codec)
         model = self.bundle.model
         if routing_mode is not None:
             model.set_routing_mode(routing_mode)

@@ -23,8 +23,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,8 +44,8 @@ from deeptalk_eval.models.glm4voice_protocol import (
     AUDIO_TOKEN_0,
     DECODER_BLOCK_SIZES,
     DECODER_SAMPLE_RATE,
-    ENDPOINT,
     END_OF_TURN,
+    ENDPOINT,
     GLM4VoiceServerError,
     build_prompt,
     build_request_body,
@@ -143,7 +144,7 @@ class FlowHiFiGANDecoder:
             device=device,
         )
 
-    def start(self) -> "_FlowSession":
+    def start(self) -> _FlowSession:
         return _FlowSession(self)
 
 

@@ -18,8 +18,9 @@ Everything here follows the public repository github.com/THUDM/GLM-4-Voice (comm
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
 # Verbatim from web_demo.py (the speech-input text really ends with a space).
 SYSTEM_PROMPT_SPEECH_INPUT = (

@@ -17,21 +17,23 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from deeptalk_eval.api import Audio, StreamEvent, UnsupportedRequest
 from deeptalk_eval.errors import UsageError
 
-DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 SAMPLE_BYTES = 1 << 20  # bytes read from each end of a weight file for its digest
 
 
 def resolve_device_dtype(device: str, dtype: str):
     """(torch.device, torch.dtype) for the `device=` / `dtype=` model args."""
     import torch
+
+    from deeptalk_common.dtypes import torch_dtype
 
     device = str(device or "auto")
     if device == "auto":
@@ -42,11 +44,12 @@ def resolve_device_dtype(device: str, dtype: str):
         raise UsageError(f"model arg device={device!r}: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"model arg device={device!r}: this machine has no CUDA device (use device=cpu)")
-    if dtype not in DTYPE_NAMES:
-        raise UsageError(f"model arg dtype={dtype!r}: use one of {list(DTYPE_NAMES)}")
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" else "float32"
-    return dev, getattr(torch, dtype)
+    try:
+        return dev, torch_dtype(dtype, "model arg dtype")
+    except ValueError as e:
+        raise UsageError(f"{e} or auto") from None
 
 
 def resample(audio: Audio, rate: int, where: str) -> np.ndarray:

@@ -46,7 +46,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, ClassVar, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 

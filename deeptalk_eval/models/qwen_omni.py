@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, ClassVar, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 

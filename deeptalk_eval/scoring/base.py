@@ -19,8 +19,9 @@ stops the run (scoring.judge uses it to refuse to run without a judge).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from deeptalk_eval.api import Audio, Response
 

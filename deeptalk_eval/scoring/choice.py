@@ -41,8 +41,9 @@ The scorer `choice_match` reads the gold answer and picks the extractor from it:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from deeptalk_eval.scoring.base import SampleView, ScoringContext, register_scorer
 from deeptalk_eval.scoring.normalise import answer_tokens

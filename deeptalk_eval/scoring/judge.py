@@ -129,7 +129,7 @@ class HFJudge(Judge):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from deeptalk.base_llm import BUNDLED_GGUF, resolve_base
+        from deeptalk_common.base_llm import BUNDLED_GGUF, resolve_base
 
         self.model = name_or_path
         where = resolve_base(name_or_path) if name_or_path in BUNDLED_GGUF else name_or_path

@@ -11,7 +11,7 @@ and facts are kept as well) and keeps a compact event log in `Response.extra["ev
     {"kind": "mark",  "t_rel": 0.05, "name": "encoder_done"}      # t_rel from the model's stamp
     {"kind": "end",   "t_rel": 1.90}
 
-The `latency` scorer turns one log into per-sample figures (DESIGN.md §3):
+The `latency` scorer turns one log into per-sample figures (docs/design.md §3):
 
     ttft            first text delta
     ttfa            first audio chunk ready to play
@@ -38,7 +38,8 @@ percentiles aggregate over warm requests only.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

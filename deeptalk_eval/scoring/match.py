@@ -1,4 +1,4 @@
-"""Answer matching: spoken-QA alias containment and multiple-choice letters (DESIGN.md §3).
+"""Answer matching: spoken-QA alias containment and multiple-choice letters (docs/design.md §3).
 
 `answer_match` implements the rule the authors' sibling project uses:
 
@@ -18,8 +18,8 @@ An empty or missing prediction is wrong. Every result says which rule fired.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from deeptalk_eval.scoring.normalise import (
     answer_tokens,

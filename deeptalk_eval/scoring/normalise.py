@@ -2,7 +2,7 @@
 
 Two normalisers, each with a name+version string that every result records:
 
-- `answer_match_v1`: the spoken-QA rule of DESIGN.md §3 — lower-case, every punctuation
+- `answer_match_v1`: the spoken-QA rule of docs/design.md §3 — lower-case, every punctuation
   character except the apostrophe becomes a space, split on whitespace.
 - `whisper_en:openai-whisper==<version>`: openai-whisper's `EnglishTextNormalizer`
   (spelling, contractions, number words -> digits, fillers removed).

@@ -76,7 +76,7 @@ def exact_match(sample: SampleView, ctx: ScoringContext, answers_field: str = "a
 
 @register_scorer("qa_match")
 def qa_match(sample: SampleView, ctx: ScoringContext, answers_field: str = "answers") -> dict[str, float | None]:
-    """Spoken-QA containment match (DESIGN.md §3) under both normalisers.
+    """Spoken-QA containment match (docs/design.md §3) under both normalisers.
 
     acc: answer_match_v1 rule (words, then the number fallbacks); acc_whisper_norm: the same
     token rule after Whisper's EnglishTextNormalizer. rule_*: which rule made `acc` 1.

@@ -4,14 +4,14 @@ Everything is numpy-vectorised and deterministic given `seed` (numpy's PCG64 thr
 `np.random.default_rng`). Resampling is over items (samples), percentile intervals.
 
 Paired comparisons take two arrays aligned by item (same question asked to model A and
-model B). `rel_drop` follows DESIGN.md §2: (mean_a - mean_b) / mean_a, positive when B
+model B). `rel_drop` follows docs/design.md §2: (mean_a - mean_b) / mean_a, positive when B
 scores lower than A (A = baseline / backbone, B = candidate / model).
 """
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 

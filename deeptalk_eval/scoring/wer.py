@@ -1,4 +1,4 @@
-"""Word error rate with jiwer, per utterance and over a corpus (DESIGN.md §3).
+"""Word error rate with jiwer, per utterance and over a corpus (docs/design.md §3).
 
 Both texts are normalised with openai-whisper's EnglishTextNormalizer first (its name and
 version: `WER_NORMALISER`). Two corpus figures are reported because the field uses both:
@@ -11,8 +11,8 @@ reference word deleted — never skipped. An empty reference is bad input and ra
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import jiwer
 

@@ -23,7 +23,7 @@ def silent_audio(docs: list[dict]) -> list[dict]:
     """Every question replaced by the same 2 s of digital silence (written once to the cache)."""
     import soundfile as sf
 
-    from deeptalk.paths import cache_dir
+    from deeptalk_common.paths import cache_dir
 
     path = cache_dir() / "controls" / f"silence_{SILENCE_SECONDS:g}s_{SILENCE_SR}.wav"
     if not path.is_file():

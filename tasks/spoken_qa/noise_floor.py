@@ -25,7 +25,7 @@ def docs(docs: list[dict]) -> list[dict]:
 def gold_answer_asr(sample: SampleView, ctx: ScoringContext, answer_field: str = "answer",
                     answers_field: str = "answers", engine: str = "piper", voice: str = "joe",
                     template: str = "The answer is {answer}.") -> dict[str, float | None]:
-    from deeptalk.speech.tts import synthesize
+    from deeptalk_common.tts import synthesize
 
     sid = sample.doc.get("id")
     gold, aliases = sample.doc.get(answer_field), sample.doc.get(answers_field)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .paths import cache_dir
+from deeptalk_common.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

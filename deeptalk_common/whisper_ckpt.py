@@ -28,13 +28,13 @@ import re
 import shutil
 import struct
 from dataclasses import asdict
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deeptalk.paths import cache_dir
+from deeptalk_common.paths import cache_dir
 
 # name -> (package, folder inside the package holding the CT2 files, model.bin part files)
 OFFLINE_MODELS: dict[str, list[tuple[str, str]]] = {
@@ -303,7 +303,7 @@ def ct2_to_openai_whisper(variables: dict[str, np.ndarray]) -> tuple[Any, dict[s
     return dims, sd
 
 
-def _alignment_heads_mask(config_path: Path, dims) -> "Any | None":
+def _alignment_heads_mask(config_path: Path, dims) -> Any | None:
     import torch
 
     cfg = json.loads(config_path.read_text()) if config_path.exists() else {}
@@ -320,7 +320,7 @@ def _alignment_heads_mask(config_path: Path, dims) -> "Any | None":
 # Public loaders
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -370,7 +370,6 @@ def convert_ct2_dir(ct2_dir: str | Path, out_dir: str | Path | None = None) -> P
 
 def load_converted(ckpt_dir: str | Path, device: str = "cpu"):
     """Load a dir written by `convert_ct2_dir` as a float32 `whisper.model.Whisper` (strict keys)."""
-    import torch
     from safetensors.torch import load_file
     from whisper.model import ModelDimensions, Whisper
 

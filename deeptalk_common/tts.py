@@ -17,15 +17,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from tqdm import tqdm
 
-from deeptalk.paths import cache_dir
+from deeptalk_common.paths import cache_dir
 
 # Bump when synthesis code changes what a cached file would contain.
 CACHE_VERSION = 1
