@@ -2,8 +2,8 @@
 
 `SpokenModelLM` wraps any `SpokenModel` that can score text (capabilities.loglikelihood)
 as an lm-eval `LM`, so retention tasks (`kind: lm_eval`) run through lm-eval itself with
-its own prompts, few-shot sampling and metrics. It is registered in lm-eval's model
-registry as "deeptalk_eval_bridge"; the harness hands lm-eval a built instance.
+its own prompts, few-shot sampling and metrics. The harness hands lm-eval a built
+instance, so the bridge needs no place in lm-eval's model registry.
 
 `run_lm_eval` runs one of our `kind: lm_eval` tasks and converts lm-eval's results and
 per-item samples into ours (metric names without lm-eval's ",none" filter suffix).
@@ -15,15 +15,14 @@ from typing import Any
 
 import numpy as np
 from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from deeptalk_eval.api import GenerationOptions, Request, SpokenModel
+from deeptalk_eval.stop_strings import first_stop
 
 CHUNK = 32  # requests per adapter call; each chunk is committed to lm-eval's cache
 
 
-@register_model("deeptalk_eval_bridge")
 class SpokenModelLM(LM):
     def __init__(self, model: SpokenModel, chunk_size: int = CHUNK):
         super().__init__()
@@ -76,9 +75,9 @@ class SpokenModelLM(LM):
             responses = self.model.generate(reqs)
             for r, req, resp in zip(chunk, reqs, responses, strict=True):
                 text = resp.text or ""
-                for stop in req.options.stop:  # the adapter may not honour stop strings
-                    if stop and stop in text:
-                        text = text[: text.index(stop)]
+                cut = first_stop(text, req.options.stop)  # the adapter may not honour stop strings
+                if cut >= 0:
+                    text = text[:cut]
                 self.cache_hook.add_partial("generate_until", r.args, text)
                 out.append(text)
         return out

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from deeptalk_eval.models.stop_strings import StopCut, first_stop
+from deeptalk_eval.stop_strings import StopCut, first_stop
 
 
 def streamed(text: str, stops, cuts) -> tuple[str, bool]:

@@ -33,8 +33,8 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
-from deeptalk_eval.models.stop_strings import StopCut
 from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
+from deeptalk_eval.stop_strings import StopCut
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "reference"

@@ -74,8 +74,8 @@ from deeptalk_eval.models.hf_speech import (
     resample,
     resolve_device_dtype,
 )
-from deeptalk_eval.models.stop_strings import first_stop
 from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
+from deeptalk_eval.stop_strings import first_stop
 
 OUTPUT_SAMPLE_RATE = 24000  # both talkers' waveforms (Qwen's model cards: 24 kHz)
 QWEN25_SYSTEM_PROMPT = (

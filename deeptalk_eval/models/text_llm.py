@@ -37,7 +37,7 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
-from deeptalk_eval.models.stop_strings import StopCut
+from deeptalk_eval.stop_strings import StopCut
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
 
