@@ -47,7 +47,8 @@ def main() -> None:
             new = next((json.loads(p.read_text()) for p in new_files if "results" in json.loads(p.read_text())), None)
         entry = {"file": str(f.relative_to(REPO)), "exit": done.returncode, "tasks": {}}
         if new is None:
-            entry["error"] = (done.stderr or done.stdout).strip().splitlines()[-1:]
+            entry["error"] = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
+            entry["tasks"] = {task: f"not re-scored: {entry['error']}" for task in old["results"]}
         else:
             for task, metrics in old["results"].items():
                 got = new["results"].get(task)
