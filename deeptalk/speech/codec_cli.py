@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeptalk.speech import codec_data
+from deeptalk.speech import codec_data, units_fit
 from deeptalk.speech.codec_loader import load_codec
 
 ASR_RATE = 16000
@@ -475,12 +475,14 @@ def main(argv=None) -> int:
     rf.add_argument("--max-seconds", type=float, default=None)
     rf.add_argument("--seed", type=int, default=0)
     rf.add_argument("--out", default=str(Path(__file__).resolve().parent / "assets" / "offline_codec.safetensors"))
+    units_fit.add_parser(sub)
     r = sub.add_parser("roundtrip", help="encode + decode a wav file")
     r.add_argument("input")
     r.add_argument("output")
     r.add_argument("--codec", default="offline")
     args = p.parse_args(argv)
-    {"fit": cmd_fit, "refine": cmd_refine, "eval": cmd_eval, "roundtrip": cmd_roundtrip}[args.cmd](args)
+    commands = {"fit": cmd_fit, "refine": cmd_refine, "eval": cmd_eval, "roundtrip": cmd_roundtrip}
+    (commands.get(args.cmd) or args.func)(args)
     return 0
 
 

@@ -11,7 +11,7 @@ from deeptalk.speech.codec import CodecError, SpeechCodec
 
 
 def load_codec(name: str | Path = "offline", **kwargs) -> SpeechCodec:
-    """'offline' (the shipped codec), 'snac' (SNAC 24 kHz), or a path to an offline codec file."""
+    """'offline' (the shipped codec), 'snac' (SNAC 24 kHz), or a path to a codec file (offline or units)."""
     if str(name) == "offline":
         from deeptalk.speech.codec_offline import OfflineCodec
 
@@ -22,9 +22,14 @@ def load_codec(name: str | Path = "offline", **kwargs) -> SpeechCodec:
         src = str(name).split(":", 1)[1] if ":" in str(name) else kwargs.pop("source", None)
         return SNACCodec.load(src, **kwargs)
     path = Path(name)
+    if path.suffix == ".safetensors" and path.is_file():
+        from deeptalk.speech.codec_units import UnitCodec, is_units_file
+
+        if is_units_file(path):
+            return UnitCodec.load(path, **kwargs)
     if path.suffix == ".safetensors" or path.is_dir():
         from deeptalk.speech.codec_offline import OfflineCodec
 
         return OfflineCodec.load(path, **kwargs)
     raise CodecError(f"unknown codec {name!r}: use 'offline', 'snac', 'snac:<dir or hub id>' "
-                     f"or a path to an offline codec .safetensors")
+                     f"or a path to a codec .safetensors (offline or units)")
