@@ -69,7 +69,9 @@ def _load_builtin_scorers() -> None:
                 raise
 
 
-class Transcriber(Protocol):
+class TranscribeFn(Protocol):
+    """What scorers call to hear speech: audio in, transcript out (scoring/asr.py's Transcriber)."""
+
     def __call__(self, audio: Audio) -> str: ...
 
 
@@ -88,7 +90,7 @@ class SampleView:
 class ScoringContext:
     """Shared services for scorers: ASR (cached), normaliser choice, task config."""
 
-    transcribe: Transcriber | None = None
+    transcribe: TranscribeFn | None = None
     normaliser: str = "answer_match+whisper_en"
     task_config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # ASR model/options etc., recorded in results
