@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from deeptalk.generate import SPEECH_MODALITY, TEXT_MODALITY, build_prompt_ids
+from deeptalk.sequence import SPEECH_MODALITY, TEXT_MODALITY, build_prompt_ids
 from deeptalk.speech.ctc_projector import CTCProjector, _runs
 
 

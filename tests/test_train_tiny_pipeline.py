@@ -124,7 +124,8 @@ def test_ctc_projector_recipe(tmp_path):
     from safetensors.torch import load_file
 
     from deeptalk.checkpoint import load_checkpoint
-    from deeptalk.generate import TEXT_MODALITY, SpeechGenerator
+    from deeptalk.generate import SpeechGenerator
+    from deeptalk.sequence import TEXT_MODALITY
     from deeptalk_common.tts import synthesize
 
     out = tmp_path / "run"

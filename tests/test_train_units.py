@@ -10,7 +10,7 @@ import yaml
 
 from deeptalk.config import SPECIAL_TOKENS, DeepTalkConfig
 from deeptalk.delay import undo_delay_pattern
-from deeptalk.generate import answer_steps
+from deeptalk.sequence import answer_steps
 from deeptalk.training.examples import Example, collate
 from deeptalk.training.recipe import STAGES, load_recipe
 
@@ -133,7 +133,7 @@ def test_corpus_rows_are_calibration_prose_for_language_modelling():
 
     from transformers import AutoTokenizer
 
-    from deeptalk.generate import TEXT_MODALITY
+    from deeptalk.sequence import TEXT_MODALITY
     from deeptalk.training.examples import corpus_examples
     from deeptalk.upcycle import calibration_texts
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from deeptalk.generate import SPEECH_MODALITY
+from deeptalk.sequence import SPEECH_MODALITY
 from deeptalk.training.examples import Example, collate, qa_examples, text_examples
 
 

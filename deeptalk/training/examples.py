@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deeptalk.generate import SPEECH_MODALITY, TEXT_MODALITY, answer_steps, build_prompt_ids
+from deeptalk.sequence import SPEECH_MODALITY, TEXT_MODALITY, answer_steps, build_prompt_ids
 
 ASR_INSTRUCTION = "Transcribe what was said."
 
