@@ -37,6 +37,11 @@ def cmd_fit_units(args) -> dict:
                       np.zeros(UNIT_MEL.n_mels), np.ones(UNIT_MEL.n_mels), pool=pool, whisper=args.whisper)
     utts = codec_data.fit_utterances(args.per_voice, seed=args.seed)
     voice = tuple(args.voice.split("/"))
+    start = UnitCodec.load(args.units_from) if args.units_from else None
+    if start is not None:   # keep that file's units; only the decoder's voice is needed
+        k, pool, args.whisper = start.codebook_size, start.pool, start.whisper_name
+        probe = start
+        utts = [u for u in utts if (u.engine, u.voice) == voice and not u.semitones]
     feats, speaker, failed, seconds = [], [], [], 0.0
     for u in tqdm(utts, desc="fit speech (tts + whisper)", unit="utt"):
         try:
@@ -56,7 +61,7 @@ def cmd_fit_units(args) -> dict:
     vectors = np.concatenate(feats)
     rng = np.random.default_rng(args.seed)
     sample = vectors[rng.choice(len(vectors), min(len(vectors), args.max_vectors), replace=False)]
-    centroids = fit_residual_kmeans(sample, 1, k, seed=args.seed)[0]
+    centroids = start.centroids.numpy() if start is not None else fit_residual_kmeans(sample, 1, k, seed=args.seed)[0]
     t_units = time.time() - t0
 
     front = MelFrontend(UNIT_MEL)
@@ -89,7 +94,9 @@ def cmd_fit_units(args) -> dict:
         "units": {"k": k, "pool": pool, "positions_per_s": codec.frame_rate, "whisper": args.whisper,
                   "kmeans": "MiniBatchKMeans batch 4096, 30 epochs", "vectors_total": int(len(vectors)),
                   "vectors_used": int(len(sample)), "units_used_by_voice": int((used > 0).sum()),
-                  "fit_seconds": round(t_units, 1)},
+                  "fit_seconds": round(t_units, 1),
+                  "from": None if start is None else {"file": args.units_from,
+                                                      "file_sha256": start.manifest.get("file_sha256")}},
         "training_data": {"recipe": "deeptalk.speech.codec_data.fit_utterances", "per_voice": args.per_voice,
                           "voices": [f"{e}/{v}" for e, v in codec_data.FIT_VOICES],
                           "pitch_shifted_copies": [f"{e}/{v} +{s:g}" for e, v, s in codec_data.FIT_PITCH_SHIFTED],
@@ -113,6 +120,8 @@ def add_parser(sub) -> None:
     u.add_argument("--units", type=int, default=512, help="k-means clusters (the codebook size)")
     u.add_argument("--pool", type=int, default=2, help="Whisper frames (50 Hz) per unit: 2 -> 25/s, 4 -> 12.5/s")
     u.add_argument("--whisper", default="tiny.en")
+    u.add_argument("--units-from", help="keep the units (centroids, pool, Whisper) of this units codec file and "
+                   "fit only a new decoder (its voice's utterances only)")
     u.add_argument("--per-voice", type=int, default=300, help="fit utterances per fit voice")
     u.add_argument("--voice", default="piper/joe", help="the voice the decoder speaks with (a fit voice)")
     u.add_argument("--max-vectors", type=int, default=200_000, help="subsample for k-means")
