@@ -33,7 +33,7 @@ if [ "$passthrough" = false ]; then
     if [ -d checkpoints/reference ]; then
       defaults+=(--model deeptalk)
     else
-      # Until the reference checkpoint is committed, the main job runs the bundled baselines.
+      # a checkout without the reference checkpoint (a partial clone) still has a main job: the cascade
       echo "note: no reference checkpoint in checkpoints/reference yet: running the cascade baseline" >&2
       defaults+=(--model cascade)
     fi
