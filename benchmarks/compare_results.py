@@ -21,8 +21,11 @@ def is_timing(task: str, metric: str) -> bool:
 
 
 def same(a, b) -> bool:
+    """Equal values, NaN equal to NaN, through lists and dicts."""
     if isinstance(a, float) and isinstance(b, float):
         return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     return a == b

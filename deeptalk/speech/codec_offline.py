@@ -28,7 +28,55 @@ ASSET_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_PATH = ASSET_DIR / "offline_codec.safetensors"
 
 
-class OfflineCodec(SpeechCodec):
+class LogMelCodec(SpeechCodec):
+    """What every codec that decodes through normalised log-mel shares: the voice's log-mel
+    as stacked vectors (`features`, also the unquantised ceiling), codes -> log-mel through
+    the optional mel refiner, and Griffin-Lim. A subclass sets `mel_cfg`, `stack`,
+    `mel_mean` / `mel_std` ([n_mels, 1]), `gl_iters`, `gl_power`, `refiner`, `refine`,
+    `sample_rate`, `samples_per_frame`, `_vocoder = None`, and defines `dequantize`."""
+
+    @property
+    def vocoder(self) -> GriffinLim:
+        if self._vocoder is None:   # built on first use: fitting and saving need no librosa
+            self._vocoder = GriffinLim(self.mel_cfg, n_iter=self.gl_iters, power=self.gl_power)
+        return self._vocoder
+
+    @property
+    def front(self) -> MelFrontend:
+        return self.vocoder.front
+
+    def features(self, wav: np.ndarray, sr: int) -> np.ndarray:
+        """Normalised stacked log-mel vectors [T, n_mels * stack], T = ceil(len / samples_per_frame)."""
+        wav = self.check_wav(wav, sr)
+        if sr != self.sample_rate:
+            import librosa
+
+            wav = librosa.resample(wav, orig_sr=sr, target_sr=self.sample_rate).astype(np.float32)
+        pad = (-len(wav)) % self.samples_per_frame      # whole positions: T = ceil(len / spf)
+        wav = np.pad(wav, (0, pad))
+        mel = (self.front.log_mel(wav) - self.mel_mean) / self.mel_std   # [n_mels, T * stack]
+        return stack_frames(mel, self.stack)
+
+    def vectors_to_log_mel(self, vectors: np.ndarray) -> np.ndarray:
+        """[T, n_mels * stack] normalised vectors -> log-mel [n_mels, T * stack]."""
+        return unstack_frames(vectors, self.stack, self.mel_cfg.n_mels) * self.mel_std + self.mel_mean
+
+    def codes_to_log_mel(self, codes: np.ndarray) -> np.ndarray:
+        """Codes -> the log-mel the vocoder gets: dequantised, refined when a refiner is on."""
+        mel = unstack_frames(self.dequantize(codes), self.stack, self.mel_cfg.n_mels)
+        if self.refine:   # chunks start on a position boundary, as the refiner's frame phase assumes
+            mel = self.refiner.refine(mel)
+        return mel * self.mel_std + self.mel_mean
+
+    def vocode(self, log_mel: np.ndarray, frame_offset: int = 0) -> np.ndarray:
+        """Log-mel -> waveform; `frame_offset` is in positions (as in `decode`)."""
+        return self.vocoder(log_mel, frame_offset=frame_offset * self.stack)
+
+    def decode(self, codes: np.ndarray, *, frame_offset: int = 0) -> np.ndarray:
+        return self.vocode(self.codes_to_log_mel(codes), frame_offset=frame_offset)
+
+
+class OfflineCodec(LogMelCodec):
     name = "offline"
 
     def __init__(self, codebooks: np.ndarray, mel_mean: np.ndarray, mel_std: np.ndarray,
@@ -61,33 +109,6 @@ class OfflineCodec(SpeechCodec):
         self.refiner = refiner     # a MelRefiner or None
         self.refine = bool(refine) and refiner is not None
 
-    @property
-    def vocoder(self) -> GriffinLim:
-        if self._vocoder is None:
-            self._vocoder = GriffinLim(self.mel_cfg, n_iter=self.gl_iters, power=self.gl_power)
-        return self._vocoder
-
-    @property
-    def front(self) -> MelFrontend:
-        return self.vocoder.front
-
-    # --- features ------------------------------------------------------------------
-    def features(self, wav: np.ndarray, sr: int) -> np.ndarray:
-        """Normalised stacked log-mel vectors [T, n_mels * stack] (the quantiser's input)."""
-        wav = self.check_wav(wav, sr)
-        if sr != self.sample_rate:
-            import librosa
-
-            wav = librosa.resample(wav, orig_sr=sr, target_sr=self.sample_rate).astype(np.float32)
-        pad = (-len(wav)) % self.samples_per_frame      # whole positions: T = ceil(len / spf)
-        wav = np.pad(wav, (0, pad))
-        mel = (self.front.log_mel(wav) - self.mel_mean) / self.mel_std   # [n_mels, T * stack]
-        return stack_frames(mel, self.stack)
-
-    def vectors_to_log_mel(self, vectors: np.ndarray) -> np.ndarray:
-        """[T, n_mels * stack] normalised vectors -> log-mel [n_mels, T * stack]."""
-        return unstack_frames(vectors, self.stack, self.mel_cfg.n_mels) * self.mel_std + self.mel_mean
-
     # --- codec ---------------------------------------------------------------------
     def quantize(self, vectors: np.ndarray) -> np.ndarray:
         x = torch.as_tensor(vectors, dtype=torch.float32)
@@ -111,20 +132,6 @@ class OfflineCodec(SpeechCodec):
 
     def encode(self, wav: np.ndarray, sr: int) -> np.ndarray:
         return self.quantize(self.features(wav, sr))
-
-    def decode(self, codes: np.ndarray, *, frame_offset: int = 0) -> np.ndarray:
-        return self.vocode(self.codes_to_log_mel(codes), frame_offset=frame_offset)
-
-    def codes_to_log_mel(self, codes: np.ndarray) -> np.ndarray:
-        """Codes -> the log-mel the vocoder gets: centroids summed, refined when a refiner is on."""
-        mel = unstack_frames(self.dequantize(codes), self.stack, self.mel_cfg.n_mels)
-        if self.refine:   # chunks start on a position boundary, as the refiner's frame phase assumes
-            mel = self.refiner.refine(mel)
-        return mel * self.mel_std + self.mel_mean
-
-    def vocode(self, log_mel: np.ndarray, frame_offset: int = 0) -> np.ndarray:
-        """Log-mel -> waveform; `frame_offset` is in positions (as in `decode`)."""
-        return self.vocoder(log_mel, frame_offset=frame_offset * self.stack)
 
     def describe(self) -> dict:
         return {**super().describe(), "stack": self.stack, "mel": self.mel_cfg.to_dict(),

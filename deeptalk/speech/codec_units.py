@@ -21,15 +21,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from deeptalk.speech.codec import CodecError, SpeechCodec
-from deeptalk.speech.codec_offline import nearest, stack_frames, unstack_frames
-from deeptalk.speech.vocoder import GriffinLim, MelConfig, MelFrontend
+from deeptalk.speech.codec import CodecError
+from deeptalk.speech.codec_offline import LogMelCodec, nearest
+from deeptalk.speech.vocoder import MelConfig
 
 UNIT_MEL = MelConfig(sample_rate=16000, n_fft=1024, hop_length=160, n_mels=80, fmin=0.0, fmax=8000.0)
 WHISPER_FRAMES_PER_S = 50
 
 
-class UnitCodec(SpeechCodec):
+class UnitCodec(LogMelCodec):
     name = "units"
 
     def __init__(self, centroids: np.ndarray, unit_mel: np.ndarray, mel_mean: np.ndarray, mel_std: np.ndarray,
@@ -51,7 +51,7 @@ class UnitCodec(SpeechCodec):
         self.sample_rate = mel.sample_rate
         self.samples_per_frame = mel.hop_length * self.stack
         self.frame_rate = self.sample_rate / self.samples_per_frame
-        self.gl_iters = int(gl_iters)
+        self.gl_iters, self.gl_power = int(gl_iters), 1.0
         self.refiner, self.refine = refiner, bool(refine) and refiner is not None
         self.manifest = manifest or {}
         self._encoder = self._vocoder = None     # built on first use
@@ -85,47 +85,10 @@ class UnitCodec(SpeechCodec):
     def encode(self, wav: np.ndarray, sr: int) -> np.ndarray:
         return self.quantize(self.pooled_features(wav, sr))
 
-    # --- decoding: units -> log-mel -> waveform ---------------------------------------
-    @property
-    def vocoder(self) -> GriffinLim:
-        if self._vocoder is None:
-            self._vocoder = GriffinLim(self.mel_cfg, n_iter=self.gl_iters)
-        return self._vocoder
-
-    @property
-    def front(self) -> MelFrontend:
-        return self.vocoder.front
-
-    def features(self, wav: np.ndarray, sr: int) -> np.ndarray:
-        """The voice's normalised log-mel as [T, stack * n_mels] vectors, one per unit position
-        (the decoder's training target; `deeptalk-codec eval` vocodes it as the ceiling)."""
-        wav = self.check_wav(wav, sr)
-        if sr != self.sample_rate:
-            import librosa
-
-            wav = librosa.resample(wav, orig_sr=sr, target_sr=self.sample_rate).astype(np.float32)
-        wav = np.pad(wav, (0, (-len(wav)) % self.samples_per_frame))
-        mel = (self.front.log_mel(wav) - self.mel_mean) / self.mel_std
-        return stack_frames(mel, self.stack)
-
-    def vectors_to_log_mel(self, vectors: np.ndarray) -> np.ndarray:
-        return unstack_frames(vectors, self.stack, self.mel_cfg.n_mels) * self.mel_std + self.mel_mean
-
+    # --- decoding (LogMelCodec): units -> looked-up log-mel -> refiner -> Griffin-Lim --
     def dequantize(self, codes: np.ndarray) -> np.ndarray:
         """Each unit's mean normalised log-mel vector: [T, stack * n_mels]."""
         return self.unit_mel[self.check_codes(codes)[0]]
-
-    def codes_to_log_mel(self, codes: np.ndarray) -> np.ndarray:
-        mel = unstack_frames(self.dequantize(codes), self.stack, self.mel_cfg.n_mels)
-        if self.refine:
-            mel = self.refiner.refine(mel)
-        return mel * self.mel_std + self.mel_mean
-
-    def vocode(self, log_mel: np.ndarray, frame_offset: int = 0) -> np.ndarray:
-        return self.vocoder(log_mel, frame_offset=frame_offset * self.stack)
-
-    def decode(self, codes: np.ndarray, *, frame_offset: int = 0) -> np.ndarray:
-        return self.vocode(self.codes_to_log_mel(codes), frame_offset=frame_offset)
 
     def describe(self) -> dict:
         return {**super().describe(), "pool": self.pool, "whisper": self.whisper_name, "stack": self.stack,

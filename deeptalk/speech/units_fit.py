@@ -31,10 +31,6 @@ def cmd_fit_units(args) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    k, pool = args.units, args.pool
-    # A codec without centroids yet: it already extracts pooled features.
-    probe = UnitCodec(np.zeros((k, 1), np.float32), np.zeros((k, 2 * pool * UNIT_MEL.n_mels), np.float32),
-                      np.zeros(UNIT_MEL.n_mels), np.ones(UNIT_MEL.n_mels), pool=pool, whisper=args.whisper)
     utts = codec_data.fit_utterances(args.per_voice, seed=args.seed)
     voice = tuple(args.voice.split("/"))
     start = UnitCodec.load(args.units_from) if args.units_from else None
@@ -42,6 +38,10 @@ def cmd_fit_units(args) -> dict:
         k, pool, args.whisper = start.codebook_size, start.pool, start.whisper_name
         probe = start
         utts = [u for u in utts if (u.engine, u.voice) == voice and not u.semitones]
+    else:   # a codec without centroids yet: it already extracts pooled features
+        k, pool = args.units, args.pool
+        probe = UnitCodec(np.zeros((k, 1), np.float32), np.zeros((k, 2 * pool * UNIT_MEL.n_mels), np.float32),
+                          np.zeros(UNIT_MEL.n_mels), np.ones(UNIT_MEL.n_mels), pool=pool, whisper=args.whisper)
     feats, speaker, failed, seconds = [], [], [], 0.0
     for u in tqdm(utts, desc="fit speech (tts + whisper)", unit="utt"):
         try:
@@ -59,9 +59,12 @@ def cmd_fit_units(args) -> dict:
     if not speaker:
         raise ValueError(f"--voice {args.voice}: not among the fit voices {codec_data.FIT_VOICES}")
     vectors = np.concatenate(feats)
-    rng = np.random.default_rng(args.seed)
-    sample = vectors[rng.choice(len(vectors), min(len(vectors), args.max_vectors), replace=False)]
-    centroids = start.centroids.numpy() if start is not None else fit_residual_kmeans(sample, 1, k, seed=args.seed)[0]
+    if start is not None:
+        centroids, n_used = start.centroids.numpy(), 0
+    else:
+        rng = np.random.default_rng(args.seed)
+        sample = vectors[rng.choice(len(vectors), min(len(vectors), args.max_vectors), replace=False)]
+        centroids, n_used = fit_residual_kmeans(sample, 1, k, seed=args.seed)[0], len(sample)
     t_units = time.time() - t0
 
     front = MelFrontend(UNIT_MEL)
@@ -93,7 +96,7 @@ def cmd_fit_units(args) -> dict:
                  "mel refiner + Griffin-Lim in one voice",
         "units": {"k": k, "pool": pool, "positions_per_s": codec.frame_rate, "whisper": args.whisper,
                   "kmeans": "MiniBatchKMeans batch 4096, 30 epochs", "vectors_total": int(len(vectors)),
-                  "vectors_used": int(len(sample)), "units_used_by_voice": int((used > 0).sum()),
+                  "vectors_used": int(n_used), "units_used_by_voice": int((used > 0).sum()),
                   "fit_seconds": round(t_units, 1),
                   "from": None if start is None else {"file": args.units_from,
                                                       "file_sha256": start.manifest.get("file_sha256")}},

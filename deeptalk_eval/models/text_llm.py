@@ -109,7 +109,7 @@ class BaseLLM(SpokenModel):
         super().__init__(path=path, dtype=dtype, device=device, loglikelihood_batch_size=loglikelihood_batch_size,
                          max_length=max_length, chat_template=chat_template)
         try:
-            torch_dtype_ = torch_dtype(dtype, "model arg dtype")
+            weights_dtype = torch_dtype(dtype, "model arg dtype")
         except ValueError as e:
             raise UsageError(str(e)) from None
         self.path = str(path)
@@ -123,7 +123,7 @@ class BaseLLM(SpokenModel):
         if model is None:
             from deeptalk_common.base_llm import load_base_llm
 
-            model, tokenizer = load_base_llm(self.path, dtype=torch_dtype_)
+            model, tokenizer = load_base_llm(self.path, dtype=weights_dtype)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         if max_length is None:
