@@ -52,8 +52,17 @@ class SpeechCodec(ABC):
         return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,
                 "num_codebooks": self.num_codebooks, "codebook_size": self.codebook_size}
 
-    def stream_decoder(self, **kwargs) -> StreamingDecoder:
-        return StreamingDecoder(self, **kwargs)
+    @property
+    def stream_context(self) -> tuple[int, int] | None:
+        """(left context, lookahead) in positions that a streaming decode needs to match the full
+        decode; None: the caller's settings serve."""
+        return None
+
+    def stream_decoder(self, left_context: int = 8, lookahead: int = 1, **kwargs) -> StreamingDecoder:
+        need = self.stream_context
+        if need is not None:   # a decoder with a wider view than asked for gets what it needs
+            left_context, lookahead = max(left_context, need[0]), max(lookahead, need[1])
+        return StreamingDecoder(self, left_context=left_context, lookahead=lookahead, **kwargs)
 
     # --- input checks shared by implementations ------------------------------------
     def check_codes(self, codes) -> np.ndarray:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeptalk.speech import codec_data, units_fit
+from deeptalk.speech import codec_data, unit_decoder_train, unit_pairs, units_fit
 from deeptalk.speech.codec_loader import load_codec
 
 ASR_RATE = 16000
@@ -476,6 +476,8 @@ def main(argv=None) -> int:
     rf.add_argument("--seed", type=int, default=0)
     rf.add_argument("--out", default=str(Path(__file__).resolve().parent / "assets" / "offline_codec.safetensors"))
     units_fit.add_parser(sub)
+    unit_pairs.add_parser(sub)
+    unit_decoder_train.add_parser(sub)
     r = sub.add_parser("roundtrip", help="encode + decode a wav file")
     r.add_argument("input")
     r.add_argument("output")

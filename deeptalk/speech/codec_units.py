@@ -5,10 +5,11 @@ averages `pool` frames (25 Hz at pool 2, 12.5 Hz at pool 4) and takes the neares
 centroids: one token stream whose units follow phonetic content more than the voice,
 the kind of target a small LLM learns fastest (docs/design.md §6).
 
-Decoding looks up each unit's mean log-mel frames in the voice the model speaks with
-(Piper joe, averaged over the fit speech), lets a MelRefiner (the offline codec's conv
-net, here trained on (looked-up, real) pairs) turn the table look-up into that voice's
-log-mel given the neighbouring units, and vocodes with Griffin-Lim. Log-mel runs at
+Decoding turns units into the log-mel of the voice the model speaks with (Piper joe) and
+vocodes with Griffin-Lim. Two decoders: a unit decoder (unit_decoder.py: a conv net over
+the units themselves, trained on hours of that voice by `train-unit-decoder`), or, in a
+file without one, each unit's mean log-mel frames (a table) made smoother by a MelRefiner
+(the offline codec's conv net trained on (looked-up, real) pairs). Log-mel runs at
 16 kHz with hop 160 (100 Hz), so one unit is exactly 2 * pool frames.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ class UnitCodec(LogMelCodec):
 
     def __init__(self, centroids: np.ndarray, unit_mel: np.ndarray, mel_mean: np.ndarray, mel_std: np.ndarray,
                  pool: int, whisper: str = "tiny.en", mel: MelConfig = UNIT_MEL, gl_iters: int = 32,
-                 refiner=None, refine: bool = True, manifest: dict | None = None):
+                 refiner=None, refine: bool = True, manifest: dict | None = None, decoder=None):
         self.centroids = torch.as_tensor(np.asarray(centroids, np.float32))        # [K, D] Whisper feature space
         self.unit_mel = np.asarray(unit_mel, np.float32)                           # [K, stack * n_mels] normalised
         self.pool, self.whisper_name, self.mel_cfg = int(pool), whisper, mel
@@ -53,6 +54,7 @@ class UnitCodec(LogMelCodec):
         self.frame_rate = self.sample_rate / self.samples_per_frame
         self.gl_iters, self.gl_power = int(gl_iters), 1.0
         self.refiner, self.refine = refiner, bool(refine) and refiner is not None
+        self.decoder = decoder if refine else None     # refine=False: the table look-up alone
         self.manifest = manifest or {}
         self._encoder = self._vocoder = None     # built on first use
 
@@ -90,10 +92,23 @@ class UnitCodec(LogMelCodec):
         """Each unit's mean normalised log-mel vector: [T, stack * n_mels]."""
         return self.unit_mel[self.check_codes(codes)[0]]
 
+    def codes_to_log_mel(self, codes: np.ndarray) -> np.ndarray:
+        if self.decoder is None:
+            return super().codes_to_log_mel(codes)
+        return self.decoder.decode(self.check_codes(codes)[0]) * self.mel_std + self.mel_mean
+
+    @property
+    def stream_context(self) -> tuple[int, int]:
+        """(left context, lookahead) in units that a streaming decode needs to equal the full decode."""
+        if self.decoder is None:
+            return super().stream_context
+        return self.decoder.cfg.left_context, self.decoder.cfg.lookahead
+
     def describe(self) -> dict:
         return {**super().describe(), "pool": self.pool, "whisper": self.whisper_name, "stack": self.stack,
                 "mel": self.mel_cfg.to_dict(), **self.vocoder.describe(),
                 "refiner": self.refiner.cfg.to_dict() if self.refine else None,
+                "decoder": self.decoder.cfg.to_dict() if self.decoder is not None else None,
                 "file_sha256": self.manifest.get("file_sha256")}
 
     # --- files ----------------------------------------------------------------------
@@ -111,6 +126,11 @@ class UnitCodec(LogMelCodec):
         if self.refiner is not None:
             tensors.update(state_to_tensors(self.refiner))
             metadata["refiner"] = json.dumps(self.refiner.cfg.to_dict())
+        if self.decoder is not None:
+            from deeptalk.speech.unit_decoder import state_to_tensors as decoder_tensors
+
+            tensors.update(decoder_tensors(self.decoder))
+            metadata["decoder"] = json.dumps(self.decoder.cfg.to_dict())
         save_file(tensors, str(path), metadata=metadata)
         full = {**(manifest or self.manifest), **config, "frame_rate": self.frame_rate, "num_codebooks": 1,
                 "codebook_size": self.codebook_size, "sample_rate": self.sample_rate, "file": path.name,
@@ -140,11 +160,16 @@ class UnitCodec(LogMelCodec):
             from deeptalk.speech.mel_refiner import from_tensors
 
             refiner = from_tensors(t, json.loads(meta["refiner"]))
+        decoder = None
+        if "decoder" in meta:
+            from deeptalk.speech.unit_decoder import from_tensors as decoder_from_tensors
+
+            decoder = decoder_from_tensors(t, json.loads(meta["decoder"]))
         manifest_path = path.with_suffix(".json")
         return cls(t["centroids"].numpy(), t["unit_mel"].numpy(), t["mel_mean"].numpy(), t["mel_std"].numpy(),
                    pool=config["pool"], whisper=config["whisper"], mel=MelConfig(**config["mel"]),
                    gl_iters=overrides.get("gl_iters", config.get("gl_iters", 32)), refiner=refiner,
-                   refine=overrides.get("refine", True),
+                   refine=overrides.get("refine", True), decoder=decoder,
                    manifest=json.loads(manifest_path.read_text()) if manifest_path.is_file() else {})
 
 
