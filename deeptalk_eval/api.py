@@ -101,12 +101,19 @@ class Request:
         return "speech" if self.audio is not None else "text"
 
 
+# stop reasons meaning "ran to the step / token budget" (Response.extra["stop_reason"])
+CAP_STOP_REASONS = frozenset({"max_new_tokens", "max_steps"})
+
+
 @dataclass
 class Response:
     """What a model produced for one request.
 
     `timings` holds named durations in seconds (e.g. "encoder", "prefill", "total");
     `prompt` is the exact text/template the model saw, for audit and prompt snapshots.
+    `extra["stop_reason"]`, where the model knows it, says why the answer ended: "eos" (the
+    model ended it), "stop_string", or one of CAP_STOP_REASONS (it ran to its budget); the
+    `stop` scorer turns that into the share of answers that hit the cap.
     """
 
     text: str | None = None

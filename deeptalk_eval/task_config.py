@@ -29,6 +29,10 @@ TOP_LEVEL = {
 }
 
 
+# fields that change how answers are scored or described, never what a model is asked
+SCORING_ONLY = frozenset({"scorers", "metrics", "description", "group"})
+
+
 def config_sha256(config: dict[str, Any]) -> str:
     """The identity of a task's content: sha256 of the canonical JSON of its resolved fields
     (as results files record them), whatever files they are spread over."""
@@ -86,6 +90,13 @@ class TaskConfig:
     scorers: list[ScorerSpec] = field(default_factory=list)
     metrics: list[MetricSpec] = field(default_factory=list)
     lm_eval: dict[str, Any] | None = None
+
+    @property
+    def requests_sha256(self) -> str:
+        """The identity of what the task asks a model (config_sha256 without the fields that only
+        score or describe): it keys cached answers, so a new scorer or metric re-scores the
+        answers a model already gave instead of asking again."""
+        return config_sha256({k: v for k, v in self.raw.items() if k not in SCORING_ONLY})
 
     @property
     def needs_asr(self) -> bool:

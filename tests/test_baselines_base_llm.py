@@ -112,7 +112,7 @@ def test_stop_strings_system_and_history(llm):
     assert "," in full.text
     stopped, = llm.generate([Request(**{**base.__dict__, "options": GenerationOptions(max_new_tokens=20, stop=(", ", "zzz"))})])
     assert stopped.text == full.text[: full.text.index(", ")]
-    assert stopped.extra["stopped_by"] == "stop_string"
+    assert stopped.extra["stop_reason"] == "stop_string"
 
 
 def test_seeded_sampling_repeats(llm):
@@ -152,7 +152,17 @@ def test_the_end_event_carries_what_generate_records(llm):
     (resp,) = llm.generate([req])
     assert end.kind == "end" and end.info["prompt"] == resp.prompt and end.info["tokens"] == resp.tokens
     assert resp.tokens["prompt"] > 0 and 0 < resp.tokens["completion"] <= 6
-    assert resp.extra == {"stopped_by": "eos_or_max_new_tokens", "seed": None, "sampled": False}
+    reason = "max_new_tokens" if resp.tokens["completion"] == 6 else "eos"
+    assert resp.extra == {"stop_reason": reason, "seed": None, "sampled": False}
+
+
+def test_the_stop_reason_says_whether_the_budget_ended_the_answer(llm):
+    capped, = llm.generate([Request(id="long", text="Write a long essay about the history of Rome.",
+                                    options=GenerationOptions(max_new_tokens=5))])
+    ended, = llm.generate([Request(id="short", text="Answer with one word: what colour is the sky?",
+                                   options=GenerationOptions(max_new_tokens=40))])
+    assert capped.extra["stop_reason"] == "max_new_tokens" and capped.tokens["completion"] == 5
+    assert ended.extra["stop_reason"] == "eos" and ended.tokens["completion"] < 40
 
 
 def test_bad_input_is_refused(llm):

@@ -93,3 +93,13 @@ def test_consistency_wer_scorer():
     assert no_text["consistency_wer"] is None
     with pytest.raises(ValueError, match="channel: speech"):
         cw(view(doc, "x", channel="text"), ctx())
+
+
+@pytest.mark.parametrize("reason, hit", [("max_steps", 1.0), ("max_new_tokens", 1.0), ("eos", 0.0),
+                                         ("stop_string", 0.0), ("server_stream_end", 0.0), (None, None)])
+def test_stop_reports_whether_the_answer_ran_to_its_budget(reason, hit):
+    extra = {} if reason is None else {"stop_reason": reason}
+    sample = SampleView(doc={"qid": "q"}, response=Response(text="x", extra=extra), channel="text", channel_text="x")
+    assert get_scorer("stop")(sample, ctx()) == {"hit_cap": hit}
+    failed = SampleView(doc={"qid": "q"}, response=None, channel="text", channel_text=None, error="raised")
+    assert get_scorer("stop")(failed, ctx()) == {"hit_cap": None}

@@ -176,6 +176,24 @@ def test_the_hash_follows_content_not_layout(tmp_path):
         path.write_text(original)
 
 
+def test_cached_answers_are_keyed_by_what_the_task_asks_not_how_it_scores(tmp_path):
+    path = tmp_path / "t.yaml"
+    base = ("task: t\nversion: 1\ndescription: d\nkind: generate\ndataset: {path: d.jsonl, id_field: id}\n"
+            "input: {modality: text, text_field: q}\nprompt: 'Q: {q}'\noutput: text\n"
+            "scorers:\n  - {name: exact_match, args: {answer_field: a}}\n"
+            "metrics:\n  - {name: acc, aggregation: mean}\n")
+    (tmp_path / "d.jsonl").write_text('{"id": "1", "q": "x", "a": "y"}\n')
+    path.write_text(base)
+    first = load_task(path)
+    rescored = base.replace("  - {name: acc, aggregation: mean}", "  - {name: acc, aggregation: median}\n"
+                            "  - {name: no_answer, aggregation: mean}").replace("description: d", "description: e")
+    path.write_text(rescored)
+    assert load_task(path).requests_sha256 == first.requests_sha256
+    assert load_task(path).config_sha256 != first.config_sha256
+    path.write_text(base.replace("'Q: {q}'", "'Question: {q}'"))
+    assert load_task(path).requests_sha256 != first.requests_sha256
+
+
 def test_shipped_templates_are_each_included_and_shipped_tasks_load():
     tasks_dir = REPO / "tasks"
     templates = {p.resolve() for p in tasks_dir.rglob("_*.yaml")}

@@ -43,7 +43,7 @@ def _padded(pairs: dict, pad_id: int, device) -> tuple[torch.Tensor, torch.Tenso
 
 def _batch_loss(model, units, mel, lengths, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(masked L1 sum, frames) over the utterances `idx`, cut to the longest of them."""
-    stack, la = model.cfg.stack, model.cfg.lookahead
+    stack = model.cfg.stack
     longest = int(lengths[idx].max())
     u = model.pad_end(units[idx, :longest])
     target = mel[idx, :, : longest * stack].float()

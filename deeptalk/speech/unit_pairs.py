@@ -74,14 +74,15 @@ def _delta(q: np.ndarray) -> np.ndarray:
 
 
 def load_pairs(path: str | Path) -> dict:
-    """A pairs file -> {"units": [N] int64 arrays, "mel": [N] float32 [T*stack, n_mels] arrays, "ids": [...]}."""
+    """A pairs file -> {"units": [N] int64 arrays, "mel": [N] float32 [T*stack, n_mels] arrays, "ids", "texts"}."""
     z = np.load(path)
     q = np.cumsum(z["mel_delta"], axis=0, dtype=np.uint8)
     bounds = np.cumsum(np.concatenate([[0], z["lengths"]]))
     stack = len(q) // max(1, len(z["units"]))
     units = [z["units"][a:b].astype(np.int64) for a, b in zip(bounds[:-1], bounds[1:])]
     mel = [mel_from_uint8(q[a * stack:b * stack]) for a, b in zip(bounds[:-1], bounds[1:])]
-    return {"units": units, "mel": mel, "ids": [str(i) for i in z["ids"]], "stack": stack}
+    return {"units": units, "mel": mel, "ids": [str(i) for i in z["ids"]],
+            "texts": [str(t) for t in z["texts"]], "stack": stack}
 
 
 def _shard_rows(features_file: Path) -> list[dict]:

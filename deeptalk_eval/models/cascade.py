@@ -205,7 +205,8 @@ class Cascade(TextPathScoring, SpokenModel):
         llm_tokens = llm_info.get("tokens", {})
         yield StreamEvent("end", time.monotonic(), info={
             "prompt": llm_info.get("prompt"),
-            "tokens": {"prompt": llm_tokens.get("prompt"), "completion": llm_tokens.get("completion")}, **extra})
+            "tokens": {"prompt": llm_tokens.get("prompt"), "completion": llm_tokens.get("completion")},
+            "stop_reason": llm_info.get("stop_reason"), **extra})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         out = []

@@ -455,8 +455,8 @@ class GLM4Voice(SpokenModel):
         if len(final) > len(text_so_far):
             yield StreamEvent("text", time.monotonic(), text=final[len(text_so_far):])
         extra["ended"] = ended
-        if not ended:
-            extra["stopped_by"] = "max_new_tokens or server"
+        # the server does not say whether its token budget or the stream ended the answer
+        extra["stop_reason"] = "eos" if ended else "server_stream_end"
         yield StreamEvent("end", time.monotonic(), info={
             "prompt": prompt, "tokens": {"text": len(text_ids), "audio": n_audio}, **extra})
 

@@ -305,11 +305,11 @@ class _QwenOmni(TextPathScoring, SpokenModel):
         new = ids[0, prompt_len:].tolist()
         eos = self._eos_ids()
         n_text = next((i for i, t in enumerate(new) if t in eos), len(new))
-        extra["stopped_by"] = "eos" if n_text < len(new) else "max_new_tokens"
+        extra["stop_reason"] = "eos" if n_text < len(new) else "max_new_tokens"
         text = self.tokenizer.decode(new[:n_text], skip_special_tokens=True).strip()
         cut = first_stop(text, opts.stop)
         if cut >= 0:
-            text, extra["stopped_by"] = text[:cut].rstrip(), "stop_string"
+            text, extra["stop_reason"] = text[:cut].rstrip(), "stop_string"
         audio = None
         if want_audio:
             samples = np.zeros(0, np.float32) if wav is None else wav.detach().float().cpu().numpy().reshape(-1)

@@ -279,7 +279,7 @@ class BaseLLM(SpokenModel):
 
     def stream(self, request: Request) -> Iterator[StreamEvent]:
         """Text deltas as they are decoded; marks "prefill_start", "first_token", "last_token";
-        the end's info: prompt, tokens (prompt, completion), stopped_by, seed, sampled."""
+        the end's info: prompt, tokens (prompt, completion), stop_reason, seed, sampled."""
         if request.output_modality != "text":
             raise UnsupportedRequest(f"request {request.id}: base_llm produces text only, not {request.output_modality}")
         opts = request.options
@@ -287,7 +287,7 @@ class BaseLLM(SpokenModel):
         templated = (self.use_chat_template and not request.raw_prompt
                      and getattr(self.tokenizer, "chat_template", None))
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
-        stopped_by = "eos_or_max_new_tokens"
+        stop_reason = None     # "stop_string" below, else decided by the token count at the end
 
         streamer = _TimedStreamer(self.tokenizer, timeout=TOKEN_TIMEOUT_S)
         stop_flag = _StopFlag()
@@ -325,7 +325,7 @@ class BaseLLM(SpokenModel):
                 if shown:
                     yield StreamEvent("text", time.monotonic(), text=shown)
                 if cutter.stopped:
-                    stopped_by = "stop_string"
+                    stop_reason = "stop_string"
                     break
         finally:
             # After a stop string, or when the consumer stops listening, end generate() at its next step.
@@ -342,7 +342,9 @@ class BaseLLM(SpokenModel):
             # Stamped when the model made it: a consumer that lagged behind (TTS) sees it later.
             yield StreamEvent("mark", streamer.token_times[-1], name="last_token")
         tokens = {"prompt": int(enc.input_ids.shape[1]), "completion": len(streamer.token_times)}
-        yield StreamEvent("end", time.monotonic(), info={"prompt": prompt, "tokens": tokens, "stopped_by": stopped_by,
+        if stop_reason is None:   # every token of the budget made and none of them EOS: the cap ended it
+            stop_reason = "max_new_tokens" if tokens["completion"] >= opts.max_new_tokens else "eos"
+        yield StreamEvent("end", time.monotonic(), info={"prompt": prompt, "tokens": tokens, "stop_reason": stop_reason,
                                                          "seed": opts.seed, "sampled": sample})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:

@@ -57,7 +57,7 @@ def run_generate_task(task: TaskConfig, docs: list[dict[str, Any]], answers: Cac
         if req is None:
             continue
         stream_id = f"|measurement:{answers.measurement}" if task.kind == "stream" else ""
-        key = request_key(answers.fingerprint + stream_id, task.config_sha256, req)
+        key = request_key(answers.fingerprint + stream_id, task.requests_sha256, req)
         rec["cache_key"] = key
         got = answers.cache.get(key) if req.options.is_deterministic else None
         if got is not None and not (opts.retry_failed and got[1] is not None):

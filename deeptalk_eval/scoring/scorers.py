@@ -1,4 +1,4 @@
-"""Built-in text scorers: exact_match, qa_match, mc_letter, wer, consistency_wer.
+"""Built-in text scorers: exact_match, qa_match, mc_letter, wer, consistency_wer; and `stop`.
 
 Each is `fn(sample: SampleView, ctx: ScoringContext, **args) -> dict[str, float | None]`
 and is named in task YAMLs (docs/task-format.md). Values are floats; which rule decided a
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from deeptalk_eval.api import CAP_STOP_REASONS
 from deeptalk_eval.scoring.base import SampleView, ScoringContext, register_scorer
 from deeptalk_eval.scoring.match import answer_match, answer_match_whisper, extract_choice
 from deeptalk_eval.scoring.normalise import (
@@ -151,3 +152,12 @@ def consistency_wer(sample: SampleView, ctx: ScoringContext) -> dict[str, float 
         return {"consistency_wer": None, "consistency_errors": None, "consistency_ref_words": None}
     return {"consistency_wer": u.wer, "consistency_errors": float(u.errors),
             "consistency_ref_words": float(u.ref_words)}
+
+
+@register_scorer("stop")
+def stop(sample: SampleView, ctx: ScoringContext) -> dict[str, float | None]:
+    """Did the answer run to its budget? `hit_cap` 1.0 when the model's stop reason
+    (`Response.extra["stop_reason"]`) is a cap (max_new_tokens, max_steps), 0.0 for any other
+    reason; None when the model reports none (aggregate with `on_failure: exclude`)."""
+    reason = sample.response.extra.get("stop_reason") if sample.response is not None else None
+    return {"hit_cap": None if reason is None else float(reason in CAP_STOP_REASONS)}

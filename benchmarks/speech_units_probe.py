@@ -1,0 +1,229 @@
+"""Learnability probe for speaking: can the reference's speech experts learn to speak a codec's codes?
+
+Starts from a DeepTalk checkpoint (the shipped reference by default), gives it audio
+embeddings and heads for the candidate codec (`--codec`: a units codec file, or `offline`
+to re-train the shipped codec's heads from scratch the same way), and trains stage 2.1 (speech
+experts + audio tensors, the paper's masked routing) on "repeat this sentence" turns built
+from unit pairs (`deeptalk-codec unit-pairs`: hearing-corpus sentences, which no task
+holds, read by Piper joe). Every `--steps-per-point` steps it measures, on held-out
+sentences of the pairs' dev file:
+
+- audio cross-entropy per code, teacher-forced (every dev utterance);
+- greedy generation (`--eval-n` sentences, the tts task's instruction, the checkpoint's
+  inference routing): the share of answers that end by themselves ("eos") before the cap
+  (`--cap-factor` x Piper's length + 25 steps), and the spoken length against Piper's;
+- speech WER of the generated audio (Whisper tiny.en, as `deeptalk-codec eval`) through the
+  codec's decoder, unless `--no-asr` (then `--rescore-with CODEC` scores the saved points later).
+
+The generated codes are kept (`points/point-*.json`) so a later decoder can re-score them:
+    python benchmarks/speech_units_probe.py ... --out runs/units-probe --rescore-with CODEC
+
+    python benchmarks/speech_units_probe.py --codec runs/units/dec/k512-p2-dec384.safetensors \
+        --pairs runs/unit-pairs/joe --steps-per-point 100 --points 5 --out runs/units-probe [--resume]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TEMPLATES = ("Repeat this sentence exactly, and say nothing else: {text}", "Say this: {text}",
+             "Read this aloud: {text}", "Please say the following sentence: {text}")
+
+
+def with_codec_heads(model, codec):
+    """The same model with fresh audio embeddings and heads sized for `codec` (every other weight kept)."""
+    from deeptalk.modeling import DeepTalkForCausalLM
+    from deeptalk.upcycle import empty_model
+
+    cfg = model.config.__class__.from_dict({**model.config.to_dict(), "num_codebooks": codec.num_codebooks,
+                                            "codebook_size": codec.codebook_size})
+    torch.manual_seed(0)
+    new = empty_model(cfg)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("model.audio_embed", "audio_head"))}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith(("model.audio_embed", "audio_head")) for k in missing), missing
+    assert isinstance(new, DeepTalkForCausalLM)
+    new.set_routing_mode(model.config.routing_mode)
+    return new.eval()
+
+
+def repeat_examples(pairs: dict, tokenizer, config, seed: int, templates=TEMPLATES):
+    """One stage-2.1 example per utterance: the sentence written in an instruction, answered in speech."""
+    from deeptalk.sequence import SPEECH_MODALITY, answer_steps, build_prompt_ids
+    from deeptalk.training.examples import Example
+
+    rng = random.Random(seed)
+    out = []
+    for units, text in zip(pairs["units"], pairs["texts"]):
+        ids, mod, _ = build_prompt_ids(tokenizer, config, rng.choice(templates).format(text=text), None, speak=True)
+        ans, grid = answer_steps(tokenizer(text, add_special_tokens=False)["input_ids"], units[None], config)
+        audio = torch.full((config.num_codebooks, len(ids) + len(ans)), -1, dtype=torch.long)
+        audio[:, len(ids):] = grid
+        out.append(Example(ids + ans, [-100] * len(ids) + ans, mod + [SPEECH_MODALITY] * len(ans), None, audio))
+    return out
+
+
+@torch.no_grad()
+def dev_audio_ce(model, examples, tokenizer, batch: int = 8) -> float:
+    from deeptalk.training.examples import collate
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total, n = 0.0, 0
+    for s in range(0, len(examples), batch):
+        b = collate(examples[s:s + batch], pad, model.config.num_codebooks)
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_modality=b["token_modality"],
+                    audio_codes=b["audio_codes"], labels=b["labels"], audio_labels=b["audio_labels"], use_cache=False)
+        k = int((b["audio_labels"] >= 0).sum())
+        total, n = total + float(out.audio_loss) * k, n + k
+    return total / max(1, n)
+
+
+def generate_point(model, bundle, codec, dev: dict, n: int, cap_factor: float, asr, normalizer) -> dict:
+    from deeptalk.generate import SpeechGenerator, StreamConfig
+    from deeptalk.speech.codec_cli import wer_counts
+
+    gen = SpeechGenerator(model, bundle.tokenizer, bundle.encoder, codec)
+    rows = []
+    for units, text in list(zip(dev["units"], dev["texts"]))[:n]:
+        cap = int(cap_factor * len(units)) + 25
+        res = gen.generate(gen.prompt(TEMPLATES[0].format(text=text), speak=True), output="both",
+                           cfg=StreamConfig(max_speech_steps=cap))
+        row = {"text": text, "piper_units": len(units), "cap": cap, "stop_reason": res.stop_reason,
+               "units": int(res.codes.shape[1]) if res.codes is not None else 0, "text_out": res.text,
+               "codes": res.codes.tolist() if res.codes is not None else None}
+        if asr is not None and res.audio is not None and len(res.audio):
+            hyp = asr(res.audio)
+            row["asr"] = hyp
+            row["wer_errors"], row["wer_words"] = wer_counts(text, hyp, normalizer)
+        rows.append(row)
+    ended = [r["stop_reason"] == "eos" for r in rows]
+    ratio = [r["units"] / r["piper_units"] for r in rows if r["piper_units"]]
+    out = {"n": len(rows), "ended_share": float(np.mean(ended)), "stop_reasons": sorted({r["stop_reason"] for r in rows}),
+           "length_ratio_median": float(np.median(ratio)),
+           "length_within_30pct": float(np.mean([abs(x - 1) <= 0.3 for x in ratio])), "rows": rows}
+    if asr is not None:
+        e = sum(r.get("wer_errors", len(r["text"].split())) for r in rows)
+        w = sum(r.get("wer_words", len(r["text"].split())) for r in rows)
+        out["speech_corpus_wer"] = e / max(1, w)
+    return out
+
+
+def rescore(out: Path, codec_path: str) -> int:
+    """Decode the saved generated codes of every point with `codec_path` and add its speech WER."""
+    from whisper.normalizers import EnglishTextNormalizer
+
+    from deeptalk.speech.codec_cli import WhisperASR, wer_counts
+    from deeptalk.speech.codec_loader import load_codec
+
+    codec, asr, norm = load_codec(codec_path), WhisperASR(), EnglishTextNormalizer()
+    curve = json.loads((out / "curve.json").read_text())
+    for row in curve["points"]:
+        point = json.loads((out / "points" / f"point-{row['steps']:05d}.json").read_text())
+        errors = words = 0
+        for r in point["rows"]:
+            codes = np.asarray(r["codes"] or [[]], np.int64)
+            hyp = asr(codec.decode(codes)) if codes.shape[1] else ""
+            e, w = wer_counts(r["text"], hyp, norm)
+            errors, words = errors + e, words + w
+        row["speech_corpus_wer"], row["rescored_with"] = round(errors / max(1, words), 4), codec_path
+        print(json.dumps({"steps": row["steps"], "speech_corpus_wer": row["speech_corpus_wer"]}), flush=True)
+    (out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints/reference"))
+    ap.add_argument("--codec", required=True, help="a units codec file, or 'offline'")
+    ap.add_argument("--pairs", required=True, help="a `deeptalk-codec unit-pairs` folder (texts + Piper joe units)")
+    ap.add_argument("--train-utterances", type=int, default=None, help="use only the first N training utterances")
+    ap.add_argument("--steps-per-point", type=int, default=100)
+    ap.add_argument("--points", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--eval-n", type=int, default=24)
+    ap.add_argument("--cap-factor", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--no-asr", action="store_true", help="generate and keep the codes, but do not decode and score")
+    ap.add_argument("--rescore-with", help="decode every saved point's codes with this codec, score them, and stop")
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+
+    from accelerate import Accelerator
+
+    from deeptalk.checkpoint import load_checkpoint
+    from deeptalk.speech.codec_loader import load_codec
+    from deeptalk.speech.unit_pairs import load_pairs
+    from deeptalk.training.stage_loop import train_stage
+
+    if a.rescore_with:
+        return rescore(a.out, a.rescore_with)
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "points").mkdir(exist_ok=True)
+    bundle = load_checkpoint(a.checkpoint)
+    codec = load_codec(a.codec)
+    if codec.num_codebooks != 1:
+        raise SystemExit("this probe speaks units: --codec must be a one-codebook codec (units)")
+    inference_routing = bundle.model.config.routing_mode
+    model = with_codec_heads(bundle.model, codec)
+    files = sorted(Path(a.pairs).glob("pairs-*.npz"))
+    parts = [load_pairs(f) for f in files]
+    train = {"units": [u for p in parts for u in p["units"]], "texts": [t for p in parts for t in p["texts"]]}
+    if a.train_utterances:
+        train = {k: v[: a.train_utterances] for k, v in train.items()}
+    dev = load_pairs(Path(a.pairs) / "dev.npz")
+    examples = repeat_examples(train, bundle.tokenizer, model.config, a.seed)
+    dev_examples = repeat_examples(dev, bundle.tokenizer, model.config, a.seed, templates=TEMPLATES[:1])
+    asr = normalizer = None
+    if not a.no_asr:
+        from whisper.normalizers import EnglishTextNormalizer
+
+        from deeptalk.speech.codec_cli import WhisperASR
+
+        asr, normalizer = WhisperASR(), EnglishTextNormalizer()
+    acc = Accelerator(cpu=True)
+    curve_path = a.out / "curve.json"
+    curve = json.loads(curve_path.read_text())["points"] if a.resume and curve_path.is_file() else []
+    scfg = {"lr": a.lr, "batch_size": a.batch, "checkpoint_every": a.steps_per_point, "grad_clip": 1.0,
+            "train": ["speech_experts", "audio"]}
+    print(f"probe: {len(examples)} training turns, {len(dev_examples)} dev, codec {a.codec}", flush=True)
+    for p in range(0, a.points + 1):
+        steps = p * a.steps_per_point
+        if any(r["steps"] == steps for r in curve):
+            continue
+        stats = {"seconds": 0.0}
+        if steps:
+            stats = train_stage(acc, "2.1", {**scfg, "max_steps": steps}, model, bundle.encoder, examples,
+                                bundle.tokenizer, a.out / "stage-2.1", a.seed, resume=True)
+        model.set_routing_mode(inference_routing)
+        model.eval()
+        t0 = time.time()
+        ce = dev_audio_ce(model, dev_examples, bundle.tokenizer)
+        point = generate_point(model, bundle, codec, dev, a.eval_n, a.cap_factor, asr, normalizer)
+        row = {"steps": steps, "train_seconds": stats["seconds"], "dev_audio_ce": round(ce, 4),
+               **{k: v for k, v in point.items() if k != "rows"}, "eval_seconds": round(time.time() - t0, 1)}
+        (a.out / "points" / f"point-{steps:05d}.json").write_text(json.dumps({**row, "rows": point["rows"]}) + "\n")
+        curve.append(row)
+        curve_path.write_text(json.dumps({"codec": a.codec, "checkpoint": a.checkpoint, "pairs": a.pairs,
+                                          "lr": a.lr, "batch": a.batch, "seed": a.seed, "cap_factor": a.cap_factor,
+                                          "train_turns": len(examples), "points": curve}, indent=1) + "\n")
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
