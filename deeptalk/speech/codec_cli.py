@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeptalk.speech import codec_data, unit_decoder_train, unit_pairs, units_fit
+from deeptalk.speech import codec_data, unit_decoder_train, unit_pairs, units_fit, units_vq_fit
 from deeptalk.speech.codec_loader import load_codec
 
 ASR_RATE = 16000
@@ -478,6 +478,7 @@ def main(argv=None) -> int:
     units_fit.add_parser(sub)
     unit_pairs.add_parser(sub)
     unit_decoder_train.add_parser(sub)
+    units_vq_fit.add_parser(sub)
     r = sub.add_parser("roundtrip", help="encode + decode a wav file")
     r.add_argument("input")
     r.add_argument("output")

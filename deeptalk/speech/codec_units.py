@@ -35,8 +35,11 @@ class UnitCodec(LogMelCodec):
 
     def __init__(self, centroids: np.ndarray, unit_mel: np.ndarray, mel_mean: np.ndarray, mel_std: np.ndarray,
                  pool: int, whisper: str = "tiny.en", mel: MelConfig = UNIT_MEL, gl_iters: int = 32,
-                 refiner=None, refine: bool = True, manifest: dict | None = None, decoder=None):
-        self.centroids = torch.as_tensor(np.asarray(centroids, np.float32))        # [K, D] Whisper feature space
+                 refiner=None, refine: bool = True, manifest: dict | None = None, decoder=None, pre=None):
+        # [K, D]: Whisper feature space (k-means), or with `pre` (a units_vq.UnitPre: supervised
+        # units) unit vectors in its code space, matched by cosine
+        self.centroids = torch.as_tensor(np.asarray(centroids, np.float32))
+        self.pre = pre.eval() if pre is not None else None
         self.unit_mel = np.asarray(unit_mel, np.float32)                           # [K, stack * n_mels] normalised
         self.pool, self.whisper_name, self.mel_cfg = int(pool), whisper, mel
         self.stack = self.pool * mel.sample_rate // (WHISPER_FRAMES_PER_S * mel.hop_length)
@@ -82,6 +85,10 @@ class UnitCodec(LogMelCodec):
         return feats.reshape(-1, self.pool, feats.shape[1]).mean(1).numpy()
 
     def quantize(self, features: np.ndarray) -> np.ndarray:
+        if self.pre is not None:
+            with torch.no_grad():
+                z = self.pre(torch.as_tensor(features, dtype=torch.float32))
+            return (z @ self.centroids.T).argmax(-1).numpy()[None].astype(np.int64)
         return nearest(torch.as_tensor(features, dtype=torch.float32), self.centroids).numpy()[None].astype(np.int64)
 
     def encode(self, wav: np.ndarray, sr: int) -> np.ndarray:
@@ -123,6 +130,9 @@ class UnitCodec(LogMelCodec):
                    "mel_mean": torch.from_numpy(self.mel_mean.reshape(-1)).contiguous(),
                    "mel_std": torch.from_numpy(self.mel_std.reshape(-1)).contiguous()}
         metadata = {"units": json.dumps(config)}
+        if self.pre is not None:
+            tensors.update({"pre." + k: v.detach().contiguous() for k, v in self.pre.state_dict().items()})
+            metadata["pre"] = json.dumps({"d_in": self.pre.down.in_features, "code_dim": self.pre.down.out_features})
         if self.refiner is not None:
             tensors.update(state_to_tensors(self.refiner))
             metadata["refiner"] = json.dumps(self.refiner.cfg.to_dict())
@@ -165,11 +175,17 @@ class UnitCodec(LogMelCodec):
             from deeptalk.speech.unit_decoder import from_tensors as decoder_from_tensors
 
             decoder = decoder_from_tensors(t, json.loads(meta["decoder"]))
+        pre = None
+        if "pre" in meta:
+            from deeptalk.speech.units_vq import UnitPre
+
+            pre = UnitPre(**json.loads(meta["pre"]))
+            pre.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("pre.")})
         manifest_path = path.with_suffix(".json")
         return cls(t["centroids"].numpy(), t["unit_mel"].numpy(), t["mel_mean"].numpy(), t["mel_std"].numpy(),
                    pool=config["pool"], whisper=config["whisper"], mel=MelConfig(**config["mel"]),
                    gl_iters=overrides.get("gl_iters", config.get("gl_iters", 32)), refiner=refiner,
-                   refine=overrides.get("refine", True), decoder=decoder,
+                   refine=overrides.get("refine", True), decoder=decoder, pre=pre,
                    manifest=json.loads(manifest_path.read_text()) if manifest_path.is_file() else {})
 
 

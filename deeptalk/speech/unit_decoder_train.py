@@ -131,7 +131,8 @@ def cmd_train_unit_decoder(args) -> dict:
     def save() -> None:
         tensors = {**{k_: v for k_, v in base.items() if not k_.startswith(("refiner.", "decoder."))},
                    **state_to_tensors(model)}
-        meta = {"units": base_meta["units"], "decoder": json.dumps(cfg.to_dict())}
+        meta = {**{k_: v for k_, v in base_meta.items() if k_ not in ("refiner", "decoder")},
+                "decoder": json.dumps(cfg.to_dict())}
         tmp = out.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata=meta)
         tmp.rename(out)
