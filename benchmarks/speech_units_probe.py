@@ -4,7 +4,7 @@ Starts from a DeepTalk checkpoint (the shipped reference by default), gives it a
 embeddings and heads for the candidate codec (`--codec`: a units codec file, or `offline`
 to re-train the shipped codec's heads from scratch the same way), and trains stage 2.1 (speech
 experts + audio tensors, the paper's masked routing) on "repeat this sentence" turns built
-from unit pairs (`deeptalk-codec unit-pairs`: hearing-corpus sentences, which no task
+from unit pairs (`deeptalk-units pairs`: hearing-corpus sentences, which no task
 holds, read by Piper joe). Every `--steps-per-point` steps it measures, on held-out
 sentences of the pairs' dev file:
 
@@ -90,7 +90,7 @@ def dev_audio_ce(model, examples, tokenizer, batch: int = 8) -> float:
 
 def generate_point(model, bundle, codec, dev: dict, n: int, cap_factor: float, asr, normalizer) -> dict:
     from deeptalk.generate import SpeechGenerator, StreamConfig
-    from deeptalk.speech.codec_cli import wer_counts
+    from deeptalk.speech.speech_wer import wer_counts
 
     gen = SpeechGenerator(model, bundle.tokenizer, bundle.encoder, codec)
     rows = []
@@ -122,8 +122,8 @@ def rescore(out: Path, codec_path: str) -> int:
     """Decode the saved generated codes of every point with `codec_path` and add its speech WER."""
     from whisper.normalizers import EnglishTextNormalizer
 
-    from deeptalk.speech.codec_cli import WhisperASR, wer_counts
     from deeptalk.speech.codec_loader import load_codec
+    from deeptalk.speech.speech_wer import WhisperASR, wer_counts
 
     codec, asr, norm = load_codec(codec_path), WhisperASR(), EnglishTextNormalizer()
     curve = json.loads((out / "curve.json").read_text())
@@ -145,7 +145,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints/reference"))
     ap.add_argument("--codec", required=True, help="a units codec file, or 'offline'")
-    ap.add_argument("--pairs", required=True, help="a `deeptalk-codec unit-pairs` folder (texts + Piper joe units)")
+    ap.add_argument("--pairs", required=True, help="a `deeptalk-units pairs` folder (texts + Piper joe units)")
     ap.add_argument("--train-utterances", type=int, default=None, help="use only the first N training utterances")
     ap.add_argument("--steps-per-point", type=int, default=100)
     ap.add_argument("--points", type=int, default=5)
@@ -192,7 +192,7 @@ def main() -> int:
     if not a.no_asr:
         from whisper.normalizers import EnglishTextNormalizer
 
-        from deeptalk.speech.codec_cli import WhisperASR
+        from deeptalk.speech.speech_wer import WhisperASR
 
         asr, normalizer = WhisperASR(), EnglishTextNormalizer()
     acc = Accelerator(cpu=True)

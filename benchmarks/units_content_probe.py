@@ -9,6 +9,12 @@ output says what the exact window costs by itself.
 
     python benchmarks/units_content_probe.py --codec runs/units/k512-p2.safetensors --n 70 \
         --out benchmarks/results/units_content_probe.json
+    python benchmarks/units_content_probe.py --codec runs/units/vq1024-p2.safetensors \
+        --vq runs/units/vq1024-p2.vq.pt --n 70 --out benchmarks/results/units_content_probe_vq1024.json
+
+Supervised units (`--vq`: the `deeptalk-units fit-vq` state, post layers included) are read back the
+way they were trained: the units through the post layers, Whisper's decoder on those frames
+alone (greedy, units_vq.greedy_transcribe), not inside a 30 s window.
 
 Speech: the hearing dev shard's Piper joe utterances (sentences no task holds, never in
 the unit codec's fit speech), as cached by deeptalk/hearing.py.
@@ -34,6 +40,7 @@ def main() -> int:
     ap.add_argument("--dev-shard", default=None, help="a hearing dev shard's features file (default: the cached one)")
     ap.add_argument("--voice", default="piper:joe")
     ap.add_argument("--n", type=int, default=70)
+    ap.add_argument("--vq", default=None, help="a `deeptalk-units fit-vq` state (OUT.vq.pt): read its units back through its post layers")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -41,16 +48,27 @@ def main() -> int:
     import whisper
     from whisper.normalizers import EnglishTextNormalizer
 
-    from deeptalk.speech.codec_cli import wer_counts, wer_summary
     from deeptalk.speech.codec_units import UnitCodec
-    from deeptalk.speech.unit_pairs import _shard_rows
+    from deeptalk.speech.speech_wer import wer_counts, wer_summary
+    from deeptalk.training.units_data import hearing_shard_rows
     from deeptalk_common.paths import cache_dir
     from deeptalk_common.whisper_ckpt import load_whisper
 
     codec = UnitCodec.load(a.codec)
+    vq = None
+    if a.vq:
+        from whisper.tokenizer import get_tokenizer
+
+        from deeptalk.speech.units_vq import UnitVQ, VQConfig, greedy_transcribe
+
+        st = torch.load(a.vq, weights_only=False)
+        vq = UnitVQ(VQConfig(**st["config"]))
+        vq.load_state_dict(st["model"])
+        vq.eval()
+        tok = get_tokenizer(multilingual=False)
     shard = a.dev_shard or sorted(glob.glob(str(cache_dir() / "data" / "hearing-dev-*" / "features-*-exact.pt")),
                                   key=lambda p: -Path(p).stat().st_size)[0]
-    rows = [r for r in _shard_rows(Path(shard)) if r["voice"] == a.voice][: a.n]
+    rows = [r for r in hearing_shard_rows(Path(shard)) if r["voice"] == a.voice][: a.n]
     model = load_whisper(codec.whisper_name)
     norm = EnglishTextNormalizer()
     opts = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0)
@@ -74,7 +92,11 @@ def main() -> int:
                  "units": torch.cat([codec.centroids[units].repeat_interleave(codec.pool, 0)[None, :t], enc[:, t:]], 1)}
         row = {"text": r["text"]}
         for v in variants:
-            hyp = whisper.decode(model, feats[v], opts)[0].text
+            if v == "units" and vq is not None:
+                with torch.no_grad():
+                    hyp = greedy_transcribe(model.decoder, vq.from_codes(torch.as_tensor(units)[None]), tok)
+            else:
+                hyp = whisper.decode(model, feats[v], opts)[0].text
             counts[v].append(wer_counts(r["text"], hyp, norm))
             row[v] = hyp
         per.append(row)
@@ -85,7 +107,8 @@ def main() -> int:
            "variants": {"encoder": "Whisper's own encoder output (30 s window)",
                         "exact_window": "speech frames replaced by the exact-window features the units use",
                         "pooled": f"those averaged over {codec.pool} frames, repeated",
-                        "units": "those replaced by their nearest unit centroid, repeated"},
+                        "units": ("the units through the VQ's post layers (its own decoding)" if vq is not None
+                                  else "those replaced by their nearest unit centroid, repeated")},
            "wer": summary, "per_utterance": per}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1) + "\n")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from deeptalk.speech import codec_data
-from deeptalk.speech.codec_cli import main, paired_gap, wer_counts, wer_summary
+from deeptalk.speech.codec_cli import main
+from deeptalk.speech.speech_wer import paired_gap, wer_counts, wer_summary
 
 
 def test_wer_maths():

@@ -88,7 +88,7 @@ def test_the_decoder_streams_exactly_with_its_left_context_and_lookahead():
 def train(pairs_dir, out, *extra):
     ap = argparse.ArgumentParser()
     add_parser(ap.add_subparsers())
-    args = ap.parse_args(["train-unit-decoder", "--units-from", str(pairs_dir / "units.safetensors"),
+    args = ap.parse_args(["train-decoder", "--units-from", str(pairs_dir / "units.safetensors"),
                           "--pairs", str(pairs_dir), "--batch", "4", "--lr", "3e-3", "--eval-every", "10",
                           "--out", str(out), *SMALL, *extra])
     return args.func(args)

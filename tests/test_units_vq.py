@@ -67,7 +67,8 @@ def test_training_the_bottleneck_lowers_whispers_loss_on_the_units(whisper_parts
     inp, tgt = transcript_batch(TEXTS, tok)
     losses = []
     for _ in range(30):
-        h, codes, vq_loss = vq(x)
+        h, codes, vq_loss, recon = vq(x)
+        assert recon.shape == codes.shape
         ce = torch.nn.functional.cross_entropy(decoder(inp, h).transpose(1, 2), tgt, ignore_index=-100)
         opt.zero_grad()
         (ce + vq_loss).backward()

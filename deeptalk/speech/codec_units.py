@@ -7,7 +7,7 @@ the kind of target a small LLM learns fastest (docs/design.md §6).
 
 Decoding turns units into the log-mel of the voice the model speaks with (Piper joe) and
 vocodes with Griffin-Lim. Two decoders: a unit decoder (unit_decoder.py: a conv net over
-the units themselves, trained on hours of that voice by `train-unit-decoder`), or, in a
+the units themselves, trained on hours of that voice by `deeptalk-units train-decoder`), or, in a
 file without one, each unit's mean log-mel frames (a table) made smoother by a MelRefiner
 (the offline codec's conv net trained on (looked-up, real) pairs). Log-mel runs at
 16 kHz with hop 160 (100 Hz), so one unit is exactly 2 * pool frames.

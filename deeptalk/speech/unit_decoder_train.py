@@ -1,7 +1,7 @@
-"""`deeptalk-codec train-unit-decoder`: fit the unit decoder on (units, log-mel) pairs.
+"""`deeptalk-units train-decoder`: fit the unit decoder on (units, log-mel) pairs.
 
-    deeptalk-codec unit-pairs --units-from runs/units/k512-p2.safetensors --out runs/unit-pairs
-    deeptalk-codec train-unit-decoder --units-from runs/units/k512-p2.safetensors \
+    deeptalk-units pairs --units-from runs/units/k512-p2.safetensors --out runs/unit-pairs
+    deeptalk-units train-decoder --units-from runs/units/k512-p2.safetensors \
         --pairs runs/unit-pairs --steps 20000 --out runs/units/k512-p2-decoder.safetensors [--resume]
 
 The same command trains on this CPU or a GPU (`--device cuda`: bf16 autocast, the whole
@@ -69,7 +69,7 @@ def _load_all(folder: Path, shards: int | None) -> tuple[dict, dict, list[str]]:
 
     files = sorted(folder.glob("pairs-*.npz"))[:shards]
     if not files or not (folder / "dev.npz").is_file():
-        raise FileNotFoundError(f"{folder}: needs dev.npz and pairs-*.npz (build them with `deeptalk-codec unit-pairs`)")
+        raise FileNotFoundError(f"{folder}: needs dev.npz and pairs-*.npz (build them with `deeptalk-units pairs`)")
     parts = [load_pairs(f) for f in files]
     train = {"units": [u for p in parts for u in p["units"]], "mel": [m for p in parts for m in p["mel"]],
              "stack": parts[0]["stack"]}
@@ -188,16 +188,16 @@ def cmd_train_unit_decoder(args) -> dict:
               "torch": torch.__version__, "seconds": round(time.time() - t0, 1), "best_dev_l1": best,
               "train_utterances": len(train["units"]), "dev_utterances": len(dev["units"]), "pair_files": files,
               "units_from": str(units_file), "loss": "L1, normalised log-mel", "curve": rows,
-              "command": "deeptalk-codec " + " ".join(sys.argv[1:])}
+              "command": "deeptalk-units " + " ".join(sys.argv[1:])}
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps({k_: record[k_] for k_ in ("parameters", "steps", "seconds", "best_dev_l1")}), flush=True)
     return record
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("train-unit-decoder", help="fit the unit decoder (units -> log-mel) on unit pairs")
+def add_parser(sub, name: str = "train-decoder") -> None:
+    p = sub.add_parser(name, help="fit the unit decoder (units -> log-mel) on unit pairs")
     p.add_argument("--units-from", required=True, help="the units codec file the pairs were built with")
-    p.add_argument("--pairs", required=True, help="folder of `deeptalk-codec unit-pairs`")
+    p.add_argument("--pairs", required=True, help="folder of `deeptalk-units pairs`")
     p.add_argument("--shards", type=int, default=None, help="use only the first N pair files")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--max-seconds", type=float, default=None, help="stop earlier after this long (a safety cap)")
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="unit_decoder_train")
     add_parser(ap.add_subparsers(dest="cmd", required=True))
-    args = ap.parse_args(["train-unit-decoder", *(argv if argv is not None else sys.argv[1:])])
+    args = ap.parse_args(["train-decoder", *(argv if argv is not None else sys.argv[1:])])
     args.func(args)
     return 0
 

@@ -1,23 +1,20 @@
-"""`deeptalk-codec unit-pairs`: (units, log-mel) training pairs for the unit decoder.
+"""(units, log-mel) training pairs for the unit decoder: how they are made and stored.
 
-The speech is the hearing corpus's (deeptalk/hearing.py: WordNet and fortune sentences
-that no task holds, spoken by seeded voices, with their Whisper features cached per
-shard), so building pairs costs no new synthesis once the hearing shards exist. For each
-utterance in the decoder's voice(s):
+`deeptalk-units pairs` (deeptalk/training/units_data.py) builds them from the hearing
+corpus's cached shards (Whisper features + 16 kHz audio), so no new synthesis is needed.
+For each utterance in the decoder's voice(s):
 
     cached Whisper features (50 Hz) -> pool -> nearest centroid of the units codec -> units [T]
     cached 16 kHz audio -> the codec's log-mel (hop 160) -> normalised by the codec's stats
                         -> uint8 (a step of 12 / 255 over [-6, 6]: 0.014 RMS, far below the decoder's error)
                         -> stored as differences between frames (mod 256): zlib packs them 28 % smaller
 
-Pairs are written as compressed shards (`pairs-NNN.npz`) small enough to travel to an
-accelerator; the hearing dev shard's utterances become `dev.npz`, the decoder's held-out
-check. The quiz sentences that `deeptalk-codec eval` scores never enter.
+Pairs are written as compressed files (`pairs-NNN.npz`) small enough to travel to an
+accelerator; `dev.npz` holds the decoder's held-out check. This module needs numpy and
+torch only (no Whisper, no TTS): the trainer reads pairs on a bare GPU machine.
 """
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +46,8 @@ def utterance_pair(codec, feats, wav: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def write_pairs(rows: list[dict], codec, voices: set[str], path: Path) -> dict:
-    """One npz of every utterance of `voices` in `rows` (a hearing shard's rows + audio)."""
+    """One npz of every utterance of `voices` in `rows` ({"id", "text", "voice", "feats" (Whisper,
+    50 Hz), "wav" (16 kHz)} each: a hearing shard's rows)."""
     units, mels, lengths, ids, texts = [], [], [], [], []
     for r in rows:
         if r["voice"] not in voices:
@@ -83,60 +81,3 @@ def load_pairs(path: str | Path) -> dict:
     mel = [mel_from_uint8(q[a * stack:b * stack]) for a, b in zip(bounds[:-1], bounds[1:])]
     return {"units": units, "mel": mel, "ids": [str(i) for i in z["ids"]],
             "texts": [str(t) for t in z["texts"]], "stack": stack}
-
-
-def _shard_rows(features_file: Path) -> list[dict]:
-    """A hearing shard's cached rows, each with its 16 kHz audio."""
-    import torch
-
-    rows = torch.load(features_file, weights_only=True)
-    items = {json.loads(line)["id"]: json.loads(line) for line in (features_file.parent / "items.jsonl").open()}
-    for r in rows:
-        r["wav"] = np.load(features_file.parent / items[r["id"]]["wav"])
-    return rows
-
-
-def cmd_unit_pairs(args) -> dict:
-    import torch
-    from tqdm import tqdm
-
-    from deeptalk.hearing import HearingData, build_hearing_data
-    from deeptalk.speech.codec_units import UnitCodec
-    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
-    from deeptalk_common.base_llm import load_base_llm
-
-    torch.set_num_threads(args.threads)
-    t0 = time.time()
-    codec = UnitCodec.load(args.units_from)
-    voices = set(args.voices.split(","))
-    encoder = SpeechEncoder.from_whisper(SpeechEncoderConfig(whisper=codec.whisper_name, hidden_size=1))
-    train_files, dev_file = build_hearing_data(HearingData(sentences=args.sentences, dev=args.dev, seed=args.seed),
-                                               encoder, load_base_llm()[1])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for k, f in enumerate(tqdm([dev_file] + train_files, desc="unit pairs", unit="shard")):
-        shards.append(write_pairs(_shard_rows(f), codec, voices, out / ("dev.npz" if k == 0 else f"pairs-{k - 1:03d}.npz")))
-    manifest = {"units_codec": {"file": str(args.units_from), "file_sha256": codec.manifest.get("file_sha256")},
-                "voices": sorted(voices), "hearing": {"sentences": args.sentences, "dev": args.dev, "seed": args.seed},
-                "mel": {**codec.mel_cfg.to_dict(), "normalised_by": "the units codec's mel_mean / mel_std",
-                        "uint8_range": [-MEL_RANGE, MEL_RANGE]},
-                "stack": codec.stack, "frame_rate": codec.frame_rate, "shards": shards,
-                "hours_train": round(sum(s["seconds"] for s in shards[1:]) / 3600, 2),
-                "seconds": round(time.time() - t0, 1)}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    print(f"wrote {len(shards)} pair files to {out}: {manifest['hours_train']} h of training speech, "
-          f"{sum(s['bytes'] for s in shards) / 1e6:.1f} MB")
-    return manifest
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("unit-pairs", help="(units, log-mel) pairs of one voice for the unit decoder")
-    p.add_argument("--units-from", required=True, help="the units codec file whose units and mel stats to use")
-    p.add_argument("--voices", default="piper:joe", help="comma-separated hearing voices whose speech is kept")
-    p.add_argument("--sentences", type=int, default=16000, help="hearing training utterances (the shards)")
-    p.add_argument("--dev", type=int, default=300, help="hearing dev utterances (the decoder's held-out set)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_unit_pairs)

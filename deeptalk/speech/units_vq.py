@@ -10,6 +10,8 @@ Whisper encoder trained with the ASR loss), but on the cached features alone:
       -> LayerNorm -> Linear(d -> code_dim) -> L2-normalise -> nearest of K unit vectors  = the unit
       -> Linear(code_dim -> d) -> `post_layers` transformer layers -> repeat `pool` times
       -> the frozen Whisper decoder, teacher-forced on the transcript: cross-entropy
+      (+ `recon_weight` x the squared distance of the post layers' output to the pooled
+       features, which Whisper reads at 0.12 WER: a dense signal while the CE is still flat)
 
 The codebook learns by the VQ loss (codebook and commitment terms, straight-through
 gradient); codes unused for `restart_every` steps restart at random current vectors. Only
@@ -80,15 +82,18 @@ class UnitVQ(nn.Module):
         return nn.functional.normalize(self.codebook, dim=-1)
 
     def forward(self, feats: torch.Tensor, key_padding: torch.Tensor | None = None):
-        """feats [B, T, d] -> (decoder input [B, units * pool, d], codes [B, units], vq loss)."""
-        z = self.pre(self.pool(feats))
+        """feats [B, T, d] -> (decoder input [B, units * pool, d], codes [B, units], vq loss,
+        reconstruction error [B, units]: squared distance of the post layers' output to the pooled features)."""
+        pooled = self.pool(feats)
+        z = self.pre(pooled)
         codes = self.codes(z)
         e = self.codebook_normed()[codes]
         vq_loss = ((z.detach() - e) ** 2).sum(-1).mean() + self.cfg.beta * ((z - e.detach()) ** 2).sum(-1).mean()
         q = z + (e - z).detach()                                   # straight-through
         h = self.up(q) + self.pos[: q.shape[1]]
         h = self.out_norm(self.post(h, src_key_padding_mask=key_padding))
-        return h.repeat_interleave(self.cfg.pool, 1), codes, vq_loss
+        recon = ((h - pooled) ** 2).mean(-1)
+        return h.repeat_interleave(self.cfg.pool, 1), codes, vq_loss, recon
 
     def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """[B, units] -> the decoder input the units give (what the content probe reads)."""

@@ -1,6 +1,6 @@
-"""`deeptalk-codec fit-vq-units`: train supervised semantic units (units_vq.py) on the hearing shards.
+"""`deeptalk-units fit-vq`: train supervised semantic units (speech/units_vq.py) on the hearing shards.
 
-    deeptalk-codec fit-vq-units --k 1024 --code-dim 32 --pool 2 --shards 8 --steps 1500 \
+    deeptalk-units fit-vq --k 1024 --code-dim 32 --pool 2 --shards 8 --steps 1500 \
         --out runs/units/vq1024-p2.safetensors [--resume]
 
 Data: the cached hearing shards (deeptalk/hearing.py: nine voices, sentences no task holds),
@@ -9,7 +9,7 @@ Held out: the hearing dev shard, on which every `--eval-every` steps the units a
 back by Whisper's own decoder (greedy) and scored (WER after Whisper's normaliser), with
 the share of the codebook in use. The codec file written (`UnitCodec`: the encoding half +
 the codebook; mel statistics of the dev shard's Piper joe speech for a decoder fitted
-later with `unit-pairs` / `train-unit-decoder`) holds the best dev WER so far; `OUT.vq.pt`
+later with `deeptalk-units pairs` / `train-decoder`) holds the best dev WER so far; `OUT.vq.pt`
 holds the whole model (post layers too) and the training state for `--resume`.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _padded(rows: list[dict], idx: list[int]) -> tuple[torch.Tensor, torch.Tenso
 
 def dev_content_wer(vq, decoder, rows: list[dict], tokenizer, normalizer) -> dict:
     """Units of each dev utterance read back by Whisper's decoder: corpus WER, and codes in use."""
-    from deeptalk.speech.codec_cli import wer_counts
+    from deeptalk.speech.speech_wer import wer_counts
     from deeptalk.speech.units_vq import greedy_transcribe
 
     vq.eval()
@@ -68,23 +68,18 @@ def cmd_fit_vq_units(args) -> dict:
     from whisper.normalizers import EnglishTextNormalizer
     from whisper.tokenizer import get_tokenizer
 
-    from deeptalk.hearing import HearingData, build_hearing_data
     from deeptalk.speech.codec_units import UNIT_MEL, UnitCodec
-    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
-    from deeptalk.speech.unit_pairs import _shard_rows
     from deeptalk.speech.units_vq import UnitVQ, VQConfig, transcript_batch
     from deeptalk.speech.vocoder import MelFrontend
-    from deeptalk_common.base_llm import load_base_llm
+    from deeptalk.training.units_data import hearing_shard_rows, hearing_shards
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
     t_start = time.time()
-    encoder = SpeechEncoder.from_whisper(SpeechEncoderConfig(whisper=args.whisper, hidden_size=1))
-    train_files, dev_file = build_hearing_data(HearingData(sentences=args.sentences, dev=args.dev, seed=args.seed),
-                                               encoder, load_base_llm()[1])
+    train_files, dev_file = hearing_shards(args.sentences, args.dev, args.seed, args.whisper)
     rows = [r for f in tqdm(train_files[: args.shards], desc="hearing shards") for r in torch.load(f, weights_only=True)]
-    dev_all = _shard_rows(dev_file)
+    dev_all = hearing_shard_rows(dev_file)
     dev = dev_all[: args.eval_n]
     from deeptalk_common.whisper_ckpt import load_whisper
 
@@ -125,9 +120,9 @@ def cmd_fit_vq_units(args) -> dict:
                           np.float32), mel_mean, mel_std, pool=cfg.pool, whisper=args.whisper, pre=vq.pre)
         codec.save(out, {"codec": "supervised semantic units: a VQ on pooled Whisper features trained with "
                                   "Whisper's decoder (units_vq.py); no decoder yet",
-                         "vq": cfg.to_dict(), "curve": curve, "command": "deeptalk-codec " + " ".join(sys.argv[1:])})
+                         "vq": cfg.to_dict(), "curve": curve, "command": "deeptalk-units " + " ".join(sys.argv[1:])})
 
-    print(f"fit-vq-units: {len(rows)} training utterances, {len(dev)} dev, K {cfg.codebook_size}, "
+    print(f"fit-vq: {len(rows)} training utterances, {len(dev)} dev, K {cfg.codebook_size}, "
           f"{sum(p.numel() for p in vq.parameters()) / 1e6:.2f} M parameters", flush=True)
     epoch_batches: list[list[int]] = []
     used = torch.zeros(cfg.codebook_size, dtype=torch.bool)
@@ -141,11 +136,11 @@ def cmd_fit_vq_units(args) -> dict:
         x, lengths = _padded(rows, idx)
         units_len = (lengths + cfg.pool - 1) // cfg.pool
         pad_mask = torch.arange(math.ceil(x.shape[1] / cfg.pool))[None] >= units_len[:, None]
-        h, codes, vq_loss = vq(x, pad_mask)
+        h, codes, vq_loss, recon = vq(x, pad_mask)
         inp, tgt = transcript_batch([rows[i]["text"] for i in idx], tok)
         logits = decoder(inp, h)
         ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), tgt, ignore_index=-100)
-        loss = ce + vq_loss
+        loss = ce + vq_loss + args.recon_weight * recon[~pad_mask].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vq.parameters(), 1.0)
@@ -188,7 +183,7 @@ def cmd_fit_vq_units(args) -> dict:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("fit-vq-units", help="supervised semantic units: a VQ on Whisper features trained with "
+    p = sub.add_parser("fit-vq", help="supervised semantic units: a VQ on Whisper features trained with "
                                             "Whisper's decoder")
     p.add_argument("--k", type=int, default=1024, help="codebook size")
     p.add_argument("--code-dim", type=int, default=32)
@@ -204,6 +199,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-seconds", type=float, default=None)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--recon-weight", type=float, default=1.0,
+                   help="weight of the post layers' squared distance to the pooled features")
     p.add_argument("--restart-every", type=int, default=100, help="steps between restarts of unused codes")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=1)
