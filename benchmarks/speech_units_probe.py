@@ -195,7 +195,6 @@ def main() -> int:
         from deeptalk.speech.speech_wer import WhisperASR
 
         asr, normalizer = WhisperASR(), EnglishTextNormalizer()
-    acc = Accelerator(cpu=True)
     curve_path = a.out / "curve.json"
     curve = json.loads(curve_path.read_text())["points"] if a.resume and curve_path.is_file() else []
     scfg = {"lr": a.lr, "batch_size": a.batch, "checkpoint_every": a.steps_per_point, "grad_clip": 1.0,
@@ -207,7 +206,8 @@ def main() -> int:
             continue
         stats = {"seconds": 0.0}
         if steps:
-            stats = train_stage(acc, "2.1", {**scfg, "max_steps": steps}, model, bundle.encoder, examples,
+            # a fresh Accelerator each time: a second prepare() on one would look for its state as model 1
+            stats = train_stage(Accelerator(cpu=True), "2.1", {**scfg, "max_steps": steps}, model, bundle.encoder, examples,
                                 bundle.tokenizer, a.out / "stage-2.1", a.seed, resume=True)
         model.set_routing_mode(inference_routing)
         model.eval()

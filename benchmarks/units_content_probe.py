@@ -5,7 +5,9 @@ can read them back: replace the encoder output of the speech frames by (a) the e
 features the units are taken from, (b) those features averaged over `pool` frames and
 repeated, (c) the unit centroids, repeated — and decode greedily. Whatever (c) loses beside
 (b), the units lost; a unit decoder cannot put it back. (a) against the plain encoder
-output says what the exact window costs by itself.
+output says what the exact window costs by itself. Beside the greedy WER, the decoder's
+teacher-forced cross-entropy of the transcript (nats per token) given each variant's frames
+alone is reported: smoother than WER, and the loss `deeptalk-units fit-vq` trains on.
 
     python benchmarks/units_content_probe.py --codec runs/units/k512-p2.safetensors --n 70 \
         --out benchmarks/results/units_content_probe.json
@@ -73,7 +75,14 @@ def main() -> int:
     norm = EnglishTextNormalizer()
     opts = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0)
     variants = ("encoder", "exact_window", "pooled", "units")
+    from deeptalk.speech.units_vq import transcript_batch
+
+    if vq is None:
+        from whisper.tokenizer import get_tokenizer
+
+        tok = get_tokenizer(multilingual=False)
     counts = {v: [] for v in variants}
+    ces = {v: [] for v in variants}
     per = []
     for r in rows:
         audio = torch.from_numpy(np.asarray(r["wav"], np.float32))
@@ -89,7 +98,17 @@ def main() -> int:
         feats = {"encoder": enc,
                  "exact_window": torch.cat([exact[None, :t], enc[:, t:]], 1),
                  "pooled": torch.cat([pooled.repeat_interleave(codec.pool, 0)[None, :t], enc[:, t:]], 1),
-                 "units": torch.cat([codec.centroids[units].repeat_interleave(codec.pool, 0)[None, :t], enc[:, t:]], 1)}
+                 "units": None if vq is not None else   # supervised units live in their own code space
+                 torch.cat([codec.centroids[units].repeat_interleave(codec.pool, 0)[None, :t], enc[:, t:]], 1)}
+        inp, tgt = transcript_batch([r["text"]], tok)
+        alone = {"encoder": enc, "exact_window": exact[None, :t], "pooled": feats["pooled"][:, :t],
+                 "units": None if vq is not None else feats["units"][:, :t]}
+        with torch.no_grad():
+            if vq is not None:
+                alone["units"] = vq.from_codes(torch.as_tensor(units)[None])
+            for v in variants:
+                ces[v].append(float(torch.nn.functional.cross_entropy(model.decoder(inp, alone[v])[0], tgt[0],
+                                                                      ignore_index=-100)))
         row = {"text": r["text"]}
         for v in variants:
             if v == "units" and vq is not None:
@@ -109,12 +128,14 @@ def main() -> int:
                         "pooled": f"those averaged over {codec.pool} frames, repeated",
                         "units": ("the units through the VQ's post layers (its own decoding)" if vq is not None
                                   else "those replaced by their nearest unit centroid, repeated")},
-           "wer": summary, "per_utterance": per}
+           "wer": summary, "teacher_forced_ce": {v: round(float(np.mean(c)), 4) for v, c in ces.items()},
+           "per_utterance": per}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=1) + "\n")
     for v in variants:
         s = summary[v]
-        print(f"{v:14s} corpus WER {s['corpus_wer']:.3f} {[round(x, 3) for x in s['corpus_wer_ci95']]}")
+        print(f"{v:14s} corpus WER {s['corpus_wer']:.3f} {[round(x, 3) for x in s['corpus_wer_ci95']]}, "
+              f"teacher-forced CE {np.mean(ces[v]):.3f}")
     return 0
 
 

@@ -67,6 +67,7 @@ def test_speech_in_text_and_speech_out(cascade):
     assert 0 < t["asr_done"] < t["llm_first_token"] <= t["first_text"] <= t["first_sentence"] < t["first_audio"]
     assert t["first_audio"] <= t["total"]
     assert resp.tokens["completion"] > 0
+    assert resp.extra["stop_reason"] == "eos"      # the LLM leg's: a short answer ends by itself
 
 
 def test_stream_speaks_first_sentence_before_the_llm_is_done(cascade):
