@@ -122,3 +122,13 @@ def test_resume_continues_exactly(pairs_dir, tmp_path):
     a = torch.load(tmp_path / "whole.state.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "split.state.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_units_command_line_offers_the_three_steps(capsys):
+    from deeptalk.training.units_cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("fit-vq", "pairs", "train-decoder"))
