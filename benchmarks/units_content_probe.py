@@ -52,6 +52,7 @@ def main() -> int:
 
     from deeptalk.speech.codec_units import UnitCodec
     from deeptalk.speech.speech_wer import wer_counts, wer_summary
+    from deeptalk.speech.units_vq import pool_frames
     from deeptalk.training.units_data import hearing_shard_rows
     from deeptalk_common.paths import cache_dir
     from deeptalk_common.whisper_ckpt import load_whisper
@@ -91,9 +92,7 @@ def main() -> int:
             enc = model.encoder(mel[None])                                    # [1, 1500, d]
         exact = r["feats"].float()                                             # [T, d] exact window
         t = min(len(exact), enc.shape[1])
-        pad = (-t) % codec.pool
-        f = torch.cat([exact[:t], exact[t - 1:t].expand(pad, -1)]) if pad else exact[:t]
-        pooled = f.reshape(-1, codec.pool, f.shape[1]).mean(1)
+        pooled = pool_frames(exact[:t], codec.pool)
         units = codec.quantize(pooled.numpy())[0]
         feats = {"encoder": enc,
                  "exact_window": torch.cat([exact[None, :t], enc[:, t:]], 1),

@@ -12,7 +12,6 @@ per-utterance WER with bootstrap 95 % CIs, and encode/decode time per second of 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -25,23 +24,13 @@ import numpy as np
 
 from deeptalk.speech import codec_data, units_fit
 from deeptalk.speech.codec_loader import load_codec
-from deeptalk.speech.speech_wer import WhisperASR, paired_gap, wer_counts, wer_summary
+from deeptalk.speech.speech_wer import WhisperASR, package_versions, paired_gap, wer_counts, wer_summary
 
 ASR_RATE = 16000
 # what eval transcribes: the speech, its unquantised log-mel through the vocoder (the
 # ceiling), the codec round trip, and (codecs with a mel refiner) the round trip without it
 AUDIO_VARIANTS = ("original", "unquantized", "roundtrip", "roundtrip_unrefined")
 FEATURE_SCALE = 24.0
-
-
-def _versions(*names: str) -> dict:
-    out = {}
-    for n in names:
-        try:
-            out[n] = importlib.metadata.version(n)
-        except importlib.metadata.PackageNotFoundError:
-            out[n] = None
-    return out
 
 
 def _seed_all(seed: int) -> None:
@@ -96,7 +85,7 @@ def cmd_fit(args) -> dict:
         "pca_dims": args.pca_dims,
         "seed": args.seed,
         "fit_seconds": {"data": round(t_data, 1), "total": round(time.time() - t0, 1)},
-        "versions": {**_versions("numpy", "torch", "scikit-learn", "librosa", "piper-tts", "safetensors"),
+        "versions": {**package_versions("numpy", "torch", "scikit-learn", "librosa", "piper-tts", "safetensors"),
                      "python": platform.python_version()},
         "command": "deeptalk-codec " + " ".join(sys.argv[1:]),
     }
@@ -168,7 +157,7 @@ def cmd_refine(args) -> dict:
                                "positions": int(len(exact)), "tts_failed": failed,
                                "tts_failure_rate": len(failed) / len(utts)}
     record["command"] = "deeptalk-codec " + " ".join(sys.argv[1:])
-    record["versions"] = _versions("numpy", "torch", "librosa", "piper-tts")
+    record["versions"] = package_versions("numpy", "torch", "librosa", "piper-tts")
     codec.refiner, codec.refine = model, True
     manifest = {k: v for k, v in codec.manifest.items() if k != "refiner"}
     manifest["codec"] = "offline residual k-means over stacked log-mel + mel refiner + Griffin-Lim"
@@ -207,7 +196,7 @@ def fit_features(args, mel_cfg):
             "pitch_shifted_copies": [f"{e}/{v} +{s:g} semitones" for e, v, s in codec_data.FIT_PITCH_SHIFTED],
             "utterances": len(utts), "hours": round(seconds / 3600, 3), "stack": args.stack,
             "vectors_total": int(total), "vectors_used": int(len(vectors)), "seed": args.seed,
-            "feature_versions": _versions("numpy", "torch", "librosa", "piper-tts", "soundfile")}
+            "feature_versions": package_versions("numpy", "torch", "librosa", "piper-tts", "soundfile")}
     return vectors, mean, std, info
 
 
@@ -333,7 +322,7 @@ def cmd_eval(args) -> dict:
         **summary,
         "hardware": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                      "machine": platform.machine(), "load_average_1m_at_end": os.getloadavg()[0]},
-        "versions": _versions("numpy", "torch", "librosa", "jiwer", "openai-whisper", "faster-whisper"),
+        "versions": package_versions("numpy", "torch", "librosa", "jiwer", "openai-whisper", "faster-whisper"),
         "command": "deeptalk-codec " + " ".join(sys.argv[1:]),
         "per_utterance": res["rows"] if args.per_utterance else None,
     }

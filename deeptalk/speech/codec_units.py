@@ -76,13 +76,11 @@ class UnitCodec(LogMelCodec):
     def pooled_features(self, wav: np.ndarray, sr: int) -> np.ndarray:
         """Whisper encoder features averaged over `pool` frames: [T, D], T = ceil(frames / pool)."""
         from deeptalk.speech.encoder import prepare_audio
+        from deeptalk.speech.units_vq import pool_frames
 
         audio = prepare_audio(self.check_wav(wav, sr), sr)
         feats = self.encoder.whisper_features(audio).float()                 # [frames, D] at 50 Hz
-        pad = (-len(feats)) % self.pool
-        if pad:   # the last unit averages the frames it has
-            feats = torch.cat([feats, feats[-1:].expand(pad, -1)])
-        return feats.reshape(-1, self.pool, feats.shape[1]).mean(1).numpy()
+        return pool_frames(feats, self.pool).numpy()
 
     def quantize(self, features: np.ndarray) -> np.ndarray:
         if self.pre is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _versions(*names: str) -> dict:
+def package_versions(*names: str) -> dict:
     out = {}
     for n in names:
         try:
@@ -31,7 +31,7 @@ class WhisperASR:
                         "condition_on_previous_text": False, "vad_filter": False}
         self.describe = {"asr": "whisper tiny.en (faster-whisper)", "model_dir": str(model_dir),
                          "compute_type": compute_type, "options": self.options,
-                         **_versions("faster-whisper", "ctranslate2")}
+                         **package_versions("faster-whisper", "ctranslate2")}
         self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=2)
 
     def __call__(self, wav16k: np.ndarray) -> str:

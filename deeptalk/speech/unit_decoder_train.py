@@ -27,6 +27,14 @@ import numpy as np
 import torch
 
 
+def write_curve(path: Path, rows: list[dict]) -> None:
+    """The learning curve so far as CSV (rewritten whole at each evaluation)."""
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _padded(pairs: dict, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every utterance padded to the longest: units [N, L] (pad_id after the end), mel [N, n_mels, L * stack]
     (float16), lengths [N] in units; all on `device`."""
@@ -89,14 +97,11 @@ def cmd_train_unit_decoder(args) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     state_path, curve_path = out.with_suffix(".state.pt"), out.with_suffix(".curve.csv")
     units_file = Path(args.units_from)
-    with open(units_file, "rb") as fh:        # the units codec the pairs were built with; its tensors are kept
-        from safetensors.torch import load as st_load
-
-        base = st_load(fh.read())
     from safetensors import safe_open
 
-    with safe_open(str(units_file), framework="pt") as f:
+    with safe_open(str(units_file), framework="pt") as f:   # the pairs' units codec: its tensors are kept
         base_meta = f.metadata() or {}
+        base = {k_: f.get_tensor(k_) for k_ in f.keys()}
     train, dev, files = _load_all(Path(args.pairs), args.shards)
     k = base["centroids"].shape[0]
     cfg = UnitDecoderConfig(codebook_size=k, n_mels=train["mel"][0].shape[1], stack=train["stack"],
@@ -175,10 +180,7 @@ def cmd_train_unit_decoder(args) -> dict:
                         "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None, "step": step, "best": best, "seconds": time.time() - t0, "rows": rows},
                        state_path)
-            with curve_path.open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
+            write_curve(curve_path, rows)
         if last:
             break
     bar.close()

@@ -35,11 +35,9 @@ def utterance_pair(codec, feats, wav: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """(units [T], normalised log-mel frames [T * stack, n_mels]) of one utterance, same length in units."""
     import torch
 
-    f = torch.as_tensor(feats).float()
-    pad = (-len(f)) % codec.pool
-    if pad:   # the last unit averages the frames it has, as UnitCodec.pooled_features does
-        f = torch.cat([f, f[-1:].expand(pad, -1)])
-    units = codec.quantize(f.reshape(-1, codec.pool, f.shape[1]).mean(1).numpy())[0]
+    from deeptalk.speech.units_vq import pool_frames
+
+    units = codec.quantize(pool_frames(torch.as_tensor(feats).float(), codec.pool).numpy())[0]
     mel = codec.features(wav, codec.sample_rate).reshape(-1, codec.mel_cfg.n_mels)   # [T' * stack, n_mels]
     n = min(len(units), len(mel) // codec.stack)
     return units[:n].astype(np.int16), mel[: n * codec.stack]

@@ -27,6 +27,15 @@ import torch
 from torch import nn
 
 
+def pool_frames(feats: torch.Tensor, pool: int) -> torch.Tensor:
+    """[..., T, D] -> [..., ceil(T / pool), D]: means of `pool` frames; the last unit averages the
+    frames it has (repeat-padded). Every units path (codec, pairs, VQ, probes) pools with this."""
+    pad = (-feats.shape[-2]) % pool
+    if pad:
+        feats = torch.cat([feats, feats[..., -1:, :].expand(*feats.shape[:-2], pad, feats.shape[-1])], -2)
+    return feats.reshape(*feats.shape[:-2], -1, pool, feats.shape[-1]).mean(-2)
+
+
 @dataclass(frozen=True)
 class VQConfig:
     d_in: int = 384
@@ -69,11 +78,7 @@ class UnitVQ(nn.Module):
 
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """[B, T, d] at 50 Hz -> [B, ceil(T / pool), d] (the last unit averages what it has: repeat-padded)."""
-        p = self.cfg.pool
-        pad = (-feats.shape[1]) % p
-        if pad:
-            feats = torch.cat([feats, feats[:, -1:].expand(-1, pad, -1)], 1)
-        return feats.reshape(feats.shape[0], -1, p, feats.shape[2]).mean(2)
+        return pool_frames(feats, self.cfg.pool)
 
     def codes(self, z: torch.Tensor) -> torch.Tensor:
         return (z @ self.codebook_normed().T).argmax(-1)          # cosine: both sides unit length

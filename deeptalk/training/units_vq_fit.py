@@ -14,7 +14,6 @@ holds the whole model (post layers too) and the training state for `--resume`.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
@@ -69,6 +68,7 @@ def cmd_fit_vq_units(args) -> dict:
     from whisper.tokenizer import get_tokenizer
 
     from deeptalk.speech.codec_units import UNIT_MEL, UnitCodec
+    from deeptalk.speech.unit_decoder_train import write_curve
     from deeptalk.speech.units_vq import UnitVQ, VQConfig, transcript_batch
     from deeptalk.speech.vocoder import MelFrontend
     from deeptalk.training.units_data import hearing_shard_rows, hearing_shards
@@ -169,10 +169,7 @@ def cmd_fit_vq_units(args) -> dict:
                         "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "rng": rng.getstate(),
                         "step": step, "best": best, "seconds": time.time() - t0, "curve": curve, "config": cfg.to_dict()},
                        state_path)
-            with curve_path.open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(curve[0]))
-                w.writeheader()
-                w.writerows(curve)
+            write_curve(curve_path, curve)
         if last:
             break
     bar.close()
