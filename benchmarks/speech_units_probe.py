@@ -1,8 +1,9 @@
 """Learnability probe for speaking: can the reference's speech experts learn to speak a codec's codes?
 
 Starts from a DeepTalk checkpoint (the shipped reference by default), gives it audio
-embeddings and heads for the candidate codec (`--codec`: a units codec file, or `offline`
-to re-train the shipped codec's heads from scratch the same way), and trains stage 2.1 (speech
+embeddings and heads for the candidate codec (`--codec`: a units codec file, `phones` (phone
+units spoken by Piper joe: codes from the pairs' texts), or `offline` to re-train the shipped
+codec's heads from scratch the same way), and trains stage 2.1 (speech
 experts + audio tensors, the paper's masked routing) on "repeat this sentence" turns built
 from unit pairs (`deeptalk-units pairs`: hearing-corpus sentences, which no task
 holds, read by Piper joe). Every `--steps-per-point` steps it measures, on held-out
@@ -57,22 +58,6 @@ def with_codec_heads(model, codec):
     return new.eval()
 
 
-def repeat_examples(pairs: dict, tokenizer, config, seed: int, templates=TEMPLATES):
-    """One stage-2.1 example per utterance: the sentence written in an instruction, answered in speech."""
-    from deeptalk.sequence import SPEECH_MODALITY, answer_steps, build_prompt_ids
-    from deeptalk.training.examples import Example
-
-    rng = random.Random(seed)
-    out = []
-    for units, text in zip(pairs["units"], pairs["texts"]):
-        ids, mod, _ = build_prompt_ids(tokenizer, config, rng.choice(templates).format(text=text), None, speak=True)
-        ans, grid = answer_steps(tokenizer(text, add_special_tokens=False)["input_ids"], units[None], config)
-        audio = torch.full((config.num_codebooks, len(ids) + len(ans)), -1, dtype=torch.long)
-        audio[:, len(ids):] = grid
-        out.append(Example(ids + ans, [-100] * len(ids) + ans, mod + [SPEECH_MODALITY] * len(ans), None, audio))
-    return out
-
-
 @torch.no_grad()
 def dev_audio_ce(model, examples, tokenizer, batch: int = 8) -> float:
     from deeptalk.training.examples import collate
@@ -90,6 +75,7 @@ def dev_audio_ce(model, examples, tokenizer, batch: int = 8) -> float:
 
 def generate_point(model, bundle, codec, dev: dict, n: int, cap_factor: float, asr, normalizer) -> dict:
     from deeptalk.generate import SpeechGenerator, StreamConfig
+    from deeptalk.speech.encoder import prepare_audio
     from deeptalk.speech.speech_wer import wer_counts
 
     gen = SpeechGenerator(model, bundle.tokenizer, bundle.encoder, codec)
@@ -102,7 +88,7 @@ def generate_point(model, bundle, codec, dev: dict, n: int, cap_factor: float, a
                "units": int(res.codes.shape[1]) if res.codes is not None else 0, "text_out": res.text,
                "codes": res.codes.tolist() if res.codes is not None else None}
         if asr is not None and res.audio is not None and len(res.audio):
-            hyp = asr(res.audio)
+            hyp = asr(prepare_audio(res.audio, codec.sample_rate).samples)
             row["asr"] = hyp
             row["wer_errors"], row["wer_words"] = wer_counts(text, hyp, normalizer)
         rows.append(row)
@@ -123,6 +109,7 @@ def rescore(out: Path, codec_path: str) -> int:
     from whisper.normalizers import EnglishTextNormalizer
 
     from deeptalk.speech.codec_loader import load_codec
+    from deeptalk.speech.encoder import prepare_audio
     from deeptalk.speech.speech_wer import WhisperASR, wer_counts
 
     codec, asr, norm = load_codec(codec_path), WhisperASR(), EnglishTextNormalizer()
@@ -132,7 +119,7 @@ def rescore(out: Path, codec_path: str) -> int:
         errors = words = 0
         for r in point["rows"]:
             codes = np.asarray(r["codes"] or [[]], np.int64)
-            hyp = asr(codec.decode(codes)) if codes.shape[1] else ""
+            hyp = asr(prepare_audio(codec.decode(codes), codec.sample_rate).samples) if codes.shape[1] else ""
             e, w = wer_counts(r["text"], hyp, norm)
             errors, words = errors + e, words + w
         row["speech_corpus_wer"], row["rescored_with"] = round(errors / max(1, words), 4), codec_path
@@ -144,7 +131,8 @@ def rescore(out: Path, codec_path: str) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints/reference"))
-    ap.add_argument("--codec", required=True, help="a units codec file, or 'offline'")
+    ap.add_argument("--codec", required=True, help="a units codec file, 'phones' (its units from the pairs' "
+                                                    "texts), or 'offline'")
     ap.add_argument("--pairs", required=True, help="a `deeptalk-units pairs` folder (texts + Piper joe units)")
     ap.add_argument("--train-utterances", type=int, default=None, help="use only the first N training utterances")
     ap.add_argument("--steps-per-point", type=int, default=100)
@@ -168,6 +156,7 @@ def main() -> int:
     from deeptalk.checkpoint import load_checkpoint
     from deeptalk.speech.codec_loader import load_codec
     from deeptalk.speech.unit_pairs import load_pairs
+    from deeptalk.training.examples import repeat_examples
     from deeptalk.training.stage_loop import train_stage
 
     if a.rescore_with:
@@ -186,8 +175,13 @@ def main() -> int:
     if a.train_utterances:
         train = {k: v[: a.train_utterances] for k, v in train.items()}
     dev = load_pairs(Path(a.pairs) / "dev.npz")
-    examples = repeat_examples(train, bundle.tokenizer, model.config, a.seed)
-    dev_examples = repeat_examples(dev, bundle.tokenizer, model.config, a.seed, templates=TEMPLATES[:1])
+    if codec.encode_text("a") is not None:   # phone units: the codec reads the pairs' texts itself
+        train["units"] = [codec.encode_text(t)[0] for t in train["texts"]]
+        dev["units"] = [codec.encode_text(t)[0] for t in dev["texts"]]
+    examples = repeat_examples(train["texts"], [u[None] for u in train["units"]], bundle.tokenizer, model.config,
+                               a.seed, TEMPLATES)
+    dev_examples = repeat_examples(dev["texts"], [u[None] for u in dev["units"]], bundle.tokenizer, model.config,
+                                   a.seed, TEMPLATES[:1])
     asr = normalizer = None
     if not a.no_asr:
         from whisper.normalizers import EnglishTextNormalizer

@@ -314,8 +314,10 @@ def build_spoken_qa(questions: Sequence[str], answers: Sequence[str], codec, cod
                 raise DataError("empty answer")
             wav, sr = speak(q, voice, seed + k)
             audio = prepare_audio(wav, sr, name=f"{name}[{k}] question ({voice})")
-            awav, asr = speak(a, answer_voice, seed + k)
-            codes = codec.encode(awav, asr)
+            codes = codec.encode_text(a)
+            if codes is None:   # an acoustic codec: the answer voice reads it, the codec encodes that
+                awav, asr = speak(a, answer_voice, seed + k)
+                codes = codec.encode(awav, asr)
             codes = codes.detach().cpu().numpy() if hasattr(codes, "detach") else np.asarray(codes)
         except Exception as e:
             failures.append({"index": k, "question": q, "voice": voice, "error": f"{type(e).__name__}: {e}"})

@@ -202,7 +202,9 @@ def piper_voice_files(voice: str = "joe") -> tuple[Path, Path]:
 
 
 @lru_cache(maxsize=4)
-def _load_piper(voice: str):
+def load_piper_voice(voice: str = "joe"):
+    """A loaded PiperVoice ('joe' or a path to an .onnx voice), one per process: its phonemiser and its VITS
+    model serve synthesis here and the phone-units codec (deeptalk/speech/codec_phones.py)."""
     from piper import PiperVoice
 
     onnx, config = piper_voice_files(voice)
@@ -215,7 +217,7 @@ def _piper(text: str, voice: str, settings: dict) -> tuple[np.ndarray, int]:
     unknown = set(settings) - {"length_scale", "noise_scale", "noise_w"}
     if unknown:
         raise TTSError(f"unknown piper setting(s): {sorted(unknown)}")
-    pv = _load_piper(voice)
+    pv = load_piper_voice(voice)
     cfg = SynthesisConfig(length_scale=settings.get("length_scale"),
                           noise_scale=settings.get("noise_scale"),
                           noise_w_scale=settings.get("noise_w"))

@@ -163,3 +163,29 @@ def test_ctc_projector_recipe(tmp_path):
     shutil.copytree(out / "stage-2.1", tmp_path / "bad" / "stage-2.1")
     p = train("--recipe", str(bad), "--output", str(tmp_path / "bad"), "--stages", "2.2")
     assert p.returncode != 0 and "a CTC projector trains in stage 1 only" in p.stderr
+
+
+def test_phone_units_recipe(tmp_path):
+    """tiny with phone units: spoken answers' codes come from their text (no synthesis), stage 2.1
+    adds written questions and "repeat this sentence" turns, and the checkpoint speaks through Piper."""
+    import numpy as np
+
+    from deeptalk.checkpoint import load_checkpoint
+    from deeptalk.generate import SpeechGenerator, StreamConfig
+    from deeptalk.speech.codec_phones import PhoneCodec
+
+    recipe = tmp_path / "tiny-phones.yaml"
+    recipe.write_text(yaml.safe_dump({"extends": "tiny", "name": "tiny-phones", "codec": "phones",
+                                      "data": {"repeat": 6, "qa_written": True}}))
+    out = tmp_path / "run"
+    p = train("--recipe", str(recipe), "--output", str(out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((out / "stage-3" / "codec.json").read_text()) == {"name": "phones"}
+    info = json.loads((out / "stage-2.1" / "stage.json").read_text())
+    assert info["examples"] == 4 * 2 + 6           # spoken + written questions, repeat turns
+    b = load_checkpoint(out / "stage-3")
+    assert isinstance(b.codec, PhoneCodec) and b.model.config.num_codebooks == 1
+    assert b.model.config.codebook_size == b.codec.codebook_size
+    gen = SpeechGenerator(b.model, b.tokenizer, encoder=b.encoder, codec=b.codec)
+    res = gen.generate(gen.prompt("Say this: good morning.", speak=True), output="both", cfg=StreamConfig(max_speech_steps=12))
+    assert res.codes.shape[0] == 1 and res.sample_rate == 22050 and np.isfinite(res.audio).all()

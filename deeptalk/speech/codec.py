@@ -47,6 +47,11 @@ class SpeechCodec(ABC):
         chunk decodes like the same frames inside the full decode.
         """
 
+    def encode_text(self, text: str) -> np.ndarray | None:
+        """Codes [Q, T] for `text` spoken in the codec's own voice, where the codec can tell them
+        without audio (phone units); None: synthesise the text and `encode` the audio."""
+        return None
+
     def describe(self) -> dict:
         """What a result file records about the codec."""
         return {"name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate,

@@ -11,7 +11,8 @@ from deeptalk.speech.codec import CodecError, SpeechCodec
 
 
 def load_codec(name: str | Path = "offline", **kwargs) -> SpeechCodec:
-    """'offline' (the shipped codec), 'snac' (SNAC 24 kHz), or a path to a codec file (offline or units)."""
+    """'offline' (the shipped codec), 'snac' (SNAC 24 kHz), 'phones' (phone units spoken by Piper joe;
+    'phones:<voice.onnx>' for another Piper voice), or a path to a codec file (offline or units)."""
     if str(name) == "offline":
         from deeptalk.speech.codec_offline import OfflineCodec
 
@@ -21,6 +22,10 @@ def load_codec(name: str | Path = "offline", **kwargs) -> SpeechCodec:
 
         src = str(name).split(":", 1)[1] if ":" in str(name) else kwargs.pop("source", None)
         return SNACCodec.load(src, **kwargs)
+    if str(name) == "phones" or str(name).startswith("phones:"):
+        from deeptalk.speech.codec_phones import PhoneCodec
+
+        return PhoneCodec.load(str(name).split(":", 1)[1] if ":" in str(name) else "joe", **kwargs)
     path = Path(name)
     if path.suffix == ".safetensors" and path.is_file():
         from deeptalk.speech.codec_units import UnitCodec, is_units_file
@@ -31,5 +36,5 @@ def load_codec(name: str | Path = "offline", **kwargs) -> SpeechCodec:
         from deeptalk.speech.codec_offline import OfflineCodec
 
         return OfflineCodec.load(path, **kwargs)
-    raise CodecError(f"unknown codec {name!r}: use 'offline', 'snac', 'snac:<dir or hub id>' "
-                     f"or a path to a codec .safetensors (offline or units)")
+    raise CodecError(f"unknown codec {name!r}: use 'offline', 'snac', 'snac:<dir or hub id>', "
+                     f"'phones', 'phones:<piper voice.onnx>' or a path to a codec .safetensors (offline or units)")

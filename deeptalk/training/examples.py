@@ -54,15 +54,59 @@ def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
     return out
 
 
-def qa_examples(qa_set, encoder, tokenizer, config) -> list[Example]:
+def spoken_answer_example(ids: list[int], modality: list[int], answer: str, codes, tokenizer, config,
+                          feats: torch.Tensor | None = None) -> Example:
+    """A request (ids, modality; it ends in <|speech_start|>) answered in speech: the answer's text
+    channel and its codes in the delay pattern, both trained."""
+    text, grid = answer_steps(_answer_ids(tokenizer, answer), codes, config)
+    audio = torch.full((config.num_codebooks, len(ids) + len(text)), -1, dtype=torch.long)
+    audio[:, len(ids):] = grid
+    return Example(ids + text, [-100] * len(ids) + text, modality + [SPEECH_MODALITY] * len(text), feats, audio)
+
+
+def qa_examples(qa_set, encoder, tokenizer, config, written: bool = False) -> list[Example]:
+    """Spoken questions answered in speech (S2S); `written`: each question also written (T2S)."""
     out = []
     for item, feats, p in _spoken_items(qa_set, encoder, "whisper features (spoken qa)"):
-        ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True, speech_as_text=encoder.reads_as_text)
         codes = np.load(qa_set.path(item, "codes"))
-        text, grid = answer_steps(_answer_ids(tokenizer, item["answer"]), codes, config)
-        audio = torch.full((config.num_codebooks, len(ids) + len(text)), -1, dtype=torch.long)
-        audio[:, len(ids):] = grid
-        out.append(Example(ids + text, [-100] * len(ids) + text, mod + [SPEECH_MODALITY] * len(text), feats, audio))
+        ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True, speech_as_text=encoder.reads_as_text)
+        out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config, feats))
+        if written:
+            ids, mod, _ = build_prompt_ids(tokenizer, config, item["question"], None, speak=True)
+            out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config))
+    return out
+
+
+# the instructions of "repeat this sentence" turns; the tts task's own wording is not among them
+REPEAT_TEMPLATES = ("Say this: {text}", "Read this aloud: {text}", "Please say the following sentence: {text}",
+                    "Repeat after me: {text}", "Repeat this sentence: {text}")
+
+
+def spoken_codes(codec, texts: list[str], voice: str = "piper:joe", seed: int = 0) -> list[np.ndarray]:
+    """Codes [Q, T] of each text spoken in the codec's voice: from the text where the codec can
+    tell them (phone units), else synthesised by `voice` and encoded."""
+    out = []
+    for k, t in enumerate(tqdm(texts, desc="spoken answers: codes", unit="utt")):
+        codes = codec.encode_text(t)
+        if codes is None:
+            from deeptalk_common.tts import synthesize
+
+            engine, name = voice.split(":", 1)
+            codes = codec.encode(*synthesize(t, engine, name, seed=seed + k))
+        out.append(np.asarray(codes))
+    return out
+
+
+def repeat_examples(texts: list[str], codes: list[np.ndarray], tokenizer, config, seed: int,
+                    templates: tuple[str, ...] = REPEAT_TEMPLATES) -> list[Example]:
+    """"Repeat this sentence" turns: the sentence written in an instruction, answered in speech."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for text, c in zip(texts, codes):
+        ids, mod, _ = build_prompt_ids(tokenizer, config, rng.choice(templates).format(text=text), None, speak=True)
+        out.append(spoken_answer_example(ids, mod, text, c, tokenizer, config))
     return out
 
 

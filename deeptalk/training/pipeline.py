@@ -12,7 +12,8 @@ import yaml
 from deeptalk.checkpoint import load_checkpoint, save_checkpoint
 from deeptalk.training.assign_stage import assign_stage
 from deeptalk.training.build import build_base, build_codec, build_encoder, build_model
-from deeptalk.training.examples import asr_examples, corpus_examples, qa_examples, text_examples
+from deeptalk.training.examples import (asr_examples, corpus_examples, qa_examples, repeat_examples, spoken_codes,
+                                       text_examples)
 from deeptalk.training.hearing_stage import hearing_stage
 from deeptalk.training.plots import plot_losses
 from deeptalk.training.recipe import STAGES, recipe_hash, seed_everything
@@ -31,6 +32,18 @@ def run_hook(cmd: str | None, stage: str, checkpoint: Path, output: Path) -> dic
     if proc.returncode != 0:
         raise SystemExit(f"stage {stage}: hook failed (exit {proc.returncode}): {filled}\n{proc.stderr[-2000:]}")
     return rec
+
+
+def speaking_examples(recipe: dict, data: dict, qa_set, codec, encoder, tokenizer, config) -> list:
+    """Stage 2.1's turns: spoken questions answered in speech (`data.qa_written`: each also written),
+    then `data.repeat` "repeat this sentence" turns."""
+    d = recipe["data"]
+    ex = qa_examples(qa_set, encoder, tokenizer, config, written=bool(d.get("qa_written", False)))
+    texts = data.get("repeat_texts") or []
+    if texts:
+        codes = spoken_codes(codec, texts, d.get("answer_voice", "piper:joe"), int(recipe["seed"]))
+        ex += repeat_examples(texts, codes, tokenizer, config, int(recipe["seed"]))
+    return ex
 
 
 def stage_done(path: Path) -> bool:
@@ -113,7 +126,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
                 asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config)
                 ex = asr_ex
             elif stage == "2.1":
-                qa_ex = qa_ex or qa_examples(qa_set, encoder, tokenizer, model.config)
+                qa_ex = qa_ex or speaking_examples(recipe, data, qa_set, codec, encoder, tokenizer, model.config)
                 ex = qa_ex
             elif stage == "2.2":
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
@@ -121,7 +134,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
                 ex = text_ex + (corpus_examples(tokenizer, corpus) if corpus else [])
             else:
                 asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config)
-                qa_ex = qa_ex or qa_examples(qa_set, encoder, tokenizer, model.config)
+                qa_ex = qa_ex or speaking_examples(recipe, data, qa_set, codec, encoder, tokenizer, model.config)
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
                 ex = qa_ex + text_ex + asr_ex[: len(qa_ex)]
             acc.free_memory()  # forget the previous stage's prepared objects (save/load_state count them)

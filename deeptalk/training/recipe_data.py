@@ -40,5 +40,11 @@ def build_data(recipe: dict) -> dict:
     asr_sents = [q["question"] for q in questions[n_qa:]][: n_asr // 2]
     asr_sents += [s for s in (D.first_sentences(a, 20) for a in answers) if s][: n_asr - len(asr_sents)]
     asr = D.build_asr_set(asr_sents, d["voices"], seed)
+    # "repeat this sentence" turns for stage 2.1: sentences no evaluation text holds (the hearing corpus's sources)
+    repeat = []
+    if d.get("repeat"):
+        from deeptalk.hearing_corpus import hearing_sentences
+
+        repeat = hearing_sentences(int(d["repeat"]), seed + 21)
     return {"asr": asr, "qa_questions": qa_q, "qa_answers": qa_a, "text": D.build_text_set(text_p, text_a),
-            "answerer": answerer_id}
+            "answerer": answerer_id, "repeat_texts": repeat}

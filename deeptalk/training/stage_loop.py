@@ -148,7 +148,7 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
     steps_done = step + 1 if max_steps > start else start
     if lowrank:
         merge_lowrank(model)
-    return {"stage": stage, "steps": steps_done, "tokens": tokens, "seconds": round(seconds, 2),
+    return {"stage": stage, "examples": len(examples), "steps": steps_done, "tokens": tokens, "seconds": round(seconds, 2),
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None, "seq_tokens": seq_tokens,
             "seq_tokens_per_s": round(seq_tokens / seconds, 1) if seconds else None, "routing_mode_train": routing,
             "trainable_params": n_trainable, "world_size": world, "batch_size": bs, "lr": scfg["lr"],
