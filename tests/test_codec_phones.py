@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 pytest.importorskip("piper")
 
@@ -95,14 +95,14 @@ def test_checkpoint_codec_reference_and_describe(codec):
 
 def test_spoken_answer_turns_from_phones(codec):
     """Stage 2.1's "repeat this sentence" turns and written-question turns take their codes from the text."""
-    from deeptalk.delay import undo_delay_pattern
-    from deeptalk.sequence import SPEECH_MODALITY
-    from deeptalk.training.examples import REPEAT_TEMPLATES, repeat_examples, spoken_codes
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
     from deeptalk.config import DeepTalkConfig
+    from deeptalk.delay import undo_delay_pattern
+    from deeptalk.sequence import SPEECH_MODALITY
+    from deeptalk.training.examples import REPEAT_TEMPLATES, repeat_examples, spoken_codes
 
     ref = Path(__file__).resolve().parents[1] / "checkpoints" / "reference"
     tok = AutoTokenizer.from_pretrained(ref)

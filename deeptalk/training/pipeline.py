@@ -12,8 +12,14 @@ import yaml
 from deeptalk.checkpoint import load_checkpoint, save_checkpoint
 from deeptalk.training.assign_stage import assign_stage
 from deeptalk.training.build import build_base, build_codec, build_encoder, build_model
-from deeptalk.training.examples import (asr_examples, corpus_examples, qa_examples, repeat_examples, spoken_codes,
-                                       text_examples)
+from deeptalk.training.examples import (
+    asr_examples,
+    corpus_examples,
+    qa_examples,
+    repeat_examples,
+    spoken_codes,
+    text_examples,
+)
 from deeptalk.training.hearing_stage import hearing_stage
 from deeptalk.training.plots import plot_losses
 from deeptalk.training.recipe import STAGES, recipe_hash, seed_everything
