@@ -40,13 +40,14 @@ TEMPLATES = ("Repeat this sentence exactly, and say nothing else: {text}", "Say 
              "Read this aloud: {text}", "Please say the following sentence: {text}")
 
 
-def with_codec_heads(model, codec):
+def with_codec_heads(model, codec, answer_routing: str | None = None):
     """The same model with fresh audio embeddings and heads sized for `codec` (every other weight kept)."""
     from deeptalk.modeling import DeepTalkForCausalLM
     from deeptalk.upcycle import empty_model
 
     cfg = model.config.__class__.from_dict({**model.config.to_dict(), "num_codebooks": codec.num_codebooks,
-                                            "codebook_size": codec.codebook_size})
+                                            "codebook_size": codec.codebook_size,
+                                            "answer_routing": answer_routing or model.config.answer_routing})
     torch.manual_seed(0)
     new = empty_model(cfg)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(("model.audio_embed", "audio_head"))}
@@ -140,6 +141,10 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--eval-n", type=int, default=24)
     ap.add_argument("--cap-factor", type=float, default=2.0)
+    ap.add_argument("--answer-routing", choices=("speech", "both"), default=None,
+                    help="where spoken-answer steps route (deeptalk/config.py); default: the checkpoint's")
+    ap.add_argument("--train-routing", choices=("masked", "modality", "all"), default=None,
+                    help="stage 2.1's routing while training; default: the paper's masking")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
@@ -167,7 +172,7 @@ def main() -> int:
     if codec.num_codebooks != 1:
         raise SystemExit("this probe speaks units: --codec must be a one-codebook codec (units)")
     inference_routing = bundle.model.config.routing_mode
-    model = with_codec_heads(bundle.model, codec)
+    model = with_codec_heads(bundle.model, codec, a.answer_routing)
     files = sorted(Path(a.pairs).glob("pairs-*.npz"))
     parts = [load_pairs(f) for f in files]
     train = {"units": [u for p in parts for u in p["units"]], "texts": [t for p in parts for t in p["texts"]]}
@@ -191,7 +196,7 @@ def main() -> int:
     curve_path = a.out / "curve.json"
     curve = json.loads(curve_path.read_text())["points"] if a.resume and curve_path.is_file() else []
     scfg = {"lr": a.lr, "batch_size": a.batch, "checkpoint_every": a.steps_per_point, "grad_clip": 1.0,
-            "train": ["speech_experts", "audio"]}
+            "train": ["speech_experts", "audio"], **({"routing": a.train_routing} if a.train_routing else {})}
     print(f"probe: {len(examples)} training turns, {len(dev_examples)} dev, codec {a.codec}", flush=True)
     for p in range(0, a.points + 1):
         steps = p * a.steps_per_point
@@ -212,6 +217,8 @@ def main() -> int:
         (a.out / "points" / f"point-{steps:05d}.json").write_text(json.dumps({**row, "rows": point["rows"]}) + "\n")
         curve.append(row)
         curve_path.write_text(json.dumps({"codec": a.codec, "checkpoint": a.checkpoint, "pairs": a.pairs,
+                                          "answer_routing": model.config.answer_routing,
+                                          "train_routing": a.train_routing or "masked",
                                           "lr": a.lr, "batch": a.batch, "seed": a.seed, "cap_factor": a.cap_factor,
                                           "train_turns": len(examples), "points": curve}, indent=1) + "\n")
         print(json.dumps(row), flush=True)

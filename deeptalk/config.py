@@ -14,12 +14,20 @@ Routing modes (recorded in every checkpoint's config):
               runtime setting, `model.set_trainable_modality("speech" | "text" | None)`.
   "modality"  speech-position tokens reach only speech experts, text-position tokens only text
               experts (our extension; needs `token_modality` in forward, default all text).
+
+Where the steps of a spoken answer go under "modality" routing (`answer_routing`): "speech"
+(the speech experts, as the paper's speech tokens), or "both": a spoken-answer step carries a
+text token and a speech token at once, so it takes what a text token takes (its top-k of the
+text experts) plus every speech expert. With unit gates and top-k = every text expert, that
+step starts as the dense base FFN, and the speech experts learn the speech on top of an
+unchanged text path.
 """
 from __future__ import annotations
 
 from transformers import PretrainedConfig
 
 ROUTING_MODES = ("all", "masked", "modality")
+ANSWER_ROUTINGS = ("speech", "both")
 GATE_MODES = ("softmax", "normalized", "unit")
 
 # Text tokens added to the base vocabulary for the speech protocol. Their ids are
@@ -76,6 +84,7 @@ class DeepTalkConfig(PretrainedConfig):
         gate_mode: str = "softmax",  # softmax | normalized (renormalised over top-k) | unit (weight 1, MoEfication)
         routed_scaling_factor: float = 1.0,
         routing_mode: str = "all",
+        answer_routing: str = "speech",
         speech_experts: list[list[int]] | None = None,  # per MoE layer; None = pure MoE (no split)
         # --- speech fields ---
         num_codebooks: int = 0,  # 0 = text-only model (no audio embeddings / heads)
@@ -116,6 +125,7 @@ class DeepTalkConfig(PretrainedConfig):
         self.gate_mode = gate_mode
         self.routed_scaling_factor = routed_scaling_factor
         self.routing_mode = routing_mode
+        self.answer_routing = answer_routing
         self.speech_experts = [sorted(int(e) for e in layer) for layer in speech_experts] if speech_experts is not None else None
 
         self.num_codebooks = num_codebooks
@@ -179,6 +189,8 @@ class DeepTalkConfig(PretrainedConfig):
 
         if self.routing_mode not in ROUTING_MODES:
             bad(f"routing_mode={self.routing_mode!r}, expected one of {ROUTING_MODES}")
+        if self.answer_routing not in ANSWER_ROUTINGS:
+            bad(f"answer_routing={self.answer_routing!r}, expected one of {ANSWER_ROUTINGS}")
         if self.gate_mode not in GATE_MODES:
             bad(f"gate_mode={self.gate_mode!r}, expected one of {GATE_MODES}")
         if self.router_scoring != "softmax":

@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from deeptalk.sequence import SPEECH_MODALITY, TEXT_MODALITY, build_prompt_ids
+from deeptalk.sequence import TEXT_MODALITY, build_prompt_ids, spoken_answer_modality
 
 Output = Literal["text", "speech", "both"]
 
@@ -238,7 +238,7 @@ class SpeechGenerator:
         done = [False] * n
         # batch-parallel: the text-only companion row (last) supplies the text token
         text_row = (lambda r: n) if parallel else (lambda r: r)
-        step_modality = torch.tensor([[SPEECH_MODALITY if speak else TEXT_MODALITY]] * n
+        step_modality = torch.tensor([[spoken_answer_modality(self.model.config) if speak else TEXT_MODALITY]] * n
                                      + ([[TEXT_MODALITY]] if parallel else []), device=dev)
         pad_column = torch.full((q,), self.cfg.audio_pad_id, device=dev) if speak else None
         threads = torch.get_num_threads()

@@ -22,7 +22,7 @@ from transformers.activations import ACT2FN
 
 from .config import DeepTalkConfig
 
-TEXT, SPEECH = 0, 1
+TEXT, SPEECH, ANSWER = 0, 1, 2   # token modalities (deeptalk/sequence.py)
 
 
 class SwiGLU(nn.Module):
@@ -93,23 +93,26 @@ class MoEFeedForward(nn.Module):
     def set_modality_map(self, speech_group: torch.Tensor | None) -> None:
         self.speech_group = None if speech_group is None else speech_group.to(torch.bool).to(self.router.weight.device)
 
-    def routing_parts(self, token_modality: torch.Tensor) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
-        """(token rows or None = all, reachable-expert mask [E] or None = all) per group of tokens
-        that share their reachable experts under the routing mode."""
+    def routing_parts(self, token_modality: torch.Tensor) -> list[tuple[torch.Tensor | None, torch.Tensor | None,
+                                                                          int | None]]:
+        """(token rows or None = all, reachable-expert mask [E] or None = all, k or None = top_k) per group
+        of tokens that share their reachable experts under the routing mode; a token in two parts sums both."""
         if self.routing_mode == "all" or self.speech_group is None:
-            return [(None, None)]
+            return [(None, None, None)]
         if self.routing_mode == "masked":
             if self.trainable_modality is None:
-                return [(None, None)]
-            return [(None, self.speech_group if self.trainable_modality == "speech" else ~self.speech_group)]
-        # "modality": speech tokens -> speech experts, text tokens -> text experts
+                return [(None, None, None)]
+            return [(None, self.speech_group if self.trainable_modality == "speech" else ~self.speech_group, None)]
+        # "modality": speech tokens -> speech experts, text tokens -> text experts, spoken-answer
+        # steps -> their text top-k and every speech expert
+        every_speech = int(self.speech_group.sum())
+        plan = ((TEXT, ~self.speech_group, None), (SPEECH, self.speech_group, None),
+                (ANSWER, ~self.speech_group, None), (ANSWER, self.speech_group, every_speech))
         parts = []
-        for m, group in ((TEXT, ~self.speech_group), (SPEECH, self.speech_group)):
+        for m, group, k in plan:
             rows = (token_modality == m).nonzero().squeeze(1)
-            if len(rows) == len(token_modality):
-                return [(None, group)]
             if len(rows):
-                parts.append((rows, group))
+                parts.append((None if len(rows) == len(token_modality) else rows, group, k))
         return parts
 
     def forward(self, x: torch.Tensor, token_modality: torch.Tensor | None = None, valid: torch.Tensor | None = None):
@@ -129,10 +132,11 @@ class MoEFeedForward(nn.Module):
         out = x.new_zeros(n, shape[-1]) if len(parts) > 1 else None
         topk_all = torch.full((n, self.top_k), -1, dtype=torch.long, device=x.device)
         aux = x.new_zeros(())
-        for rows, group in parts:
+        for rows, group, k_part in parts:
             xs = x if rows is None else x.index_select(0, rows)
             reach = self.num_experts if group is None else int(group.sum())
-            k = min(self.top_k, reach)  # a group may hold fewer experts than top_k: never pick a masked one
+            # a group may hold fewer experts than top_k: never pick a masked one
+            k = min(self.top_k if k_part is None else k_part, reach)
             if k == 0:
                 raise ValueError(f"MoE layer {self.moe_idx}: a token has no reachable routed expert (empty modality group)")
             allowed = None if group is None else group.unsqueeze(0).expand(len(xs), -1)
@@ -148,12 +152,15 @@ class MoEFeedForward(nn.Module):
                 ys = self._fused_experts(xs, topk_idx, weights, group)
             else:
                 ys = self._gathered_experts(xs, topk_idx, weights)
-            if rows is None:
+            if len(parts) == 1:
                 out = ys
-                topk_all[:, :k] = topk_idx
-            else:
-                out = out.index_copy(0, rows, ys)
-                topk_all[rows, :k] = topk_idx
+            else:   # a spoken-answer step sums its text part and its speech part
+                out = out + ys if rows is None else out.index_add(0, rows, ys)
+            if k_part is None:   # the record keeps each token's top-k part
+                if rows is None:
+                    topk_all[:, :k] = topk_idx
+                else:
+                    topk_all[rows, :k] = topk_idx
             oks = None if ok is None else (ok if rows is None else ok[rows])
             if self.stats is not None:
                 self._record(topk_idx, mod if rows is None else mod[rows], oks)

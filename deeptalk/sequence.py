@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-TEXT_MODALITY, SPEECH_MODALITY = 0, 1
+# ANSWER: a step of a spoken answer routed to both expert groups (config.answer_routing "both")
+TEXT_MODALITY, SPEECH_MODALITY, ANSWER_MODALITY = 0, 1, 2
 _AUDIO_MARK = "\x00AUDIO\x00"  # stands in for the spoken user turn while the chat template renders
 
 
@@ -58,6 +59,11 @@ def build_prompt_ids(tokenizer, config, text: str | None, speech_positions: int 
         rendered += "<|speech_start|>"
     modality += [TEXT_MODALITY] * (len(ids) - len(modality))
     return ids, modality, rendered
+
+
+def spoken_answer_modality(config) -> int:
+    """The token modality of a spoken answer's steps (training and generation agree through this)."""
+    return ANSWER_MODALITY if getattr(config, "answer_routing", "speech") == "both" else SPEECH_MODALITY
 
 
 def answer_steps(text_ids: Sequence[int], codes: np.ndarray | torch.Tensor, config) -> tuple[list[int], torch.Tensor]:

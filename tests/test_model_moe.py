@@ -104,6 +104,39 @@ def test_a_text_token_routes_the_same_with_or_without_speech_beside_it():
     torch.testing.assert_close(both[:, :3], alone, atol=1e-6, rtol=1e-5)
 
 
+def test_a_spoken_answer_step_takes_its_text_top_k_and_every_speech_expert():
+    """ANSWER (2) under modality routing = the text token's output + every speech expert's; with unit
+    gates and top-k = every text expert, that is the whole FFN (every routed expert once)."""
+    torch.manual_seed(0)
+    cfg = tiny_config(routing_mode="modality", num_experts_per_tok=5, gate_mode="unit")
+    moe = MoEFeedForward(cfg, 0).eval()
+    x = torch.randn(1, 6, cfg.hidden_size)
+    with torch.no_grad():
+        as_text, _ = moe(x, torch.zeros(1, 6, dtype=torch.long))
+        as_speech, _ = moe(x, torch.ones(1, 6, dtype=torch.long))
+        as_answer, _ = moe(x, torch.full((1, 6), 2))
+        mixed, _ = moe(x, torch.tensor([[0, 2, 1, 2, 0, 1]]))
+        moe.routing_mode = "all"
+        moe.top_k = 8
+        whole, _ = moe(x, torch.zeros(1, 6, dtype=torch.long))
+    shared = moe.shared_experts(x)
+    torch.testing.assert_close(as_answer, as_text + as_speech - shared, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(as_answer, whole, atol=1e-5, rtol=1e-5)
+    want = torch.stack([as_text[0, 0], as_answer[0, 1], as_speech[0, 2], as_answer[0, 3], as_text[0, 4],
+                        as_speech[0, 5]])[None]
+    torch.testing.assert_close(mixed, want, atol=1e-5, rtol=1e-5)
+    # under the paper's routings an answer step is a token like any other
+    moe.routing_mode, moe.top_k = "masked", 5
+    moe.trainable_modality = "speech"
+    with torch.no_grad():
+        torch.testing.assert_close(moe(x, torch.full((1, 6), 2))[0], moe(x, torch.ones(1, 6, dtype=torch.long))[0])
+
+
+def test_answer_routing_is_checked():
+    with pytest.raises(ValueError, match="answer_routing"):
+        tiny_config(answer_routing="text").validate()
+
+
 @pytest.mark.parametrize("mode,k", [("all", 6), ("all", 2), ("masked", 8), ("modality", 5), ("modality", 2)])
 def test_fused_experts_equal_the_gathered_loop(mode, k):
     """Dense-ish routing takes the fused path; outputs, aux loss and every gradient match the loop."""

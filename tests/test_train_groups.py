@@ -57,6 +57,22 @@ def test_recipe_override_trains_only_the_named_groups_under_the_stage_mask():
     assert expert_names(names, 1, [0, 1]) | expert_names(names, 2, [0, 1]) == names
 
 
+def test_a_stage_can_train_under_the_inference_routing():
+    model, enc = make()
+    routing = set_trainable(model, enc, "2.1", {"routing": "modality"})
+    names, _ = trainable(model, enc)
+    assert routing == "modality" and all(m.trainable_modality is None for m in model.moe_layers)
+    # only the stage's groups learn: the text experts stay frozen although text tokens reach them
+    assert expert_names(names, 1, [0, 1]) and not expert_names(names, 1, [2, 3, 4, 5])
+    assert set_trainable(model, enc, "3", {"routing": "masked"}) == "masked"
+    assert all(m.trainable_modality == "speech" for m in model.moe_layers)
+    with pytest.raises(ValueError, match="routing 'sideways'"):
+        set_trainable(model, enc, "2.1", {"routing": "sideways"})
+    unsplit, enc = make(split=False)
+    with pytest.raises(ValueError, match="needs a model with speech experts"):
+        set_trainable(unsplit, enc, "2.1", {"routing": "modality"})
+
+
 def test_unsplit_models_train_all_experts_and_reject_groups():
     model, enc = make(split=False)
     assert stage_train_groups(model, "2.1") == ["experts", "audio"]

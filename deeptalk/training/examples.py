@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deeptalk.sequence import SPEECH_MODALITY, TEXT_MODALITY, answer_steps, build_prompt_ids
+from deeptalk.sequence import TEXT_MODALITY, answer_steps, build_prompt_ids, spoken_answer_modality
 
 ASR_INSTRUCTION = "Transcribe what was said."
 
@@ -61,7 +61,8 @@ def spoken_answer_example(ids: list[int], modality: list[int], answer: str, code
     text, grid = answer_steps(_answer_ids(tokenizer, answer), codes, config)
     audio = torch.full((config.num_codebooks, len(ids) + len(text)), -1, dtype=torch.long)
     audio[:, len(ids):] = grid
-    return Example(ids + text, [-100] * len(ids) + text, modality + [SPEECH_MODALITY] * len(text), feats, audio)
+    answer = [spoken_answer_modality(config)] * len(text)
+    return Example(ids + text, [-100] * len(ids) + text, modality + answer, feats, audio)
 
 
 def qa_examples(qa_set, encoder, tokenizer, config, written: bool = False) -> list[Example]:

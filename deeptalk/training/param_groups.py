@@ -67,15 +67,26 @@ def set_trainable(model, encoder, stage: str, scfg: dict | None = None) -> str:
     """Freeze everything, unfreeze the stage's groups; returns the routing mode used while training.
 
     Stages 2.1 / 2.2 of a split model route with the paper's masking (the frozen group's
-    router logits are -inf); stage 1 and 3, and unsplit models, route over every expert.
+    router logits are -inf); stage 1 and 3, and unsplit models, route over every expert. A
+    stage's `routing:` overrides that: "modality" trains with the routing the reference infers
+    with (only the groups in `train:` learn), "all" or "masked" as named.
     """
     groups = stage_train_groups(model, stage, scfg)
     model.requires_grad_(False)
     encoder.projector.requires_grad_(False)
     split = model.config.speech_experts is not None
-    if split and stage in ("2.1", "2.2"):
+    routing = (scfg or {}).get("routing")
+    if routing is not None and routing not in ("all", "masked", "modality"):
+        raise ValueError(f"stage {stage}: routing {routing!r}, expected 'all', 'masked' or 'modality'")
+    if routing not in (None, "all") and not split:
+        raise ValueError(f"stage {stage}: routing {routing!r} needs a model with speech experts")
+    if routing == "modality":
+        model.set_routing_mode("modality")
+        model.set_trainable_modality(None)
+        model.requires_grad_(False)
+    elif split and (stage in ("2.1", "2.2") if routing is None else routing == "masked"):
         model.set_routing_mode("masked")
-        model.set_trainable_modality("speech" if stage == "2.1" else "text")  # sets the mask (and expert grads)
+        model.set_trainable_modality("text" if stage == "2.2" else "speech")  # sets the mask (and expert grads)
         model.requires_grad_(False)
     else:
         model.set_routing_mode("all")

@@ -105,6 +105,8 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
         seed_everything(seed)
         encoder = build_encoder(recipe, model.config.hidden_size, tokenizer)
     model.config.speech_encoder_dim = encoder.projector.fc1.in_features // encoder.config.stride
+    model.config.answer_routing = recipe.get("answer_routing", model.config.answer_routing)
+    model.config.validate()
     encoder.projector.to(model.dtype)
     encoder.tie(model.get_input_embeddings().weight)
 
