@@ -176,15 +176,19 @@ def test_phone_units_recipe(tmp_path):
 
     recipe = tmp_path / "tiny-phones.yaml"
     recipe.write_text(yaml.safe_dump({"extends": "tiny", "name": "tiny-phones", "codec": "phones",
-                                      "data": {"repeat": 6, "qa_written": True}}))
+                                      "answer_routing": "both", "inference_routing": "modality",
+                                      "data": {"repeat": 6, "qa_written": True},
+                                      "stages": {"2.1": {"routing": "modality"}}}))
     out = tmp_path / "run"
     p = train("--recipe", str(recipe), "--output", str(out))
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((out / "stage-3" / "codec.json").read_text()) == {"name": "phones"}
     info = json.loads((out / "stage-2.1" / "stage.json").read_text())
     assert info["examples"] == 4 * 2 + 6           # spoken + written questions, repeat turns
+    assert info["routing_mode_train"] == "modality"
     b = load_checkpoint(out / "stage-3")
     assert isinstance(b.codec, PhoneCodec) and b.model.config.num_codebooks == 1
+    assert b.model.config.answer_routing == "both" and b.model.config.routing_mode == "modality"
     assert b.model.config.codebook_size == b.codec.codebook_size
     gen = SpeechGenerator(b.model, b.tokenizer, encoder=b.encoder, codec=b.codec)
     res = gen.generate(gen.prompt("Say this: good morning.", speak=True), output="both", cfg=StreamConfig(max_speech_steps=12))

@@ -22,7 +22,7 @@ def cfg(q=3, k=16):
 
 
 @pytest.mark.parametrize("name", ["tiny", "reference", "ablation-random", "ablation-pure", "ablation-dense",
-                                  "reference-distill", "reference-lowrank"])
+                                  "reference-distill", "reference-lowrank", "reference-phones"])
 def test_shipped_recipes_load(name):
     r = load_recipe(name)
     assert r["name"] == name and set(r["stages"]) <= set(STAGES)
@@ -144,6 +144,14 @@ def test_corpus_rows_are_calibration_prose_for_language_modelling():
     first = tok.decode(rows[0].ids).split(tok.eos_token)[0][:200]
     assert first and first in calibration_texts("calib")[0]
     assert not any(first in t for t in calibration_texts("heldout"))  # never the held-out perplexity text
+
+
+def test_the_phones_recipe_changes_the_speaking_side_only():
+    ref, r = load_recipe("reference"), load_recipe("reference-phones")
+    assert r["codec"] == "phones" and r["answer_routing"] == "both"
+    assert r["stages"]["1"] == ref["stages"]["1"] and r["stages"]["2.2"] == ref["stages"]["2.2"]
+    assert r["stages"]["2.1"]["routing"] == "modality" and r["stages"]["2.1"]["lr"] == ref["stages"]["2.1"]["lr"]
+    assert {k: v for k, v in r["data"].items() if k not in ("qa_written", "repeat")} == ref["data"]
 
 
 def test_the_lowrank_recipe_shares_stages_1_to_2_1_and_keeps_shared_experts_frozen():
