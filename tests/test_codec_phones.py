@@ -119,3 +119,9 @@ def test_spoken_answer_turns_from_phones(codec):
         assert set(e.modality[start:]) == {SPEECH_MODALITY}
         grid = e.audio[:, start:]
         assert torch.equal(undo_delay_pattern(grid, c.shape[1]), torch.as_tensor(c))
+        # the text channel trains its words and its end (as the end of turn); the forced pads train nothing
+        words = tok(t, add_special_tokens=False)["input_ids"]
+        assert e.labels[start:start + len(words) + 1] == words + [tok.eos_token_id]
+        assert e.ids[start + len(words)] == config.special_token_id("<|text_end|>")
+        assert all(x == -100 for x in e.labels[start + len(words) + 1:])
+        assert len(e.labels) - start > len(words) + 10     # the audio runs on past the text

@@ -57,12 +57,21 @@ def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
 def spoken_answer_example(ids: list[int], modality: list[int], answer: str, codes, tokenizer, config,
                           feats: torch.Tensor | None = None) -> Example:
     """A request (ids, modality; it ends in <|speech_start|>) answered in speech: the answer's text
-    channel and its codes in the delay pattern, both trained."""
+    channel and its codes in the delay pattern, both trained.
+
+    The text channel is trained up to its end only: the generator forces <|text_pad|> once the
+    text has ended (generate._SpokenAnswer), so the pads teach nothing, and their frozen output
+    row (special tokens do not train) made them most of a 9-nat text loss that drowned the
+    words' signal. The end is taught as the tokenizer's end of turn, which the generator takes
+    as the text's end and the base LLM already predicts; the input there stays <|text_end|>."""
     text, grid = answer_steps(_answer_ids(tokenizer, answer), codes, config)
     audio = torch.full((config.num_codebooks, len(ids) + len(text)), -1, dtype=torch.long)
     audio[:, len(ids):] = grid
+    end, pad = config.special_token_id("<|text_end|>"), config.special_token_id("<|text_pad|>")
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else end
+    labels = [eos if t == end else -100 if t == pad else t for t in text]
     answer = [spoken_answer_modality(config)] * len(text)
-    return Example(ids + text, [-100] * len(ids) + text, modality + answer, feats, audio)
+    return Example(ids + text, [-100] * len(ids) + labels, modality + answer, feats, audio)
 
 
 def qa_examples(qa_set, encoder, tokenizer, config, written: bool = False) -> list[Example]:
