@@ -19,8 +19,9 @@ same codes give the same audio on every run; `noise_scale` / `noise_w` restore P
 sampled variation. The streaming decoder speaks whole words: each chunk is every complete
 word pushed so far, rendered as one Piper utterance, once `min_first` phonemes wait (the
 first chunk) or `min_chunk` (later ones). A lone first word rendered as an utterance of its
-own costs intelligibility (Whisper WER 0.137 against 0.106 decoded whole on 100
-hearing-dev sentences); 12 / 24 phonemes cost 0.117, 20 / 40 cost 0.109.
+own costs intelligibility (Whisper WER 0.137 against 0.096 decoded whole on 100
+hearing-dev sentences); 12 / 24 phonemes cost 0.117, 20 / 40 cost 0.109
+(benchmarks/phones_streaming.py).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class PhoneCodec(SpeechCodec):
     name = "phones"
 
     def __init__(self, voice, voice_name: str = "joe", noise_scale: float = 0.0, noise_w: float = 0.0,
-                 length_scale: float | None = None, frame_rate: float = 19.5):
+                 length_scale: float | None = None, frame_rate: float = 19.7):
         self.voice, self.voice_name = voice, voice_name
         id_map = voice.config.phoneme_id_map
         self.symbols: dict[int, str] = {ids[0]: p for p, ids in id_map.items() if len(ids) == 1}
@@ -47,7 +48,7 @@ class PhoneCodec(SpeechCodec):
         self.num_codebooks = 1
         self.codebook_size = max(self.symbols) + 1
         self.sample_rate = int(voice.config.sample_rate)
-        # nominal: phonemes per second of joe's speech (19.6 on 150 hearing-dev sentences,
+        # nominal: phonemes per second of joe's speech (19.7 on 100 hearing-dev sentences,
         # docs/codec.md); positions are not fixed-length, so this only sizes budgets
         self.frame_rate = float(frame_rate)
         self.samples_per_frame = int(round(self.sample_rate / self.frame_rate))
