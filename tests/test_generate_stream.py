@@ -249,3 +249,31 @@ def test_audio_that_ends_before_the_text_is_played_at_once(tiny_model, tokenizer
     assert kinds[last_audio + 1 :].count("text") >= 5             # the text went on after the audio
     audio = np.concatenate([e.audio for e in events if e.kind == "audio"])
     assert np.allclose(audio, g.generate(p, "speech", cfg).audio, atol=1e-6)
+
+
+@pytest.mark.parametrize("answer_routing", ["speech", "both"])
+def test_phone_units_stream_as_generate_plays_them(tokenizer, answer_routing):
+    """A one-codebook model speaking phone units (Piper): the streamed chunks are the audio that
+    `generate(..., as_streamed)` returns, the codes equal, under either spoken-answer routing."""
+    pytest.importorskip("piper")
+    from deeptalk.speech.codec_loader import load_codec
+
+    codec = load_codec("phones")
+    torch.manual_seed(0)
+    cfg = DeepTalkConfig(vocab_size=len(tokenizer) + len(SPECIAL_TOKENS), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_routed_experts=4, num_shared_experts=1,
+                         num_experts_per_tok=2, num_codebooks=1, codebook_size=codec.codebook_size,
+                         base_vocab_size=len(tokenizer), special_tokens=list(SPECIAL_TOKENS),
+                         eos_token_id=tokenizer.eos_token_id, speech_experts=[[0]], routing_mode="modality",
+                         answer_routing=answer_routing)
+    model = DeepTalkForCausalLM(cfg).eval()
+    g = SpeechGenerator(model, tokenizer, codec=codec)
+    sc = StreamConfig(max_speech_steps=60, first_chunk_frames=4, chunk_frames=6)
+    p = g.prompt(text="Say something.", speak=True)
+    res = g.generate(p, "speech", sc, as_streamed=True)
+    events, info = run_stream(g, p, "speech", sc)
+    assert np.array_equal(info["codes"], res.codes) and res.codes.shape[0] == 1
+    chunks = [e.audio for e in events if e.kind == "audio"]
+    played = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    assert len(res.audio) > 0 and np.array_equal(played, res.audio)
+    assert res.sample_rate == codec.sample_rate
