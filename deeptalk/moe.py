@@ -116,11 +116,13 @@ class MoEFeedForward(nn.Module):
         return parts
 
     def forward(self, x: torch.Tensor, token_modality: torch.Tensor | None = None, valid: torch.Tensor | None = None):
-        """x [B, T, H]; token_modality [B, T] (0 text / 1 speech); valid [B, T] (False = padding).
+        """x [B, T, H]; token_modality [B, T] (0 text / 1 speech / 2 spoken-answer step); valid [B, T]
+        (False = padding).
 
         Returns (out [B, T, H], aux_loss scalar). Each group of tokens with the same reachable
-        experts (one group, or two under modality routing) is routed with its own top-k:
-        k = min(top_k, experts it can reach), so a text token next to speech keeps its k.
+        experts (one group, or up to four parts under modality routing) is routed with its own
+        top-k: k = min(top_k, experts it can reach), so a text token next to speech keeps its k;
+        a spoken-answer step sums a text part (top_k) and a speech part (every speech expert).
         """
         shape = x.shape
         x = x.reshape(-1, shape[-1])
