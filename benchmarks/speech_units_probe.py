@@ -179,9 +179,10 @@ def main() -> int:
     if a.train_utterances:
         train = {k: v[: a.train_utterances] for k, v in train.items()}
     dev = load_pairs(Path(a.pairs) / "dev.npz")
-    if codec.encode_text("a") is not None:   # phone units: the codec reads the pairs' texts itself
-        train["units"] = [codec.encode_text(t)[0] for t in train["texts"]]
-        dev["units"] = [codec.encode_text(t)[0] for t in dev["texts"]]
+    for part in (train, dev):   # phone units: the codec reads the pairs' texts itself
+        from_text = [codec.encode_text(t) for t in part["texts"]]
+        if all(c is not None for c in from_text):
+            part["units"] = [c[0] for c in from_text]
     examples = repeat_examples(train["texts"], [u[None] for u in train["units"]], bundle.tokenizer, model.config,
                                a.seed, TEMPLATES)
     dev_examples = repeat_examples(dev["texts"], [u[None] for u in dev["units"]], bundle.tokenizer, model.config,

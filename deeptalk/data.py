@@ -269,6 +269,15 @@ def speak(text: str, voice: str, seed: int) -> tuple[np.ndarray, int]:
     return synthesize(text, engine=engine, voice=name, seed=seed)
 
 
+def answer_codes(codec, text: str, voice: str, seed: int) -> np.ndarray:
+    """Codes [Q, T] of `text` as the model should speak it: from the text where the codec can tell
+    them (phone units), else `voice` reads it and the codec encodes that."""
+    codes = codec.encode_text(text)
+    if codes is None:
+        codes = codec.encode(*speak(text, voice, seed))
+    return codes.detach().cpu().numpy() if hasattr(codes, "detach") else np.asarray(codes)
+
+
 def build_asr_set(sentences: Sequence[str], voices: Sequence[str], seed: int, name: str = "asr") -> BuiltSet:
     """Stage 1: each sentence spoken by a seeded choice of voice; waveforms stored at 16 kHz."""
     from deeptalk.speech.encoder import prepare_audio
@@ -314,11 +323,7 @@ def build_spoken_qa(questions: Sequence[str], answers: Sequence[str], codec, cod
                 raise DataError("empty answer")
             wav, sr = speak(q, voice, seed + k)
             audio = prepare_audio(wav, sr, name=f"{name}[{k}] question ({voice})")
-            codes = codec.encode_text(a)
-            if codes is None:   # an acoustic codec: the answer voice reads it, the codec encodes that
-                awav, asr = speak(a, answer_voice, seed + k)
-                codes = codec.encode(awav, asr)
-            codes = codes.detach().cpu().numpy() if hasattr(codes, "detach") else np.asarray(codes)
+            codes = answer_codes(codec, a, answer_voice, seed + k)
         except Exception as e:
             failures.append({"index": k, "question": q, "voice": voice, "error": f"{type(e).__name__}: {e}"})
             continue

@@ -1,6 +1,7 @@
 """Data sets -> training sequences (`Example`), built with the generator's own prompt layout, and batches."""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,25 +94,16 @@ REPEAT_TEMPLATES = ("Say this: {text}", "Read this aloud: {text}", "Please say t
 
 
 def spoken_codes(codec, texts: list[str], voice: str = "piper:joe", seed: int = 0) -> list[np.ndarray]:
-    """Codes [Q, T] of each text spoken in the codec's voice: from the text where the codec can
-    tell them (phone units), else synthesised by `voice` and encoded."""
-    out = []
-    for k, t in enumerate(tqdm(texts, desc="spoken answers: codes", unit="utt")):
-        codes = codec.encode_text(t)
-        if codes is None:
-            from deeptalk_common.tts import synthesize
+    """Codes [Q, T] of each text spoken in the codec's voice (data.answer_codes)."""
+    from deeptalk.data import answer_codes
 
-            engine, name = voice.split(":", 1)
-            codes = codec.encode(*synthesize(t, engine, name, seed=seed + k))
-        out.append(np.asarray(codes))
-    return out
+    return [answer_codes(codec, t, voice, seed + k)
+            for k, t in enumerate(tqdm(texts, desc="spoken answers: codes", unit="utt"))]
 
 
 def repeat_examples(texts: list[str], codes: list[np.ndarray], tokenizer, config, seed: int,
                     templates: tuple[str, ...] = REPEAT_TEMPLATES) -> list[Example]:
     """"Repeat this sentence" turns: the sentence written in an instruction, answered in speech."""
-    import random
-
     rng = random.Random(seed)
     out = []
     for text, c in zip(texts, codes):

@@ -1,6 +1,8 @@
 """What a stage trains: named parameter groups, frozen or not, and the routing mode while training."""
 from __future__ import annotations
 
+from deeptalk.config import ROUTING_MODES
+
 # What each stage trains (the paper's schedule). A recipe stage may name its own list under
 # `train:` (e.g. the shipped reference keeps text experts frozen to fit its delta budget).
 TRAIN_GROUPS = ("projector", "audio", "speech_experts", "text_experts", "text_experts_lowrank", "experts",
@@ -76,8 +78,8 @@ def set_trainable(model, encoder, stage: str, scfg: dict | None = None) -> str:
     encoder.projector.requires_grad_(False)
     split = model.config.speech_experts is not None
     routing = (scfg or {}).get("routing")
-    if routing is not None and routing not in ("all", "masked", "modality"):
-        raise ValueError(f"stage {stage}: routing {routing!r}, expected 'all', 'masked' or 'modality'")
+    if routing is not None and routing not in ROUTING_MODES:
+        raise ValueError(f"stage {stage}: routing {routing!r}, expected one of {ROUTING_MODES}")
     if routing not in (None, "all") and not split:
         raise ValueError(f"stage {stage}: routing {routing!r} needs a model with speech experts")
     if routing == "modality":
