@@ -40,14 +40,15 @@ TEMPLATES = ("Repeat this sentence exactly, and say nothing else: {text}", "Say 
              "Read this aloud: {text}", "Please say the following sentence: {text}")
 
 
-def with_codec_heads(model, codec, answer_routing: str | None = None):
+def with_codec_heads(model, codec, answer_routing: str | None = None, answer_layout: str | None = None):
     """The same model with fresh audio embeddings and heads sized for `codec` (every other weight kept)."""
     from deeptalk.modeling import DeepTalkForCausalLM
     from deeptalk.upcycle import empty_model
 
     cfg = model.config.__class__.from_dict({**model.config.to_dict(), "num_codebooks": codec.num_codebooks,
                                             "codebook_size": codec.codebook_size,
-                                            "answer_routing": answer_routing or model.config.answer_routing})
+                                            "answer_routing": answer_routing or model.config.answer_routing,
+                                            "answer_layout": answer_layout or model.config.answer_layout})
     torch.manual_seed(0)
     new = empty_model(cfg)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith(("model.audio_embed", "audio_head"))}
@@ -133,7 +134,10 @@ def main() -> int:
     ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints/reference"))
     ap.add_argument("--codec", required=True, help="a units codec file, 'phones' (its units from the pairs' "
                                                     "texts), or 'offline'")
-    ap.add_argument("--pairs", required=True, help="a `deeptalk-units pairs` folder (texts + Piper joe units)")
+    ap.add_argument("--pairs", help="a `deeptalk-units pairs` folder (texts + Piper joe units)")
+    ap.add_argument("--sentences", type=int, help="instead of --pairs (a codec that reads text: phones): this many "
+                                                  "hearing-corpus sentences to train on")
+    ap.add_argument("--dev-sentences", type=int, default=70, help="with --sentences: held-out sentences")
     ap.add_argument("--train-utterances", type=int, default=None, help="use only the first N training utterances")
     ap.add_argument("--steps-per-point", type=int, default=100)
     ap.add_argument("--points", type=int, default=5)
@@ -143,6 +147,8 @@ def main() -> int:
     ap.add_argument("--cap-factor", type=float, default=2.0)
     ap.add_argument("--answer-routing", choices=("speech", "both"), default=None,
                     help="where spoken-answer steps route (deeptalk/config.py); default: the checkpoint's")
+    ap.add_argument("--answer-layout", choices=("block", "words"), default=None,
+                    help="how the text channel lines up with the speech (deeptalk/config.py); default: the checkpoint's")
     ap.add_argument("--train-routing", choices=("masked", "modality", "all"), default=None,
                     help="stage 2.1's routing while training; default: the paper's masking")
     ap.add_argument("--threads", type=int, default=1)
@@ -172,21 +178,31 @@ def main() -> int:
     if codec.num_codebooks != 1:
         raise SystemExit("this probe speaks units: --codec must be a one-codebook codec (units)")
     inference_routing = bundle.model.config.routing_mode
-    model = with_codec_heads(bundle.model, codec, a.answer_routing)
-    files = sorted(Path(a.pairs).glob("pairs-*.npz"))
-    parts = [load_pairs(f) for f in files]
-    train = {"units": [u for p in parts for u in p["units"]], "texts": [t for p in parts for t in p["texts"]]}
+    model = with_codec_heads(bundle.model, codec, a.answer_routing, a.answer_layout)
+    if a.sentences:
+        from deeptalk.hearing_corpus import hearing_sentences
+
+        texts = hearing_sentences(a.sentences + a.dev_sentences, a.seed)
+        train, dev = {"texts": texts[: a.sentences]}, {"texts": texts[a.sentences:]}
+    elif a.pairs:
+        files = sorted(Path(a.pairs).glob("pairs-*.npz"))
+        parts = [load_pairs(f) for f in files]
+        train = {"units": [u for p in parts for u in p["units"]], "texts": [t for p in parts for t in p["texts"]]}
+        dev = load_pairs(Path(a.pairs) / "dev.npz")
+    else:
+        raise SystemExit("say what to train on: --pairs or --sentences")
     if a.train_utterances:
         train = {k: v[: a.train_utterances] for k, v in train.items()}
-    dev = load_pairs(Path(a.pairs) / "dev.npz")
-    for part in (train, dev):   # phone units: the codec reads the pairs' texts itself
+    for part in (train, dev):   # phone units: the codec reads the texts itself
         from_text = [codec.encode_text(t) for t in part["texts"]]
         if all(c is not None for c in from_text):
             part["units"] = [c[0] for c in from_text]
+        elif "units" not in part:
+            raise SystemExit(f"--sentences needs a codec that reads text (phones); {a.codec} does not")
     examples = repeat_examples(train["texts"], [u[None] for u in train["units"]], bundle.tokenizer, model.config,
-                               a.seed, TEMPLATES)
+                               a.seed, TEMPLATES, codec=codec)
     dev_examples = repeat_examples(dev["texts"], [u[None] for u in dev["units"]], bundle.tokenizer, model.config,
-                                   a.seed, TEMPLATES[:1])
+                                   a.seed, TEMPLATES[:1], codec=codec)
     asr = normalizer = None
     if not a.no_asr:
         from whisper.normalizers import EnglishTextNormalizer
@@ -218,7 +234,9 @@ def main() -> int:
         (a.out / "points" / f"point-{steps:05d}.json").write_text(json.dumps({**row, "rows": point["rows"]}) + "\n")
         curve.append(row)
         curve_path.write_text(json.dumps({"codec": a.codec, "checkpoint": a.checkpoint, "pairs": a.pairs,
+                                          "sentences": a.sentences, "dev_sentences": len(dev["texts"]),
                                           "answer_routing": model.config.answer_routing,
+                                          "answer_layout": model.config.answer_layout,
                                           "train_routing": a.train_routing or "masked",
                                           "lr": a.lr, "batch": a.batch, "seed": a.seed, "cap_factor": a.cap_factor,
                                           "train_turns": len(examples), "points": curve}, indent=1) + "\n")

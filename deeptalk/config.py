@@ -21,6 +21,13 @@ text token and a speech token at once, so it takes what a text token takes (its 
 text experts) plus every speech expert. With unit gates and top-k = every text expert, that
 step starts as the dense base FFN, and the speech experts learn the speech on top of an
 unchanged text path.
+
+How a spoken answer's text channel lines up with its speech (`answer_layout`): "block" (the
+whole text first, then `<|text_pad|>` while the audio runs; the model must learn which word
+it is speaking) or "words" (each word's tokens written just before its own units, the text
+held while the audio speaks the word; needs a codec that gives a word's units, such as the
+phone codec, and the generator releases the next word when the audio ends the current one:
+deeptalk/sequence.py).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from transformers import PretrainedConfig
 
 ROUTING_MODES = ("all", "masked", "modality")
 ANSWER_ROUTINGS = ("speech", "both")
+ANSWER_LAYOUTS = ("block", "words")
 GATE_MODES = ("softmax", "normalized", "unit")
 
 # Text tokens added to the base vocabulary for the speech protocol. Their ids are
@@ -85,6 +93,7 @@ class DeepTalkConfig(PretrainedConfig):
         routed_scaling_factor: float = 1.0,
         routing_mode: str = "all",
         answer_routing: str = "speech",
+        answer_layout: str = "block",
         speech_experts: list[list[int]] | None = None,  # per MoE layer; None = pure MoE (no split)
         # --- speech fields ---
         num_codebooks: int = 0,  # 0 = text-only model (no audio embeddings / heads)
@@ -126,6 +135,7 @@ class DeepTalkConfig(PretrainedConfig):
         self.routed_scaling_factor = routed_scaling_factor
         self.routing_mode = routing_mode
         self.answer_routing = answer_routing
+        self.answer_layout = answer_layout
         self.speech_experts = [sorted(int(e) for e in layer) for layer in speech_experts] if speech_experts is not None else None
 
         self.num_codebooks = num_codebooks
@@ -191,6 +201,8 @@ class DeepTalkConfig(PretrainedConfig):
             bad(f"routing_mode={self.routing_mode!r}, expected one of {ROUTING_MODES}")
         if self.answer_routing not in ANSWER_ROUTINGS:
             bad(f"answer_routing={self.answer_routing!r}, expected one of {ANSWER_ROUTINGS}")
+        if self.answer_layout not in ANSWER_LAYOUTS:
+            bad(f"answer_layout={self.answer_layout!r}, expected one of {ANSWER_LAYOUTS}")
         if self.gate_mode not in GATE_MODES:
             bad(f"gate_mode={self.gate_mode!r}, expected one of {GATE_MODES}")
         if self.router_scoring != "softmax":

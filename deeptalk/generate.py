@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from deeptalk.sequence import TEXT_MODALITY, build_prompt_ids, spoken_answer_modality
+from deeptalk.sequence import TEXT_MODALITY, build_prompt_ids, spoken_answer_modality, word_start_ids
 
 Output = Literal["text", "speech", "both"]
 
@@ -122,6 +122,11 @@ class SpeechGenerator:
         self.stop_ids = {i for i in (tokenizer.eos_token_id, cfg.eos_token_id) if i is not None}
         self.stop_ids.add(self.special.get("<|text_end|>", -1))
         q = cfg.num_codebooks
+        self.words_layout = getattr(cfg, "answer_layout", "block") == "words"
+        self.word_starts = word_start_ids(tokenizer) if self.words_layout else frozenset()
+        if self.words_layout and codec is not None and codec.word_end_code is None:
+            raise ValueError(f"this model speaks in the 'words' layout: its codec needs a word-end code; "
+                             f"{codec.name} has none")
         if q:
             if codec is not None and (codec.num_codebooks != q or codec.codebook_size != cfg.codebook_size):
                 raise ValueError(f"codec {codec.num_codebooks}x{codec.codebook_size} does not match the model's "
@@ -130,6 +135,8 @@ class SpeechGenerator:
             bias = torch.full((q, cfg.audio_vocab_size), float("-inf"))
             bias[:, : cfg.codebook_size] = 0.0
             bias[0, cfg.audio_eos_id] = 0.0
+            if self.words_layout:   # the audio's pad ends a word (sequence.word_aligned_steps)
+                bias[:, cfg.audio_pad_id] = 0.0
             self._audio_bias = bias
         # the text channel never emits the speech-protocol tokens except <|text_end|>
         self._text_bias = torch.zeros(cfg.vocab_size)
@@ -222,6 +229,8 @@ class SpeechGenerator:
             raise ValueError("batch_parallel decoding needs cache='dynamic'")
         if parallel and len(prompts) != 1:
             raise ValueError("batch_parallel decoding answers one prompt at a time")
+        if parallel and self.words_layout:
+            raise ValueError("batch_parallel decoding follows a text-only answer; the 'words' layout holds the text")
         gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None and cfg.temperature > 0 else None
         model, dev, n, q = self.model, self.model.device, len(prompts), self.cfg.num_codebooks
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -382,7 +391,7 @@ class SpeechGenerator:
 
         try:
             flushed = False
-            n_frames = 0
+            kept: list[np.ndarray] = []   # every frame the codec hears, for the codes in "end"
             first_chunk = True
             stop_reason = None
             n_steps = 0
@@ -411,8 +420,10 @@ class SpeechGenerator:
                     if grid[f + 1][0] == eos:
                         audio_over = True
                     else:
-                        frames.append(self._frame(grid, f, q))
-                        n_frames += 1
+                        frame = self._heard(self._frame(grid, f, q), kept)
+                        if frame is not None:
+                            frames.append(frame)
+                            kept.append(frame)
                 want = cfg.first_chunk_frames if first_chunk else cfg.chunk_frames
                 if len(frames) >= want:
                     yield from push(frames, first_chunk)
@@ -427,15 +438,23 @@ class SpeechGenerator:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
-        codes = np.stack([self._frame(grid, f, q) for f in range(n_frames)], 1) if speak and n_frames else None
-        if speak and codes is None:
-            codes = np.zeros((q, 0), dtype=np.int64)
+        codes = (np.stack(kept, 1) if kept else np.zeros((q, 0), dtype=np.int64)) if speak else None
         yield GenEvent("end", now(), info={"stop_reason": stop_reason, "steps": n_steps, "text_ids": shown.ids,
-                                           "codes": codes, "frames": n_frames})
+                                           "codes": codes, "frames": len(kept)})
 
     @staticmethod
     def _frame(grid: list[np.ndarray], f: int, q: int) -> np.ndarray:
         return np.array([grid[f + 1 + i][i] for i in range(q)], dtype=np.int64)
+
+    def _heard(self, frame: np.ndarray, kept: list[np.ndarray]) -> np.ndarray | None:
+        """What the codec hears of a complete frame: codes as they are; the audio's pad (a wait)
+        nothing, except in the "words" layout, where the first one after a word ends that word
+        (the codec's word-end code: a space between phonemes)."""
+        if not (frame == self.cfg.audio_pad_id).all():
+            return frame
+        if self.words_layout and kept and int(kept[-1][0]) != self.codec.word_end_code:
+            return np.full_like(frame, self.codec.word_end_code)
+        return None
 
     def _push(self, decoder, frames: list[np.ndarray], sr: int, first: bool) -> Iterator[GenEvent]:
         if first:  # the frames exist; what follows is codec decoding
@@ -548,7 +567,12 @@ class SpeechGenerator:
         n = max(len(grid) - q, 0)
         if eos_at is not None:
             n = min(n, eos_at - 1)
-        return np.stack([self._frame(grid, f, q) for f in range(n)], 1) if n else np.zeros((q, 0), np.int64)
+        kept: list[np.ndarray] = []
+        for f in range(n):
+            frame = self._heard(self._frame(grid, f, q), kept)
+            if frame is not None:
+                kept.append(frame)
+        return np.stack(kept, 1) if kept else np.zeros((q, 0), np.int64)
 
 
 class _TextDeltas:
@@ -573,7 +597,12 @@ class _SpokenAnswer:
     text channel ends at a stop token, then pads; the delay pattern is forced, not left to
     the heads (pad before each codebook starts, EOS exactly i steps after codebook 0's, pad
     after it); an answer has at least one frame; it is over when the text has ended and every
-    codebook has emitted its EOS."""
+    codebook has emitted its EOS.
+
+    In the "words" layout (sequence.word_aligned_steps) the text also holds: once a word's
+    tokens are written, a token that starts the next word is held (the text channel pads, and
+    pads whatever the head picks meanwhile) until the audio is free: it ends the current word
+    (its pad) or has ended. Then the head's pick at that step is written."""
 
     def __init__(self, gen: SpeechGenerator):
         c = gen.cfg
@@ -582,16 +611,13 @@ class _SpokenAnswer:
         self.text_done = False
         self.eos_step: int | None = None  # step at which codebook 0 emitted EOS
         self.delays = torch.arange(1, c.num_codebooks + 1)
+        self.word_starts = gen.word_starts if gen.words_layout else None
+        self.wrote = False     # the words layout: a token has been written (the first word needs no wait)
+        self.holding = False   # ... and the next word waits for the audio
 
     def step(self, s: int, text_id: int | None, column: torch.Tensor, audio_logits: torch.Tensor):
         """(text token, audio column [Q], finished) for step s; text_id is ignored once the text ended."""
         c, q = self.c, self.c.num_codebooks
-        if self.text_done:
-            tok = self.text_pad
-        else:
-            tok = text_id
-            if tok in self.stop_ids:
-                tok, self.text_done = self.text_end, True
         delays = self.delays.to(column.device)
         column = torch.where(s < delays, torch.full_like(column, c.audio_pad_id), column)
         if s < 2 and int(column[0]) == c.audio_eos_id:
@@ -602,6 +628,17 @@ class _SpokenAnswer:
             offset = s - self.eos_step - torch.arange(q, device=column.device)
             column = torch.where(offset == 0, torch.full_like(column, c.audio_eos_id), column)
             column = torch.where(offset > 0, torch.full_like(column, c.audio_pad_id), column)
+        if self.text_done:
+            tok = self.text_pad
+        else:
+            tok = text_id
+            if tok in self.stop_ids:
+                tok, self.text_done = self.text_end, True
+            elif self.word_starts is not None:
+                audio_free = self.eos_step is not None or int(column[0]) == c.audio_pad_id
+                if self.wrote and (self.holding or tok in self.word_starts) and not audio_free:
+                    tok, self.holding = self.text_pad, True
+                else:
+                    self.wrote, self.holding = True, False
         finished = self.text_done and self.eos_step is not None and s >= self.eos_step + q - 1
         return tok, column, finished
-

@@ -85,3 +85,83 @@ def answer_steps(text_ids: Sequence[int], codes: np.ndarray | torch.Tensor, conf
         pad = torch.full((grid.shape[0], n - grid.shape[1]), config.audio_pad_id, dtype=torch.long)
         grid = torch.cat([grid, pad], 1)
     return text, grid
+
+
+# --- the "words" layout (config.answer_layout): each word's text just before its own units ---
+def word_start_ids(tokenizer) -> frozenset[int]:
+    """Ids of the tokens that begin a new word: their text starts with whitespace. A word is a
+    token that begins one and the tokens after it that do not; training and generation split
+    answers the same way through this."""
+    cached = getattr(tokenizer, "_deeptalk_word_starts", None)
+    if cached is None:
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        text = [tokenizer.convert_tokens_to_string([p]) if p is not None else "" for p in pieces]
+        cached = frozenset(i for i, t in enumerate(text) if t[:1].isspace())
+        tokenizer._deeptalk_word_starts = cached
+    return cached
+
+
+def split_words(text_ids: Sequence[int], starts: frozenset[int]) -> list[list[int]]:
+    """The answer's tokens grouped into words (a new word at each token in `starts`)."""
+    words: list[list[int]] = []
+    for t in text_ids:
+        if not words or t in starts:
+            words.append([])
+        words[-1].append(int(t))
+    return words
+
+
+def word_segments(text_ids: Sequence[int], tokenizer, codec) -> list[tuple[list[int], np.ndarray]]:
+    """(the word's tokens, its codes [Q, m]) for each word of an answer, from the codec's reading of
+    the word alone. A word the codec cannot speak (a lone dash) has no codes."""
+    if codec.word_end_code is None:
+        raise ValueError(f"the 'words' answer layout needs a codec with a word-end code (phones); {codec.name} has none")
+    out = []
+    for ids in split_words(text_ids, word_start_ids(tokenizer)):
+        codes = codec.encode_text(tokenizer.decode(ids).strip())
+        if codes is None:
+            raise ValueError(f"the 'words' answer layout needs a codec that reads text (phones); {codec.name} does not")
+        codes = np.asarray(codes, np.int64)
+        while codes.shape[1] and codes[0, -1] == codec.word_end_code:   # espeak ends a clause with a space
+            codes = codes[:, :-1]
+        out.append((ids, codes))
+    return out
+
+
+def word_aligned_steps(segments: Sequence[tuple[Sequence[int], np.ndarray]], config
+                       ) -> tuple[list[int], torch.Tensor, dict[int, int]]:
+    """The target steps of a spoken answer in the "words" layout: (text channel [S], audio grid [Q, S],
+    the text head's target at each step where a word's text is complete but held).
+
+    Word i starts at the first step both channels are free: its tokens from there on the text
+    channel, its codes from the same step (the delay pattern puts code f one step after the
+    text beside it, so a word's first code sees its first token). After a word's codes the
+    audio emits its pad once, which ends the word (the generator hears it as the codec's word
+    end, a space between phonemes) and again while a word's text is longer than its codes. The
+    text holds (`<|text_pad|>`) until the audio ends the word. The step right after a word's
+    last token is taught the next word's first token: the generator holds that token there
+    and writes it at the step the audio ends the word (generate._SpokenAnswer), so the text
+    head learns when a word is complete and what comes next; the other held steps teach nothing."""
+    from deeptalk.delay import build_delay_pattern
+
+    q, wait = config.num_codebooks, config.audio_pad_id
+    pad = config.special_token_id("<|text_pad|>")
+    text: list[int] = []
+    frames: list[np.ndarray] = []
+    decide: dict[int, int] = {}
+    for k, (ids, codes) in enumerate(segments):
+        if k:
+            frames.append(np.full(q, wait, np.int64))   # the previous word is over
+        start = max(len(text), len(frames))
+        if text and start > len(text):
+            decide[len(text)] = int(ids[0])
+        text += [pad] * (start - len(text)) + [int(t) for t in ids]
+        frames += [np.full(q, wait, np.int64)] * (start - len(frames)) + list(np.asarray(codes, np.int64).reshape(q, -1).T)
+    text.append(config.special_token_id("<|text_end|>"))
+    codes = torch.as_tensor(np.stack(frames, 1) if frames else np.zeros((q, 0), np.int64))
+    grid = build_delay_pattern(codes, config.audio_pad_id, config.audio_eos_id)
+    n = max(len(text), grid.shape[1])
+    text += [pad] * (n - len(text))
+    if grid.shape[1] < n:
+        grid = torch.cat([grid, torch.full((q, n - grid.shape[1]), config.audio_pad_id, dtype=torch.long)], 1)
+    return text, grid, decide

@@ -166,8 +166,9 @@ def test_ctc_projector_recipe(tmp_path):
 
 
 def test_phone_units_recipe(tmp_path):
-    """tiny with phone units: spoken answers' codes come from their text (no synthesis), stage 2.1
-    adds written questions and "repeat this sentence" turns, and the checkpoint speaks through Piper."""
+    """tiny with phone units in the "words" layout: spoken answers' codes come from their text, word
+    by word (no synthesis), stage 2.1 adds written questions and "repeat this sentence" turns, and
+    the checkpoint speaks through Piper."""
     import numpy as np
 
     from deeptalk.checkpoint import load_checkpoint
@@ -176,8 +177,8 @@ def test_phone_units_recipe(tmp_path):
 
     recipe = tmp_path / "tiny-phones.yaml"
     recipe.write_text(yaml.safe_dump({"extends": "tiny", "name": "tiny-phones", "codec": "phones",
-                                      "answer_routing": "both", "inference_routing": "modality",
-                                      "data": {"repeat": 6, "qa_written": True},
+                                      "answer_routing": "both", "answer_layout": "words",
+                                      "inference_routing": "modality", "data": {"repeat": 6, "qa_written": True},
                                       "stages": {"2.1": {"routing": "modality"}}}))
     out = tmp_path / "run"
     p = train("--recipe", str(recipe), "--output", str(out))
@@ -189,6 +190,7 @@ def test_phone_units_recipe(tmp_path):
     b = load_checkpoint(out / "stage-3")
     assert isinstance(b.codec, PhoneCodec) and b.model.config.num_codebooks == 1
     assert b.model.config.answer_routing == "both" and b.model.config.routing_mode == "modality"
+    assert b.model.config.answer_layout == "words"
     assert b.model.config.codebook_size == b.codec.codebook_size
     gen = SpeechGenerator(b.model, b.tokenizer, encoder=b.encoder, codec=b.codec)
     res = gen.generate(gen.prompt("Say this: good morning.", speak=True), output="both", cfg=StreamConfig(max_speech_steps=12))

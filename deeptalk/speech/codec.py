@@ -33,6 +33,9 @@ class SpeechCodec(ABC):
     num_codebooks: int
     codebook_size: int
     samples_per_frame: int     # decoded samples per position (sample_rate / frame_rate)
+    # the code that ends a spoken word (phone units: the space), where the codes have one;
+    # the "words" answer layout needs it (deeptalk/sequence.py)
+    word_end_code: int | None = None
 
     @abstractmethod
     def encode(self, wav: np.ndarray, sr: int) -> np.ndarray:

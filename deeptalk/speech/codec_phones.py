@@ -45,6 +45,7 @@ class PhoneCodec(SpeechCodec):
         self.ids: dict[str, int] = {p: i for i, p in self.symbols.items()}
         self.silent = {self.ids[s] for s in (PAD, BOS, EOS) if s in self.ids}
         self.breaks = {self.ids[s] for s in WORD_BREAKS if s in self.ids}
+        self.word_end_code = self.ids[" "]
         self.num_codebooks = 1
         self.codebook_size = max(self.symbols) + 1
         self.sample_rate = int(voice.config.sample_rate)

@@ -9,13 +9,14 @@ from deeptalk.sequence import SPEECH_MODALITY
 from deeptalk.training.examples import Example, collate, qa_examples, text_examples
 
 
-def assign_stage(model, encoder, tokenizer, scfg: dict, qa_set, data, path: Path, seed: int, acc) -> dict:
-    """Measure modality load on speech-only and text-only batches and install the modality map."""
+def assign_stage(model, encoder, tokenizer, scfg: dict, qa_set, data, path: Path, seed: int, acc, codec=None) -> dict:
+    """Measure modality load on speech-only and text-only batches and install the modality map
+    (`codec`: the "words" answer layout reads the spoken answers with it)."""
     from deeptalk.experts import assign_modality_experts, measure_modality_load, random_assignment, write_assignment
 
     method, k = scfg.get("method", "adaptive"), int(scfg["speech_experts"])
     n = int(scfg.get("batches", 8))
-    qa = qa_examples(qa_set, encoder, tokenizer, model.config)[:n]
+    qa = qa_examples(qa_set, encoder, tokenizer, model.config, codec=codec)[:n]
     tx = text_examples(data["text"], tokenizer, model.config)[:n]
     if not qa or not tx:
         raise ValueError(f"assignment needs speech and text examples, got {len(qa)} and {len(tx)}")

@@ -8,7 +8,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deeptalk.sequence import TEXT_MODALITY, answer_steps, build_prompt_ids, spoken_answer_modality
+from deeptalk.sequence import (
+    TEXT_MODALITY,
+    answer_steps,
+    build_prompt_ids,
+    spoken_answer_modality,
+    word_aligned_steps,
+    word_segments,
+)
 
 ASR_INSTRUCTION = "Transcribe what was said."
 
@@ -56,35 +63,47 @@ def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
 
 
 def spoken_answer_example(ids: list[int], modality: list[int], answer: str, codes, tokenizer, config,
-                          feats: torch.Tensor | None = None) -> Example:
+                          feats: torch.Tensor | None = None, codec=None) -> Example:
     """A request (ids, modality; it ends in <|speech_start|>) answered in speech: the answer's text
     channel and its codes in the delay pattern, both trained.
 
+    `config.answer_layout` "block": `codes` [Q, T] are the whole answer's. "words": `codec` reads
+    each word of the answer (deeptalk/sequence.py word_segments; `codes` is not used).
+
     The text channel is trained up to its end only: the generator forces <|text_pad|> once the
-    text has ended (generate._SpokenAnswer), so the pads teach nothing, and their frozen output
-    row (special tokens do not train) made them most of a 9-nat text loss that drowned the
-    words' signal. The end is taught as the tokenizer's end of turn, which the generator takes
-    as the text's end and the base LLM already predicts; the input there stays <|text_end|>."""
-    text, grid = answer_steps(_answer_ids(tokenizer, answer), codes, config)
+    text has ended and while it holds a word (generate._SpokenAnswer), so the pads teach nothing,
+    and their frozen output row (special tokens do not train) made them most of a 9-nat text
+    loss that drowned the words' signal. The end is taught as the tokenizer's end of turn, which
+    the generator takes as the text's end and the base LLM already predicts; the input there
+    stays <|text_end|>."""
+    answer_ids = _answer_ids(tokenizer, answer)
+    decide: dict[int, int] = {}
+    if getattr(config, "answer_layout", "block") == "words":
+        if codec is None:
+            raise ValueError("the 'words' answer layout builds a spoken answer's codes word by word: pass the codec")
+        text, grid, decide = word_aligned_steps(word_segments(answer_ids, tokenizer, codec), config)
+    else:
+        text, grid = answer_steps(answer_ids, codes, config)
     audio = torch.full((config.num_codebooks, len(ids) + len(text)), -1, dtype=torch.long)
     audio[:, len(ids):] = grid
     end, pad = config.special_token_id("<|text_end|>"), config.special_token_id("<|text_pad|>")
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else end
-    labels = [eos if t == end else -100 if t == pad else t for t in text]
-    answer = [spoken_answer_modality(config)] * len(text)
-    return Example(ids + text, [-100] * len(ids) + labels, modality + answer, feats, audio)
+    labels = [eos if t == end else decide.get(k, -100) if t == pad else t for k, t in enumerate(text)]
+    answer_mod = [spoken_answer_modality(config)] * len(text)
+    return Example(ids + text, [-100] * len(ids) + labels, modality + answer_mod, feats, audio)
 
 
-def qa_examples(qa_set, encoder, tokenizer, config, written: bool = False) -> list[Example]:
-    """Spoken questions answered in speech (S2S); `written`: each question also written (T2S)."""
+def qa_examples(qa_set, encoder, tokenizer, config, written: bool = False, codec=None) -> list[Example]:
+    """Spoken questions answered in speech (S2S); `written`: each question also written (T2S).
+    `codec`: the "words" answer layout reads the answers with it (spoken_answer_example)."""
     out = []
     for item, feats, p in _spoken_items(qa_set, encoder, "whisper features (spoken qa)"):
         codes = np.load(qa_set.path(item, "codes"))
         ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True, speech_as_text=encoder.reads_as_text)
-        out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config, feats))
+        out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config, feats, codec))
         if written:
             ids, mod, _ = build_prompt_ids(tokenizer, config, item["question"], None, speak=True)
-            out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config))
+            out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config, codec=codec))
     return out
 
 
@@ -101,14 +120,16 @@ def spoken_codes(codec, texts: list[str], voice: str = "piper:joe", seed: int = 
             for k, t in enumerate(tqdm(texts, desc="spoken answers: codes", unit="utt"))]
 
 
-def repeat_examples(texts: list[str], codes: list[np.ndarray], tokenizer, config, seed: int,
-                    templates: tuple[str, ...] = REPEAT_TEMPLATES) -> list[Example]:
-    """"Repeat this sentence" turns: the sentence written in an instruction, answered in speech."""
+def repeat_examples(texts: list[str], codes: list[np.ndarray] | None, tokenizer, config, seed: int,
+                    templates: tuple[str, ...] = REPEAT_TEMPLATES, codec=None) -> list[Example]:
+    """"Repeat this sentence" turns: the sentence written in an instruction, answered in speech
+    (`codes` per text; the "words" layout reads the texts with `codec` instead)."""
     rng = random.Random(seed)
     out = []
-    for text, c in zip(texts, codes):
+    for k, text in enumerate(tqdm(texts, desc="repeat turns", unit="turn", disable=len(texts) < 500)):
         ids, mod, _ = build_prompt_ids(tokenizer, config, rng.choice(templates).format(text=text), None, speak=True)
-        out.append(spoken_answer_example(ids, mod, text, c, tokenizer, config))
+        out.append(spoken_answer_example(ids, mod, text, None if codes is None else codes[k], tokenizer, config,
+                                         codec=codec))
     return out
 
 

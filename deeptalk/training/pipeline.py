@@ -44,11 +44,13 @@ def speaking_examples(recipe: dict, data: dict, qa_set, codec, encoder, tokenize
     """Stage 2.1's turns: spoken questions answered in speech (`data.qa_written`: each also written),
     then `data.repeat` "repeat this sentence" turns."""
     d = recipe["data"]
-    ex = qa_examples(qa_set, encoder, tokenizer, config, written=bool(d.get("qa_written", False)))
+    ex = qa_examples(qa_set, encoder, tokenizer, config, written=bool(d.get("qa_written", False)), codec=codec)
     texts = data.get("repeat_texts") or []
     if texts:
-        codes = spoken_codes(codec, texts, d.get("answer_voice", "piper:joe"), int(recipe["seed"]))
-        ex += repeat_examples(texts, codes, tokenizer, config, int(recipe["seed"]))
+        # the "words" layout reads each word with the codec; the block layout needs the whole answers' codes
+        codes = None if config.answer_layout == "words" else spoken_codes(codec, texts, d.get("answer_voice", "piper:joe"),
+                                                                           int(recipe["seed"]))
+        ex += repeat_examples(texts, codes, tokenizer, config, int(recipe["seed"]), codec=codec)
     return ex
 
 
@@ -106,6 +108,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
         encoder = build_encoder(recipe, model.config.hidden_size, tokenizer)
     model.config.speech_encoder_dim = encoder.projector.fc1.in_features // encoder.config.stride
     model.config.answer_routing = recipe.get("answer_routing", model.config.answer_routing)
+    model.config.answer_layout = recipe.get("answer_layout", model.config.answer_layout)
     model.config.validate()
     encoder.projector.to(model.dtype)
     encoder.tie(model.get_input_embeddings().weight)
@@ -126,7 +129,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
             raise ValueError(f"recipe {recipe['name']!r} has no settings for stage {stage!r}")
         t0 = time.monotonic()
         if stage == "assign":
-            info = assign_stage(model, encoder, tokenizer, scfg, qa_set, data, path, seed, acc)
+            info = assign_stage(model, encoder, tokenizer, scfg, qa_set, data, path, seed, acc, codec)
         else:
             if stage == "1" and encoder.reads_as_text:
                 ex = None  # CTC on the hearing corpus (deeptalk/hearing.py), the LLM untouched
