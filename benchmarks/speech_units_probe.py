@@ -93,16 +93,38 @@ def generate_point(model, bundle, codec, dev: dict, n: int, cap_factor: float, a
             row["asr"] = hyp
             row["wer_errors"], row["wer_words"] = wer_counts(text, hyp, normalizer)
         rows.append(row)
-    ended = [r["stop_reason"] == "eos" for r in rows]
+    return {**summarize(rows, scored=asr is not None), "rows": rows}
+
+
+def summarize(rows: list[dict], scored: bool = True) -> dict:
+    """A point's figures from its answers: the share that ended by themselves, their length against
+    Piper's, and (scored) the speech WER, corpus and mean per utterance (no audio: 1.0), with
+    95 % bootstrap CIs over the answers."""
+    from deeptalk_eval.scoring.stats import bootstrap_ci
+
+    ended = [float(r["stop_reason"] == "eos") for r in rows]
     ratio = [r["units"] / r["piper_units"] for r in rows if r["piper_units"]]
-    out = {"n": len(rows), "ended_share": float(np.mean(ended)), "stop_reasons": sorted({r["stop_reason"] for r in rows}),
-           "length_ratio_median": float(np.median(ratio)),
-           "length_within_30pct": float(np.mean([abs(x - 1) <= 0.3 for x in ratio])), "rows": rows}
-    if asr is not None:
-        e = sum(r.get("wer_errors", len(r["text"].split())) for r in rows)
-        w = sum(r.get("wer_words", len(r["text"].split())) for r in rows)
-        out["speech_corpus_wer"] = e / max(1, w)
+    out = {"n": len(rows), "ended_share": float(np.mean(ended)), "ended_share_ci": list(bootstrap_ci(ended)),
+           "stop_reasons": sorted({r["stop_reason"] for r in rows}), "length_ratio_median": float(np.median(ratio)),
+           "length_within_30pct": float(np.mean([abs(x - 1) <= 0.3 for x in ratio]))}
+    if scored:
+        e = [r.get("wer_errors", len(r["text"].split())) for r in rows]
+        w = [r.get("wer_words", len(r["text"].split())) for r in rows]
+        per = [ei / max(1, wi) if "wer_errors" in r else 1.0 for r, ei, wi in zip(rows, e, w)]
+        out["speech_corpus_wer"] = sum(e) / max(1, sum(w))
+        out["speech_wer_mean"], out["speech_wer_mean_ci"] = float(np.mean(per)), list(bootstrap_ci(per))
     return out
+
+
+def resummarize(out: Path) -> int:
+    """Recompute every point's figures in curve.json from its saved answers (summarize)."""
+    curve = json.loads((out / "curve.json").read_text())
+    for row in curve["points"]:
+        point = json.loads((out / "points" / f"point-{row['steps']:05d}.json").read_text())
+        row.update(summarize(point["rows"], scored=any("asr" in r for r in point["rows"]) or "speech_corpus_wer" in row))
+        print(json.dumps({k: v for k, v in row.items()}), flush=True)
+    (out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+    return 0
 
 
 def rescore(out: Path, codec_path: str) -> int:
@@ -135,6 +157,7 @@ def main() -> int:
     ap.add_argument("--codec", required=True, help="a units codec file, 'phones' (its units from the pairs' "
                                                     "texts), or 'offline'")
     ap.add_argument("--pairs", help="a `deeptalk-units pairs` folder (texts + Piper joe units)")
+    ap.add_argument("--skip-untrained", action="store_true", help="no point at step 0 (the untrained heads)")
     ap.add_argument("--sentences", type=int, help="instead of --pairs (a codec that reads text: phones): this many "
                                                   "hearing-corpus sentences to train on")
     ap.add_argument("--dev-sentences", type=int, default=70, help="with --sentences: held-out sentences")
@@ -156,6 +179,7 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-asr", action="store_true", help="generate and keep the codes, but do not decode and score")
     ap.add_argument("--rescore-with", help="decode every saved point's codes with this codec, score them, and stop")
+    ap.add_argument("--summarize", action="store_true", help="recompute the saved points' figures (CIs too) and stop")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -171,6 +195,8 @@ def main() -> int:
 
     if a.rescore_with:
         return rescore(a.out, a.rescore_with)
+    if a.summarize:
+        return resummarize(a.out)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "points").mkdir(exist_ok=True)
     bundle = load_checkpoint(a.checkpoint)
@@ -217,7 +243,7 @@ def main() -> int:
     print(f"probe: {len(examples)} training turns, {len(dev_examples)} dev, codec {a.codec}", flush=True)
     for p in range(0, a.points + 1):
         steps = p * a.steps_per_point
-        if any(r["steps"] == steps for r in curve):
+        if any(r["steps"] == steps for r in curve) or (steps == 0 and a.skip_untrained):
             continue
         stats = {"seconds": 0.0}
         if steps:
