@@ -148,7 +148,7 @@ def test_corpus_rows_are_calibration_prose_for_language_modelling():
 
 def test_the_phones_recipe_changes_the_speaking_side_only():
     ref, r = load_recipe("reference"), load_recipe("reference-phones")
-    assert r["codec"] == "phones" and r["answer_routing"] == "both"
+    assert r["codec"] == "phones" and r["answer_routing"] == "both" and r["answer_layout"] == "words"
     assert r["stages"]["1"] == ref["stages"]["1"] and r["stages"]["2.2"] == ref["stages"]["2.2"]
     assert r["stages"]["2.1"]["routing"] == "modality" and r["stages"]["2.1"]["lr"] == ref["stages"]["2.1"]["lr"]
     assert {k: v for k, v in r["data"].items() if k not in ("qa_written", "repeat")} == ref["data"]
