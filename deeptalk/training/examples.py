@@ -97,8 +97,9 @@ def qa_examples(qa_set, encoder, tokenizer, config, written: bool = False, codec
     """Spoken questions answered in speech (S2S); `written`: each question also written (T2S).
     `codec`: the "words" answer layout reads the answers with it (spoken_answer_example)."""
     out = []
+    words = config.answer_layout == "words"   # the codec reads each word: the stored codes are not needed
     for item, feats, p in _spoken_items(qa_set, encoder, "whisper features (spoken qa)"):
-        codes = np.load(qa_set.path(item, "codes"))
+        codes = None if words else np.load(qa_set.path(item, "codes"))
         ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True, speech_as_text=encoder.reads_as_text)
         out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config, feats, codec))
         if written:
