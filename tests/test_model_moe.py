@@ -274,3 +274,30 @@ def test_text_generation_through_transformers(model):
         nxt = model(input_ids=manual, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
         manual = torch.cat([manual, nxt], 1)
     assert torch.equal(out, manual)
+
+
+def test_text_logits_where_labelled_give_the_full_heads_loss_and_gradients(model):
+    cfg = model.config
+    ids, codes = batch(cfg, b=3, t=12)
+    labels = ids.clone()
+    labels[0, :7] = -100          # a prompt with no text labels
+    labels[1, ::2] = -100
+    labels[2, :] = -100           # a row with none at all
+    model.train()
+    runs = []
+    for where in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, audio_codes=codes, labels=labels, audio_labels=codes,
+                    text_logits_where_labelled=where)
+        out.loss.backward()
+        runs.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (full, g_full), (sparse, g_sparse) = runs
+    assert sparse.logits.shape == (int((labels[:, 1:] != -100).sum()), cfg.vocab_size)
+    torch.testing.assert_close(sparse.text_loss, full.text_loss)
+    torch.testing.assert_close(sparse.loss, full.loss)
+    torch.testing.assert_close(sparse.logits, full.logits[:, :-1][labels[:, 1:] != -100])
+    assert g_full.keys() == g_sparse.keys()
+    for name in g_full:
+        torch.testing.assert_close(g_sparse[name], g_full[name], msg=name)
+    with pytest.raises(ValueError, match="needs labels"):
+        model(input_ids=ids, text_logits_where_labelled=True)

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
-import math
 import time
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from deeptalk.training.batching import epoch_order
 from deeptalk.training.examples import Example, collate
 from deeptalk.training.param_groups import set_trainable, stage_train_groups
 
@@ -18,9 +19,10 @@ from deeptalk.training.param_groups import set_trainable, stage_train_groups
 class Trainee(nn.Module):
     """Projector + LLM as one module, so accelerate / DDP wrap a single thing."""
 
-    def __init__(self, model, projector, stride: int):
+    def __init__(self, model, projector, stride: int, full_logits: bool = False):
         super().__init__()
         self.model, self.projector, self.stride = model, projector, stride
+        self.full_logits = full_logits   # distillation reads every position's logits
 
     def forward(self, batch: dict):
         speech = None
@@ -30,7 +32,8 @@ class Trainee(nn.Module):
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           token_modality=batch["token_modality"], speech_embeds=speech,
                           audio_codes=batch.get("audio_codes"), labels=batch["labels"],
-                          audio_labels=batch.get("audio_labels"), use_cache=False)
+                          audio_labels=batch.get("audio_labels"), use_cache=False,
+                          text_logits_where_labelled=not self.full_logits)
 
 
 def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Example], tokenizer, out: Path,
@@ -57,7 +60,7 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
             raise ValueError(f"stage {stage}: distill is set but no training example is text-only "
                              "(the teacher only reads base-vocabulary tokens)")
         teacher = teacher.to(acc.device, model.dtype).eval()
-    trainee = Trainee(model, encoder.projector, encoder.config.stride)
+    trainee = Trainee(model, encoder.projector, encoder.config.stride, full_logits=dcfg is not None)
     params = [p for p in trainee.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     if not params:
@@ -96,11 +99,16 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
 
     per_epoch = max(len(examples) // (bs * world), 1)
 
+    lengths = [len(e.ids) for e in examples]
+    group = bool(scfg.get("group_by_length", True))
+
+    @functools.lru_cache(maxsize=2)
+    def order_of(epoch: int) -> list[int]:
+        return epoch_order(lengths, bs * world, seed, epoch, group)
+
     def batch_for(step: int) -> list[Example]:
-        # epoch order from (seed, epoch): resuming at any step replays the same batches
         epoch, k = divmod(step, per_epoch)
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-        order = (order * math.ceil(bs * world / max(len(order), 1)))[: max(len(order), bs * world)]
+        order = order_of(epoch)
         chunk = order[k * bs * world: (k + 1) * bs * world] or order[: bs * world]
         return [examples[i] for i in chunk[rank::world]]
 
