@@ -43,13 +43,14 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
 
+    from speech_units_probe import TEMPLATES, with_codec_heads
+
     from deeptalk.checkpoint import load_checkpoint
     from deeptalk.hearing_corpus import hearing_sentences
     from deeptalk.speech.codec_loader import load_codec
     from deeptalk.training.batching import epoch_order
     from deeptalk.training.examples import collate, repeat_examples
     from deeptalk.training.param_groups import set_trainable
-    from speech_units_probe import TEMPLATES, with_codec_heads
 
     bundle = load_checkpoint(a.checkpoint)
     codec = load_codec("phones")
