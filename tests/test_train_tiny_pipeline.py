@@ -101,6 +101,11 @@ def test_resume_after_kill(tmp_path):
     steps = list(df["step"])
     assert steps[-1] == 8 and sorted(set(steps)) == list(range(1, 9))
     assert json.loads((out / "stage-1" / "stage.json").read_text())["steps"] == 8
+    # resumed again with more stages: it starts from the finished stage 1, not a new upcycle
+    p = train("--recipe", str(path), "--output", str(out), "--stages", "1,assign", "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "calibration forward" not in p.stderr and "clustering neurons" not in p.stderr
+    assert (out / "stage-assign" / "stage.json").is_file()
 
 
 def test_accelerate_two_processes_cpu(tmp_path):

@@ -98,8 +98,15 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
             break
         if stage_done(output / f"stage-{s}"):
             prev = output / f"stage-{s}"
+    if resume:   # a resumed run starts from its last finished stage: no upcycling (20 min) again
+        for s in order:
+            if not stage_done(output / f"stage-{s}"):
+                break
+            prev = output / f"stage-{s}"
+    loaded = None
     if prev is not None:
         b = load_checkpoint(prev)
+        loaded = (prev, b.info)
         model, tokenizer, encoder = b.model, b.tokenizer, b.encoder
     else:
         seed_everything(seed)
@@ -119,6 +126,9 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
     for stage in order:
         path = output / f"stage-{stage}"
         if stage_done(path) and resume:
+            if loaded is not None and loaded[0] == path:
+                summary["stages"][stage] = loaded[1]
+                continue
             acc.print(f"stage {stage}: done already, loading {path}")
             b = load_checkpoint(path)
             model, tokenizer, encoder = b.model, b.tokenizer, b.encoder
