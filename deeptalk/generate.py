@@ -602,7 +602,8 @@ class _SpokenAnswer:
     In the "words" layout (sequence.word_aligned_steps) the text also holds: once a word's
     tokens are written, a token that starts the next word is held (the text channel pads, and
     pads whatever the head picks meanwhile) until the audio is free: it ends the current word
-    (its pad) or has ended. Then the head's pick at that step is written."""
+    (its pad) or has ended. Then the head's pick at that step is written. No word end follows
+    the last word: once the text has ended, the audio's pick is its best code or its EOS."""
 
     def __init__(self, gen: SpeechGenerator):
         c = gen.cfg
@@ -620,6 +621,11 @@ class _SpokenAnswer:
         c, q = self.c, self.c.num_codebooks
         delays = self.delays.to(column.device)
         column = torch.where(s < delays, torch.full_like(column, c.audio_pad_id), column)
+        if (self.word_starts is not None and self.text_done and self.eos_step is None and s >= 1
+                and int(column[0]) == c.audio_pad_id):
+            # the words layout: no word end follows the last word, so once the text has ended
+            # the audio speaks on or ends the answer; a pad here would wait for nothing until the cap
+            column[0] = self._code_or_end(audio_logits[0])
         if s < 2 and int(column[0]) == c.audio_eos_id:
             column[0] = int(audio_logits[0, : c.codebook_size].argmax())
         if self.eos_step is None and int(column[0]) == c.audio_eos_id:
@@ -642,3 +648,10 @@ class _SpokenAnswer:
                     self.wrote, self.holding = True, False
         finished = self.text_done and self.eos_step is not None and s >= self.eos_step + q - 1
         return tok, column, finished
+
+    def _code_or_end(self, logits: torch.Tensor) -> int:
+        """The best of codebook 0's codes and its EOS (logits [V_audio])."""
+        allowed = torch.full_like(logits, float("-inf"))
+        allowed[: self.c.codebook_size] = 0.0
+        allowed[self.c.audio_eos_id] = 0.0
+        return int((logits + allowed).argmax())

@@ -155,6 +155,26 @@ def test_generator_writes_the_layout_it_was_taught(tokenizer, codec):
     assert all(c < codec.codebook_size for c in heard)
 
 
+def test_once_the_text_has_ended_the_audio_does_not_wait(tokenizer, codec):
+    """The words layout has no word end after the last word: a head that keeps picking pad after
+    the text ended (here the text ends at once) gets its best code or EOS, so the answer ends."""
+    cfg = tiny_config(tokenizer, codec)
+    gen = SpeechGenerator(DeepTalkForCausalLM(cfg).eval(), tokenizer, codec=codec)
+    answer = _SpokenAnswer(gen)
+    logits = torch.full((cfg.num_codebooks, cfg.audio_vocab_size), -5.0)
+    logits[:, cfg.audio_pad_id], logits[:, cfg.audio_eos_id], logits[:, 7] = 3.0, 2.0, 1.0
+    pad_column = torch.full((cfg.num_codebooks,), cfg.audio_pad_id)
+    picks = []
+    for s in range(12):
+        tok, column, finished = answer.step(s, None if answer.text_done else tokenizer.eos_token_id,
+                                            pad_column.clone(), logits)
+        picks.append(int(column[0]))
+        if finished:
+            break
+    # step 0: the delay; step 1: a code (no EOS before step 2); step 2: EOS
+    assert picks == [cfg.audio_pad_id, 7, cfg.audio_eos_id] and finished
+
+
 def test_a_words_model_streams_what_generate_returns(tokenizer, codec):
     torch.manual_seed(0)
     model = DeepTalkForCausalLM(tiny_config(tokenizer, codec)).eval()
