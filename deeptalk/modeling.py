@@ -293,9 +293,8 @@ class DeepTalkForCausalLM(DeepTalkPreTrainedModel, GenerationMixin):
             audio_logits = self.audio_head(h).view(*h.shape[:2], self.config.num_codebooks, self.config.audio_vocab_size)
 
         text_loss = audio_loss = None
-        if labelled is not None:   # an empty selection gives no text loss, as ignore_index does
-            text_loss = (F.cross_entropy(logits.float(), labels[:, 1:][labelled]) if len(logits)
-                         else logits.new_full((), float("nan")))
+        if labelled is not None:   # no labelled position: NaN, as ignore_index gives
+            text_loss = F.cross_entropy(logits.float(), labels[:, 1:][labelled])
         elif labels is not None:
             text_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         if audio_labels is not None:

@@ -90,23 +90,19 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
     for k, m in manifests.items():
         acc.print(f"data {k}: {m['items']} items, failure rate {m['failure_rate']:.3f}")
 
-    # the model: resume from the last finished stage, or upcycle the base
+    # the model: the last finished stage before this run's stages (or, resumed, before the first
+    # of them left to train: no upcycling, 20 min on the reference, again), else the base upcycled
     order = [s for s in STAGES if s in stages]
-    prev = None
+    prev, finished = None, []
     for s in STAGES:
-        if s in order:
+        done = stage_done(output / f"stage-{s}")
+        if s in order and not (resume and done):
             break
-        if stage_done(output / f"stage-{s}"):
+        if done:
             prev = output / f"stage-{s}"
-    if resume:   # a resumed run starts from its last finished stage: no upcycling (20 min) again
-        for s in order:
-            if not stage_done(output / f"stage-{s}"):
-                break
-            prev = output / f"stage-{s}"
-    loaded = None
+            finished += [s] if s in order else []
     if prev is not None:
         b = load_checkpoint(prev)
-        loaded = (prev, b.info)
         model, tokenizer, encoder = b.model, b.tokenizer, b.encoder
     else:
         seed_everything(seed)
@@ -125,10 +121,11 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
                "data": manifests, "base": base_name}
     for stage in order:
         path = output / f"stage-{stage}"
+        if stage in finished:   # the model above is already the last of these
+            acc.print(f"stage {stage}: done already")
+            summary["stages"][stage] = json.loads((path / "stage.json").read_text())
+            continue
         if stage_done(path) and resume:
-            if loaded is not None and loaded[0] == path:
-                summary["stages"][stage] = loaded[1]
-                continue
             acc.print(f"stage {stage}: done already, loading {path}")
             b = load_checkpoint(path)
             model, tokenizer, encoder = b.model, b.tokenizer, b.encoder
