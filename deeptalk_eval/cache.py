@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,30 @@ def audio_sha256(audio: Audio) -> str:
     h = hashlib.sha256(str(audio.sample_rate).encode())
     h.update(np.ascontiguousarray(audio.samples, dtype=np.float32).tobytes())
     return h.hexdigest()
+
+
+def open_shared_sqlite(path: str | Path, schema: str, timeout: float = 60.0,
+                       check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection in WAL mode with `schema` created, safe while other processes open the same
+    file. Switching to WAL needs a lock that SQLite does not wait for when another process is
+    creating the file at that moment ("database is locked" at once, busy timeout or not), so
+    the set-up is retried until `timeout`."""
+    db = sqlite3.connect(str(path), timeout=timeout, check_same_thread=check_same_thread)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a committed row survives the process being killed (not a power cut)
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(schema)
+            db.commit()
+            return db
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                db.close()
+                raise
+            db.rollback()
+            time.sleep(0.05)
 
 
 def request_key(fingerprint: str, task_sha256: str, request: Request) -> str:
@@ -61,14 +86,9 @@ class ResponseCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.audio_dir = self.path.with_suffix(".audio")
-        self.db = sqlite3.connect(str(self.path), timeout=60)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a committed sample survives the process being killed (not a power cut)
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, task TEXT, sample_id TEXT,"
+        self.db = open_shared_sqlite(
+            self.path, "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, task TEXT, sample_id TEXT,"
             " response TEXT, audio TEXT, error TEXT, created REAL DEFAULT (julianday('now')))")
-        self.db.commit()
 
     def get(self, key: str) -> tuple[Response | None, str | None] | None:
         """(response, None) or (None, error) when cached; None when not."""

@@ -5,6 +5,7 @@ and Piper on 3 items, in a private DEEPTALK_CACHE."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from deeptalk_common.paths import cache_dir
 from deeptalk_eval import shared_cache
 from deeptalk_eval.scoring import asr
+from deeptalk_eval.scoring.asr import TranscriptCache
 
 TASK = "spoken_qa_asr_noise_floor"
 
@@ -137,3 +139,32 @@ def test_two_processes_write_the_transcript_cache_at_once(tmp_path):
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT COUNT(*) FROM transcripts").fetchone()[0] == 400
     assert os.path.getsize(db) > 0
+
+
+def _open_fresh_files_in_step(kind, folder, rounds, barrier, failures):
+    from deeptalk_eval.cache import ResponseCache
+
+    n = 0
+    for i in range(rounds):
+        barrier.wait()  # every process opens the same new file at the same moment
+        try:
+            path = Path(folder) / f"{i}.sqlite"
+            (TranscriptCache(path) if kind == "transcripts" else ResponseCache(path)).close()
+        except sqlite3.OperationalError:
+            n += 1
+    failures.put(n)
+
+
+@pytest.mark.parametrize("kind", ["transcripts", "responses"])
+def test_processes_opening_a_new_cache_file_together_all_succeed(tmp_path, kind):
+    # Switching a just-created file to WAL fails at once ("database is locked") when another
+    # process holds it, whatever the busy timeout: the opener must retry.
+    ctx = multiprocessing.get_context("fork")
+    barrier, failures = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_open_fresh_files_in_step, args=(kind, str(tmp_path), 100, barrier, failures))
+             for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [failures.get(timeout=5) for _ in procs] == [0, 0, 0, 0]

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -45,7 +44,10 @@ import numpy as np
 from tqdm import tqdm
 
 from deeptalk_eval.api import Audio
-from deeptalk_eval.cache import audio_sha256  # the harness's one audio hash: keys agree everywhere
+from deeptalk_eval.cache import (
+    audio_sha256,  # the harness's one audio hash: keys agree everywhere
+    open_shared_sqlite,
+)
 
 ASR_SAMPLE_RATE = 16_000
 BACKENDS = ("openai-whisper", "faster-whisper")
@@ -130,12 +132,9 @@ class TranscriptCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), timeout=60, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # a committed row survives a killed process
-        self._db.execute("CREATE TABLE IF NOT EXISTS transcripts (key TEXT PRIMARY KEY, "
-                         "transcript TEXT NOT NULL, config TEXT NOT NULL, created REAL NOT NULL)")
-        self._db.commit()
+        self._db = open_shared_sqlite(self.path, "CREATE TABLE IF NOT EXISTS transcripts (key TEXT PRIMARY KEY, "
+                                      "transcript TEXT NOT NULL, config TEXT NOT NULL, created REAL NOT NULL)",
+                                      check_same_thread=False)
 
     def get(self, key: str) -> str | None:
         with self._lock:
