@@ -48,7 +48,12 @@ def _convert_bundled(name: str) -> Path:
     if (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file():
         drop_gguf_copy(out)  # caches converted before this rule
         return out
-    gguf = bundled_gguf(name)
+    return convert_gguf(bundled_gguf(name), out)
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a GGUF file (fp32) into `out` as safetensors + tokenizer; returns `out`."""
+    gguf, out = Path(gguf), Path(out)
     log.info("converting %s (GGUF -> safetensors, once) into %s", gguf, out)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

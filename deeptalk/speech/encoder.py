@@ -119,6 +119,18 @@ def num_positions(num_frames: int, stride: int) -> int:
     return math.ceil(num_frames / stride)
 
 
+def build_projector(config: SpeechEncoderConfig, width: int, ctc_vocab: torch.Tensor | None = None) -> nn.Module:
+    """The trainable half of the speech encoder, reading Whisper features of `width`."""
+    if config.projector == "ctc":
+        from deeptalk.speech.ctc_projector import CTCProjector
+
+        if ctc_vocab is None:
+            raise ValueError("a CTC projector needs its vocabulary (the LLM token ids it can emit)")
+        return CTCProjector(width, config.hidden_size, config.stride, ctc_vocab, config.projector_hidden,
+                            layers=config.projector_layers)
+    return Projector(width, config.hidden_size, config.stride, config.projector_hidden)
+
+
 class SpeechEncoder(nn.Module):
     """Whisper encoder (frozen) + projector (trainable)."""
 
@@ -136,15 +148,7 @@ class SpeechEncoder(nn.Module):
         self.whisper.eval()
         self.n_mels = whisper_encoder.conv1.in_channels
         d = whisper_encoder.ln_post.normalized_shape[0]
-        if config.projector == "ctc":
-            from deeptalk.speech.ctc_projector import CTCProjector
-
-            if ctc_vocab is None:
-                raise ValueError("a CTC projector needs its vocabulary (the LLM token ids it can emit)")
-            self.projector = CTCProjector(d, config.hidden_size, config.stride, ctc_vocab, config.projector_hidden,
-                                          layers=config.projector_layers)
-        else:
-            self.projector = Projector(d, config.hidden_size, config.stride, config.projector_hidden)
+        self.projector = build_projector(config, d, ctc_vocab)
 
     @classmethod
     def from_whisper(cls, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None) -> SpeechEncoder:

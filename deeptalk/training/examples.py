@@ -93,15 +93,20 @@ def spoken_answer_example(ids: list[int], modality: list[int], answer: str, code
     return Example(ids + text, [-100] * len(ids) + labels, modality + answer_mod, feats, audio)
 
 
-def qa_examples(qa_set, encoder, tokenizer, config, written: bool = False, codec=None) -> list[Example]:
-    """Spoken questions answered in speech (S2S); `written`: each question also written (T2S).
+def qa_examples(qa_set, encoder, tokenizer, config, written: bool = False, codec=None,
+                spoken: bool = True) -> list[Example]:
+    """Spoken questions answered in speech (S2S); `written`: each question also written (T2S);
+    `spoken=False`: the written ones alone (no Whisper features: `encoder` is not read).
     `codec`: the "words" answer layout reads the answers with it (spoken_answer_example)."""
     out = []
     words = config.answer_layout == "words"   # the codec reads each word: the stored codes are not needed
-    for item, feats, p in _spoken_items(qa_set, encoder, "whisper features (spoken qa)"):
+    items = _spoken_items(qa_set, encoder, "whisper features (spoken qa)") if spoken else \
+        ((item, None, None) for item in qa_set.items)
+    for item, feats, p in items:
         codes = None if words else np.load(qa_set.path(item, "codes"))
-        ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True, speech_as_text=encoder.reads_as_text)
-        out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config, feats, codec))
+        if spoken:
+            ids, mod, _ = build_prompt_ids(tokenizer, config, None, p, speak=True, speech_as_text=encoder.reads_as_text)
+            out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config, feats, codec))
         if written:
             ids, mod, _ = build_prompt_ids(tokenizer, config, item["question"], None, speak=True)
             out.append(spoken_answer_example(ids, mod, item["answer"], codes, tokenizer, config, codec=codec))

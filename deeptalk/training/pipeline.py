@@ -40,11 +40,12 @@ def run_hook(cmd: str | None, stage: str, checkpoint: Path, output: Path) -> dic
     return rec
 
 
-def speaking_examples(recipe: dict, data: dict, qa_set, codec, encoder, tokenizer, config) -> list:
-    """Stage 2.1's turns: spoken questions answered in speech (`data.qa_written`: each also written),
-    then `data.repeat` "repeat this sentence" turns."""
+def speaking_examples(recipe: dict, data: dict, qa_set, codec, encoder, tokenizer, config, spoken: bool = True) -> list:
+    """Stage 2.1's turns: spoken questions answered in speech (`data.qa_written`: each also written;
+    `spoken=False`: the written ones alone), then `data.repeat` "repeat this sentence" turns."""
     d = recipe["data"]
-    ex = qa_examples(qa_set, encoder, tokenizer, config, written=bool(d.get("qa_written", False)), codec=codec)
+    ex = qa_examples(qa_set, encoder, tokenizer, config, written=bool(d.get("qa_written", False)), codec=codec,
+                     spoken=spoken)
     texts = data.get("repeat_texts") or []
     if texts:
         # the "words" layout reads each word with the codec; the block layout needs the whole answers' codes

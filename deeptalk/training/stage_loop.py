@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import send_to_device
 from torch import nn
 from tqdm import tqdm
 
@@ -68,8 +69,7 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
     if not examples:
         raise ValueError(f"stage {stage}: no training examples")
     opt = torch.optim.AdamW(params, lr=float(scfg["lr"]), weight_decay=float(scfg.get("weight_decay", 0.0)))
-    trainee.train()
-    encoder.whisper.eval()
+    trainee.train()  # the projector only: Whisper is not part of the trainee and stays in eval mode
     wrapped, opt = acc.prepare(trainee, opt)
     world, rank = acc.num_processes, acc.process_index
     bs = int(scfg["batch_size"])
@@ -117,7 +117,8 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
     t_last = time.monotonic()
     step = start
     for step in bar:
-        batch = collate(batch_for(step), pad_id, q, scfg.get("max_len"))
+        # to the accelerator: accelerate moves what a prepared loader yields, not a hand-made batch
+        batch = send_to_device(collate(batch_for(step), pad_id, q, scfg.get("max_len")), acc.device)
         out_ = wrapped(batch)
         loss_t, kl = out_.loss, None
         if dcfg is not None:
@@ -129,7 +130,7 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
         opt.step()
         opt.zero_grad(set_to_none=True)
         # supervised tokens (labels) and every token the forward pass processed
-        n_tok = int(acc.gather(torch.tensor([sum(e.tokens for e in batch_for(step))])).sum())
+        n_tok = int(acc.gather(torch.tensor([sum(e.tokens for e in batch_for(step))], device=acc.device)).sum())
         seq_tokens += int(acc.gather(batch["attention_mask"].sum().reshape(1)).sum())
         now = time.monotonic()
         seconds += now - t_last
