@@ -200,3 +200,57 @@ def test_phone_units_recipe(tmp_path):
     gen = SpeechGenerator(b.model, b.tokenizer, encoder=b.encoder, codec=b.codec)
     res = gen.generate(gen.prompt("Say this: good morning.", speak=True), output="both", cfg=StreamConfig(max_speech_steps=12))
     assert res.codes.shape[0] == 1 and res.sample_rate == 22050 and np.isfinite(res.audio).all()
+
+
+def test_a_stage_travels_and_the_run_goes_on(tmp_path):
+    """Stage 2.1 of tiny-phones packed, trained by `portable train` as on a borrowed GPU (here on
+    the CPU, base from a GGUF-free model folder), cut into parts, unpacked into a copy of the run:
+    `--resume` takes it as finished and trains 2.2 and 3 from it."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from deeptalk.training.build import build_base
+
+    recipe = tmp_path / "tiny-phones.yaml"
+    spec = {"extends": "tiny", "name": "tiny-phones", "codec": "phones", "answer_routing": "both",
+            "answer_layout": "words", "inference_routing": "modality", "data": {"repeat": 6, "qa_written": True},
+            "stages": {"2.1": {"routing": "modality"}}}
+    recipe.write_text(yaml.safe_dump(spec))
+    run, pack, result = tmp_path / "run", tmp_path / "pack", tmp_path / "result"
+    p = train("--recipe", str(recipe), "--output", str(run), "--stages", "1,assign")
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    def portable(*args):
+        return subprocess.run([PY, "-m", "deeptalk.training.portable", *args], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=900)
+
+    p = portable("pack", "--run", str(run), "--stage", "2.1", "--out", str(pack), "--repeat", "10")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((pack / "pack.json").read_text())["examples"] == 4 + 10   # written questions + repeats
+    base = tmp_path / "base"
+    dense, tokenizer, _ = build_base(yaml.safe_load((run / "recipe.yaml").read_text()))
+    dense.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    p = portable("train", "--pack", str(pack), "--out", str(result), "--base", str(base), "--max-steps", "3",
+                 "--batch-size", "4", "--bundle-to", str(tmp_path / "parts"), "--part-mb", "0.3")
+    assert p.returncode == 0, p.stderr[-3000:]
+    parts = sorted((tmp_path / "parts").iterdir())
+    assert len(parts) > 1 and all(f.stat().st_size <= 0.3 * 2**20 for f in parts)
+    gpu_run = tmp_path / "run-gpu"
+    shutil.copytree(run, gpu_run)
+    p = portable("unpack", "--pack", str(pack), "--result", str(tmp_path / "parts"), "--run", str(gpu_run))
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads((gpu_run / "stage-2.1" / "stage.json").read_text())
+    assert info["done"] and info["steps"] == 3 and info["portable"]["pack_examples"] == 14
+    # what trained is what the stage trains: speech experts moved, text experts are assign's
+    assign = json.loads((run / "stage-assign" / "assignment.json").read_text())["speech_experts"]
+    a, b = (load_file(str(gpu_run / f"stage-{s}" / "model.safetensors")) for s in ("assign", "2.1"))
+    for l, speech in enumerate(assign, start=1):
+        for e in range(6):
+            w = f"model.layers.{l}.mlp.experts.{e}.up_proj.weight"
+            assert bool((a[w] == b[w]).all()) == (e not in speech), (w, speech)
+    p = train("--recipe", str(recipe), "--output", str(gpu_run), "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "stage 2.1: done already" in p.stdout + p.stderr
+    assert json.loads((gpu_run / "stage-3" / "stage.json").read_text())["done"]
