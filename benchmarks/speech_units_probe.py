@@ -165,6 +165,8 @@ def main() -> int:
     ap.add_argument("--steps-per-point", type=int, default=100)
     ap.add_argument("--points", type=int, default=5)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr-decay-steps", type=int, default=0, help="each point's last N steps decay the lr linearly "
+                    "to 0.1x (the stage key lr_decay_steps)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--eval-n", type=int, default=24)
     ap.add_argument("--cap-factor", type=float, default=2.0)
@@ -238,7 +240,8 @@ def main() -> int:
         asr, normalizer = WhisperASR(), EnglishTextNormalizer()
     curve_path = a.out / "curve.json"
     curve = json.loads(curve_path.read_text())["points"] if a.resume and curve_path.is_file() else []
-    scfg = {"lr": a.lr, "batch_size": a.batch, "checkpoint_every": a.steps_per_point, "grad_clip": 1.0,
+    scfg = {"lr": a.lr, "lr_decay_steps": a.lr_decay_steps, "batch_size": a.batch, "checkpoint_every": a.steps_per_point,
+            "grad_clip": 1.0,
             "train": ["speech_experts", "audio"], **({"routing": a.train_routing} if a.train_routing else {})}
     print(f"probe: {len(examples)} training turns, {len(dev_examples)} dev, codec {a.codec}", flush=True)
     for p in range(0, a.points + 1):
@@ -264,7 +267,7 @@ def main() -> int:
                                           "answer_routing": model.config.answer_routing,
                                           "answer_layout": model.config.answer_layout,
                                           "train_routing": a.train_routing or "masked",
-                                          "lr": a.lr, "batch": a.batch, "seed": a.seed, "cap_factor": a.cap_factor,
+                                          "lr": a.lr, "lr_decay_steps": a.lr_decay_steps, "batch": a.batch, "seed": a.seed, "cap_factor": a.cap_factor,
                                           "train_turns": len(examples), "points": curve}, indent=1) + "\n")
         print(json.dumps(row), flush=True)
     return 0

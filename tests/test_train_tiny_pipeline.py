@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,3 +255,40 @@ def test_a_stage_travels_and_the_run_goes_on(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "stage 2.1: done already" in p.stdout + p.stderr
     assert json.loads((gpu_run / "stage-3" / "stage.json").read_text())["done"]
+
+
+def test_a_snapshot_of_a_running_stage_is_the_model_its_state_holds(tmp_path):
+    """A stage killed mid-way: its saved state as a checkpoint (deeptalk.training.snapshot) equals,
+    tensor for tensor, the stage the pipeline finishes from that same state."""
+    from safetensors.torch import load_file
+
+    from deeptalk.checkpoint import load_checkpoint
+
+    recipe = yaml.safe_load((ROOT / "deeptalk" / "recipes" / "tiny.yaml").read_text())
+    recipe["stages"]["2.1"].update(max_steps=40, checkpoint_every=2)
+    path = tmp_path / "tiny_long.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([PY, "-m", "deeptalk.train", "--recipe", str(path), "--output", str(out),
+                             "--stages", "1,assign,2.1"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    progress = out / "stage-2.1" / "state" / "progress.json"
+    t0 = time.time()
+    while not progress.is_file() and proc.poll() is None and time.time() - t0 < 1800:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step = json.loads(progress.read_text())["step"]
+    snap = tmp_path / "snap"
+    p = subprocess.run([PY, "-m", "deeptalk.training.snapshot", "--run", str(out), "--stage", "2.1", "--out", str(snap)],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((snap / "stage.json").read_text())["step"] == step
+    recipe["stages"]["2.1"]["max_steps"] = step   # resumed at `step`, the stage ends at once
+    path.write_text(yaml.safe_dump(recipe))
+    p = train("--recipe", str(path), "--output", str(out), "--stages", "1,assign,2.1", "--resume")
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = (load_file(str(d / "model.safetensors")) for d in (snap, out / "stage-2.1"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_checkpoint(snap).model.config.routing_mode == load_checkpoint(out / "stage-2.1").model.config.routing_mode

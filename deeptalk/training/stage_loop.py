@@ -37,6 +37,22 @@ class Trainee(nn.Module):
                           text_logits_where_labelled=not self.full_logits)
 
 
+def decayed_lr(lr: float, max_steps: int, decay_steps: int, final_ratio: float):
+    """step -> learning rate: `lr` until the last `decay_steps` steps, then down linearly to
+    `final_ratio` x lr at the last step (warmup-stable-decay without the warmup: the step count a
+    stage runs is known, and annealing at its end is where a constant rate leaves loss behind)."""
+    if decay_steps < 0 or not 0 <= final_ratio <= 1:
+        raise ValueError(f"lr_decay_steps must be >= 0 and lr_final_ratio in [0, 1], got {decay_steps}, {final_ratio}")
+    begin = max_steps - decay_steps
+
+    def at(step: int) -> float:
+        if decay_steps == 0 or step < begin:
+            return lr
+        return lr * (1 - (1 - final_ratio) * (step - begin + 1) / decay_steps)
+
+    return at
+
+
 def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Example], tokenizer, out: Path,
                 seed: int, resume: bool, teacher=None) -> dict:
     """Train one stage; checkpoint every `checkpoint_every` steps into out/state; returns stats.
@@ -112,6 +128,8 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
         chunk = order[k * bs * world: (k + 1) * bs * world] or order[: bs * world]
         return [examples[i] for i in chunk[rank::world]]
 
+    lr_at = decayed_lr(float(scfg["lr"]), max_steps, int(scfg.get("lr_decay_steps", 0)),
+                       float(scfg.get("lr_final_ratio", 0.1)))
     bar = tqdm(range(start, max_steps), desc=f"stage {stage}", disable=not acc.is_main_process, initial=start,
                total=max_steps)
     t_last = time.monotonic()
@@ -124,6 +142,8 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
         if dcfg is not None:
             kl, _ = text_kl(out_.logits, teacher, batch["input_ids"], batch["attention_mask"], dcfg["temperature"])
             loss_t = loss_t + dcfg["weight"] * kl
+        for g in opt.param_groups:  # from the step alone: a resumed stage continues the same schedule
+            g["lr"] = lr_at(step)
         acc.backward(loss_t)
         if scfg.get("grad_clip"):
             acc.clip_grad_norm_(params, float(scfg["grad_clip"]))
@@ -161,6 +181,7 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
             "tokens_per_s": round(tokens / seconds, 1) if seconds else None, "seq_tokens": seq_tokens,
             "seq_tokens_per_s": round(seq_tokens / seconds, 1) if seconds else None, "routing_mode_train": routing,
             "trainable_params": n_trainable, "world_size": world, "batch_size": bs, "lr": scfg["lr"],
+            "lr_decay_steps": int(scfg.get("lr_decay_steps", 0)), "lr_final_ratio": float(scfg.get("lr_final_ratio", 0.1)),
             "final_loss": loss if max_steps > start else None,
             "distill": dcfg, "distill_examples": n_teachable if dcfg is not None else None,
             "lowrank_rank": lowrank_rank}
