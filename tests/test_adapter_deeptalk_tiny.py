@@ -156,6 +156,27 @@ def test_describe_records_setup(adapter, monkeypatch):
     assert adapter.fingerprint() != before
 
 
+def test_the_fingerprint_follows_what_inference_reads(tiny_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from deeptalk_eval.models.deeptalk import DeepTalkAdapter
+
+    def sha(path):
+        return DeepTalkAdapter(path=str(path), max_speech_steps=12).checkpoint_sha256()
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    before = sha(ckpt)
+    (ckpt / "stage.json").write_text(json.dumps({"stage": "test", "done": True, "note": "a record"}))
+    (ckpt / "loss.csv").write_text("step,loss\n1,2.0\n")
+    assert sha(ckpt) == before   # training records are not the model
+    enc = json.loads((ckpt / "speech_encoder.json").read_text())
+    window = "pad30" if enc["window"] == "exact" else "exact"
+    (ckpt / "speech_encoder.json").write_text(json.dumps({**enc, "window": window}))
+    assert sha(ckpt) != before   # another window hears differently: cached answers must not be reused
+
+
 def test_lm_eval_contexts_are_fed_untemplated(adapter):
     context = "Q: Is the sky blue?\nA: Yes\n\nQ: Is grass red?\nA:"
     opts = GenerationOptions(max_new_tokens=3)

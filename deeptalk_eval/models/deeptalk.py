@@ -41,6 +41,16 @@ DEFAULT_CHECKPOINT = REPO / "checkpoints" / "reference"
 OUTPUTS = {"text": "text", "speech": "speech", "both": "both"}
 
 
+# files of a checkpoint folder kept as the record of its training, not read to answer
+TRAINING_RECORDS = ("stage.json", "training.json", "summary.json", "assignment.json", "recipe.yaml")
+
+
+def reads_at_inference(name: str) -> bool:
+    if name in TRAINING_RECORDS or name.startswith(("loss", "modality_load", "hearing_curve")):
+        return False
+    return name.endswith((".safetensors", ".json", ".jinja", ".model", ".txt"))
+
+
 class DeepTalkAdapter(TextPathScoring, SpokenModel):
     name = "deeptalk"
     capabilities = Capabilities(text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True,
@@ -95,10 +105,13 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
 
     # -- identity -------------------------------------------------------------------------
     def checkpoint_sha256(self) -> str:
-        """sha256 over the checkpoint's weight files (model, delta, projector, codec)."""
+        """sha256 over every file of the checkpoint that inference reads: weights (model, delta,
+        projector, codec), the model's, encoder's and codec's configs, the tokenizer and the chat
+        template. Not the training records (stage.json, losses, the modality-load heatmap): a
+        stride or layout edited in a config is a different model, a new loss plot is not."""
         if self._sha is None:
             h = hashlib.sha256()
-            for f in sorted(self.bundle.path.glob("*.safetensors")):
+            for f in sorted(p for p in self.bundle.path.iterdir() if p.is_file() and reads_at_inference(p.name)):
                 h.update(f.name.encode())
                 h.update(hashlib.sha256(f.read_bytes()).digest())
             self._sha = h.hexdigest()
