@@ -152,6 +152,7 @@ def test_the_phones_recipe_changes_the_speaking_side_only():
     assert r["stages"]["1"] == ref["stages"]["1"] and r["stages"]["2.2"] == ref["stages"]["2.2"]
     # 2.1 trains what the reference's 2.1 trains, at the rate the probe chose (docs/training.md)
     assert r["stages"]["2.1"]["routing"] == "modality" and r["stages"]["2.1"]["lr"] == 1.0e-3
+    assert r["stages"]["2.1"]["lr_decay_steps"] == 300
     assert r["stages"]["2.1"].get("train") == ref["stages"]["2.1"].get("train")
     assert r["stages"]["2.1"]["batch_size"] == ref["stages"]["2.1"]["batch_size"]
     assert {k: v for k, v in r["data"].items() if k not in ("qa_written", "repeat")} == ref["data"]
