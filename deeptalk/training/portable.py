@@ -114,6 +114,8 @@ def pack(run: Path, stage: str, out: Path, repeat: int | None = None) -> dict:
     dense, _, base_name = build_base(recipe)
     tokenizer = AutoTokenizer.from_pretrained(start)
     config = DeepTalkConfig.from_pretrained(start)
+    config.answer_routing = recipe.get("answer_routing", config.answer_routing)   # as the pipeline sets them
+    config.answer_layout = recipe.get("answer_layout", config.answer_layout)
     data = build_data(recipe)
     if stage == "2.1":
         from deeptalk import data as D
