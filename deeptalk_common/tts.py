@@ -123,8 +123,9 @@ def synthesize(
     `sample_rate=None` keeps the engine's native rate (piper joe 22050, flite 8000 or
     16000 for kal16, espeak 22050). `settings` override the preset's (piper:
     length_scale, noise_scale, noise_w; flite: rate; espeak: rate in words/min, pitch).
-    `seed` seeds what randomness the engine exposes (piper's noise runs inside its ONNX
-    graph and is not seedable: the cache is what makes repeated calls identical).
+    `seed` seeds what randomness the engine exposes. Piper's noise runs inside its ONNX graph,
+    from generators seeded once per process (load_piper_voice): the same calls in the same
+    order give the same audio in every run; the cache makes a repeated call identical.
     """
     if not isinstance(text, str) or not text.strip():
         raise TTSError(f"cannot synthesise empty text: {text!r}")
@@ -201,13 +202,20 @@ def piper_voice_files(voice: str = "joe") -> tuple[Path, Path]:
     return onnx, config
 
 
+PIPER_SESSION_SEED = 0
+
+
 @lru_cache(maxsize=4)
 def load_piper_voice(voice: str = "joe"):
     """A loaded PiperVoice ('joe' or a path to an .onnx voice), one per process: its phonemiser and its VITS
     model serve synthesis here and the phone-units codec (deeptalk/speech/codec_phones.py)."""
+    import onnxruntime
     from piper import PiperVoice
 
     onnx, config = piper_voice_files(voice)
+    # the VITS noise is drawn inside the ONNX graph by generators seeded when the session is
+    # made: a fixed seed makes a process's sequence of utterances the same on every run
+    onnxruntime.set_seed(PIPER_SESSION_SEED)
     return PiperVoice.load(onnx, config_path=config)
 
 

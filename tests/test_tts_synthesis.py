@@ -79,3 +79,25 @@ def test_voices_listing():
     names = {(v.engine, v.name) for v in voices(available_only=False)}
     assert {("piper", "joe"), ("flite", "slt"), ("flite", "kal")} <= names
     assert all(tts.engine_available(v.engine) for v in voices())
+
+
+SAME_CALLS = """
+import sys
+import numpy as np
+from deeptalk_common.tts import synthesize
+wavs = [synthesize(t, "piper", "joe-lively", use_cache=False)[0] for t in ("The train was late.", "Snow fell all night.")]
+np.save(sys.argv[1], np.concatenate(wavs))
+"""
+
+
+def test_two_runs_of_the_same_piper_calls_give_the_same_audio(tmp_path):
+    import subprocess
+    import sys
+
+    if not tts.engine_available("piper"):
+        pytest.skip("piper not installed")
+    outs = [tmp_path / f"{k}.npy" for k in range(2)]
+    for out in outs:
+        subprocess.run([sys.executable, "-c", SAME_CALLS, str(out)], check=True, timeout=300)
+    a, b = (np.load(o) for o in outs)
+    assert a.shape == b.shape and np.array_equal(a, b)   # noise on (joe-lively: noise_scale 0.9), still identical
