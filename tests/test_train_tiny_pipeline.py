@@ -26,6 +26,20 @@ def train(*args, timeout=2400):
                           timeout=timeout)
 
 
+def kill_once_saved(args: list[str], stage_dir: Path) -> int:
+    """Start `deeptalk.train args`, SIGKILL it once the stage has saved a state; the saved step."""
+    proc = subprocess.Popen([PY, "-m", "deeptalk.train", *args], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    progress = stage_dir / "state" / "progress.json"
+    t0 = time.time()
+    while not progress.is_file() and proc.poll() is None and time.time() - t0 < 1800:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads(progress.read_text())["step"]
+
+
 def test_all_stages_and_hook(tmp_path):
     out, marks = tmp_path / "run", tmp_path / "hook.txt"
     p = train("--recipe", "tiny", "--output", str(out), "--hook", f"echo {{stage}} {{checkpoint}} >> {marks}")
@@ -84,16 +98,7 @@ def test_resume_after_kill(tmp_path):
     path = tmp_path / "tiny_long.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"
-    proc = subprocess.Popen([PY, "-m", "deeptalk.train", "--recipe", str(path), "--output", str(out), "--stages", "1"],
-                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    progress = out / "stage-1" / "state" / "progress.json"
-    t0 = time.time()
-    while not progress.is_file() and proc.poll() is None and time.time() - t0 < 1800:
-        time.sleep(0.2)
-    assert proc.poll() is None, "training ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = json.loads(progress.read_text())["step"]
+    killed_at = kill_once_saved(["--recipe", str(path), "--output", str(out), "--stages", "1"], out / "stage-1")
     assert 2 <= killed_at < 8
     p = train("--recipe", str(path), "--output", str(out), "--stages", "1", "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -269,17 +274,7 @@ def test_a_snapshot_of_a_running_stage_is_the_model_its_state_holds(tmp_path):
     path = tmp_path / "tiny_long.yaml"
     path.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "run"
-    proc = subprocess.Popen([PY, "-m", "deeptalk.train", "--recipe", str(path), "--output", str(out),
-                             "--stages", "1,assign,2.1"], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    progress = out / "stage-2.1" / "state" / "progress.json"
-    t0 = time.time()
-    while not progress.is_file() and proc.poll() is None and time.time() - t0 < 1800:
-        time.sleep(0.2)
-    assert proc.poll() is None, "training ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    step = json.loads(progress.read_text())["step"]
+    step = kill_once_saved(["--recipe", str(path), "--output", str(out), "--stages", "1,assign,2.1"], out / "stage-2.1")
     snap = tmp_path / "snap"
     p = subprocess.run([PY, "-m", "deeptalk.training.snapshot", "--run", str(out), "--stage", "2.1", "--out", str(snap)],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
