@@ -53,6 +53,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.utils import ModelOutput
 
+from .attention import prefer_grouped
 from .config import ROUTING_MODES, DeepTalkConfig
 from .moe import MoEFeedForward, Router
 
@@ -112,6 +113,10 @@ class DeepTalkPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+
+    def get_correct_attn_implementation(self, requested_attention, is_init_check=False):
+        # sdpa with grouped key/value heads left grouped on CPU (deeptalk/attention.py)
+        return prefer_grouped(super().get_correct_attn_implementation(requested_attention, is_init_check))
 
     def _init_weights(self, module):
         std = self.config.initializer_range
