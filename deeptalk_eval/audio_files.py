@@ -19,12 +19,14 @@ def read_wav(path: Path) -> Audio:
 
 
 def write_wav(path: Path, audio: Audio) -> str:
-    """Lossless float wav; returns the file's sha256."""
-    import soundfile as sf
+    """Lossless float wav; returns the file's sha256. The same samples give the same bytes:
+    scipy writes no PEAK chunk (libsndfile's float WAV carries a write timestamp in one)."""
+    import numpy as np
+    from scipy.io import wavfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), audio.samples, audio.sample_rate, subtype="FLOAT", format="WAV")
+    wavfile.write(tmp, audio.sample_rate, np.asarray(audio.samples, dtype=np.float32))
     tmp.replace(path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
