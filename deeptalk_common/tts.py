@@ -1,8 +1,9 @@
 """Text-to-speech for building spoken data: Piper (neural), flite, Festival and espeak-ng (classic).
 
 Everything here runs offline. Results are cached on disk under `cache_dir()/tts/`, keyed
-by sha256 of (engine, voice, synthesis settings, text, cache version), so a task or a
-training set that asks for the same sentence twice synthesises it once.
+by sha256 of (engine, voice, synthesis settings, text, cache version, the engine's version and
+for piper the voice file's sha256), so a task or a training set that asks for the same
+sentence twice synthesises it once, and an upgraded engine or voice synthesises again.
 
     wav, sr = synthesize("What is the capital of France?")            # Piper joe, 22.05 kHz
     wav, sr = synthesize("Hello.", engine="flite", voice="slt", sample_rate=16000)
@@ -19,7 +20,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -177,9 +178,30 @@ def synthesize_many(
 
 
 def _cache_key(v: Voice, settings: dict, text: str, seed: int) -> str:
-    blob = json.dumps([CACHE_VERSION, v.engine, v.engine_voice, settings, seed, text],
-                      sort_keys=True, ensure_ascii=False)
+    blob = json.dumps([CACHE_VERSION, v.engine, v.engine_voice, engine_identity(v.engine, v.engine_voice),
+                       settings, seed, text], sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@cache
+def engine_identity(engine: str, engine_voice: str) -> str:
+    """What else decides an engine's audio: its version, and for piper the voice file's sha256
+    and onnxruntime's version. Part of the cache key, so an upgraded engine or voice re-synthesises."""
+    if engine == "piper":
+        from importlib.metadata import version
+
+        onnx, _ = piper_voice_files(engine_voice)
+        h = hashlib.sha256()
+        with open(onnx, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return f"piper-tts {version('piper-tts')}; onnxruntime {version('onnxruntime')}; voice {h.hexdigest()}"
+    binary = {"flite": "flite", "festival": "festival", "espeak": "espeak-ng"}[engine]
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise TTSError(f"{binary} --version failed: {e}") from None
+    return " ".join((out.stdout + out.stderr).split())[:200]
 
 
 # --- engines -------------------------------------------------------------------------

@@ -107,9 +107,17 @@ def test_silent_input_gets_no_answer_and_empty_input_is_an_error(cascade):
 
 def test_fingerprint_and_describe(cascade):
     d = cascade.describe()
+    identity = d["tts"].pop("identity")
     assert d["asr"]["model"] == "tiny.en" and d["tts"] == {"engine": "piper", "voice": "joe", "cache": False}
+    assert identity.startswith("piper-tts ") and "voice " in identity
     assert d["llm"]["path"] == "smollm2-135m-instruct"
     assert cascade.fingerprint().startswith("cascade:")
+
+
+def test_a_new_tts_engine_version_is_a_new_cascade_fingerprint(cascade, monkeypatch):
+    before = cascade.fingerprint()
+    monkeypatch.setattr(cascade._tts, "engine_identity", lambda engine, voice: "piper-tts 9.9; another voice")
+    assert cascade.fingerprint() != before   # its cached answers were spoken by the old engine
 
 
 def test_text_path_scores_like_its_llm(cascade):

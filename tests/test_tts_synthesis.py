@@ -41,6 +41,16 @@ def test_cache_hit_skips_the_engine(tmp_cache, monkeypatch):
     assert len(list((tmp_cache / "tts").rglob("*.wav"))) == 2
 
 
+def test_a_new_engine_version_or_voice_file_is_a_new_cache_key(tmp_cache, monkeypatch):
+    synthesize("Cache me if you can.", "flite", "kal")
+    assert "flite-" in tts.engine_identity("flite", "kal")   # the binary's own version line
+    piper = tts.engine_identity("piper", "joe")
+    assert "piper-tts " in piper and "onnxruntime " in piper and len(piper.split("voice ")[1]) == 64
+    monkeypatch.setattr(tts, "engine_identity", lambda engine, voice: "flite-9.9 (an upgrade)")
+    synthesize("Cache me if you can.", "flite", "kal")
+    assert len(list((tmp_cache / "tts").rglob("*.wav"))) == 2   # synthesised again, not read back
+
+
 def test_resample_and_speed_setting(tmp_cache):
     slow, sr = synthesize("One two three four five.", "flite", "slt", sample_rate=22050)
     fast, _ = synthesize("One two three four five.", "flite", "slt-fast", sample_rate=22050)

@@ -119,11 +119,16 @@ class Cascade(TextPathScoring, SpokenModel):
         return self.transcriber(audio, id=sample_id).strip()
 
     # -- identity -----------------------------------------------------------------------------
+    def _tts_identity(self) -> str:
+        """The engine's version (and the piper voice file's sha256): a new one speaks differently."""
+        voice = self._tts.resolve_voice(self.tts_engine, self.tts_voice)
+        return self._tts.engine_identity(voice.engine, voice.engine_voice)
+
     def fingerprint(self) -> str:
         ident = {
             "asr": self.transcriber.config_key,
             "llm": self.llm.fingerprint(),
-            "tts": [self.tts_engine, self.tts_voice, self._tts.CACHE_VERSION],
+            "tts": [self.tts_engine, self.tts_voice, self._tts.CACHE_VERSION, self._tts_identity()],
         }
         return "cascade:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -131,7 +136,8 @@ class Cascade(TextPathScoring, SpokenModel):
         return {
             "asr": self.transcriber.info,
             "llm": self.llm.describe(),
-            "tts": {"engine": self.tts_engine, "voice": self.tts_voice, "cache": False},
+            "tts": {"engine": self.tts_engine, "voice": self.tts_voice, "cache": False,
+                    "identity": self._tts_identity()},
             "streaming": "LLM deltas as decoded; TTS per completed sentence",
         }
 
