@@ -24,6 +24,17 @@ from .config import DeepTalkConfig
 
 TEXT, SPEECH, ANSWER = 0, 1, 2   # token modalities (deeptalk/sequence.py)
 
+# How many parameters have been registered on any module in this process: a cached list of
+# expert weights is stale once a weight was replaced (MoEFeedForward._expert_params).
+_registrations = [0]
+
+
+def _count_registration(module, name, param):
+    _registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+
 
 class SwiGLU(nn.Module):
     """down(act(gate(x)) * up(x)) — the Llama MLP; experts are narrow copies of it."""
@@ -89,6 +100,7 @@ class MoEFeedForward(nn.Module):
         # with biases always take the gathered path.
         self.fused = not config.mlp_bias
         self._fused_cache: dict[tuple[int, ...], tuple] = {}
+        self._params_cache: dict[tuple[int, ...], tuple] = {}
 
     def set_modality_map(self, speech_group: torch.Tensor | None) -> None:
         self.speech_group = None if speech_group is None else speech_group.to(torch.bool).to(self.router.weight.device)
@@ -208,8 +220,7 @@ class MoEFeedForward(nn.Module):
 
     def _fused_weights(self, ids: tuple[int, ...]):
         """The experts' weights side by side; cached while none of them can change (no grad)."""
-        params = [p for e in ids for p in (self.experts[e].gate_proj.weight, self.experts[e].up_proj.weight,
-                                           self.experts[e].down_proj.weight)]
+        params = self._expert_params(ids)
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             return self._concat(ids)  # differentiable: each expert gets its own gradient
         key = tuple((p.data_ptr(), p._version) for p in params)  # an in-place update bumps _version
@@ -219,6 +230,18 @@ class MoEFeedForward(nn.Module):
                 cached = (key, self._concat(ids))
             self._fused_cache[ids] = cached
         return cached[1]
+
+    def _expert_params(self, ids: tuple[int, ...]) -> list[torch.Tensor]:
+        """The experts' weight parameters, looked up once per set of experts: walking the modules
+        on every call took a tenth of a decoding step at batch 1. A parameter registered anywhere
+        since (a module's weight replaced) makes the list be looked up again."""
+        cached = self._params_cache.get(ids)
+        if cached is not None and cached[0] == _registrations[0]:
+            return cached[1]
+        params = [p for e in ids for p in (self.experts[e].gate_proj.weight, self.experts[e].up_proj.weight,
+                                           self.experts[e].down_proj.weight)]
+        self._params_cache[ids] = (_registrations[0], params)
+        return params
 
     def _concat(self, ids):
         ex = [self.experts[e] for e in ids]

@@ -301,3 +301,16 @@ def test_text_logits_where_labelled_give_the_full_heads_loss_and_gradients(model
         torch.testing.assert_close(g_sparse[name], g_full[name], msg=name)
     with pytest.raises(ValueError, match="needs labels"):
         model(input_ids=ids, text_logits_where_labelled=True)
+
+
+def test_the_fused_weights_follow_an_expert_weight_changed_in_place_or_replaced():
+    torch.manual_seed(0)
+    moe = DeepTalkForCausalLM(tiny_config(routing_mode="modality")).eval().moe_layers[0]
+    ids = tuple(range(moe.num_experts))
+    rows = moe.experts[0].gate_proj.weight.shape[0]
+    with torch.no_grad():
+        moe._fused_weights(ids)   # cached from here on
+        moe.experts[0].gate_proj.weight = torch.nn.Parameter(torch.ones_like(moe.experts[0].gate_proj.weight))
+        assert torch.equal(moe._fused_weights(ids)[0][:rows], torch.ones_like(moe.experts[0].gate_proj.weight))
+        moe.experts[1].up_proj.weight.mul_(0)
+        assert moe._fused_weights(ids)[1][rows:2 * rows].abs().sum() == 0
