@@ -190,12 +190,10 @@ def engine_identity(engine: str, engine_voice: str) -> str:
     if engine == "piper":
         from importlib.metadata import version
 
+        from deeptalk_common.whisper_ckpt import file_sha256
+
         onnx, _ = piper_voice_files(engine_voice)
-        h = hashlib.sha256()
-        with open(onnx, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return f"piper-tts {version('piper-tts')}; onnxruntime {version('onnxruntime')}; voice {h.hexdigest()}"
+        return f"piper-tts {version('piper-tts')}; onnxruntime {version('onnxruntime')}; voice {file_sha256(onnx)}"
     binary = {"flite": "flite", "festival": "festival", "espeak": "espeak-ng"}[engine]
     try:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
