@@ -6,6 +6,13 @@ share of speech tokens whose top-k includes j (rho_A[l, j]) and the same for tex
 speech uses a lot and text uses little. The rest are text experts; shared experts stay
 shared. Ablations: `random_assignment` (seeded) and pure MoE (`speech_experts=None`).
 
+`add_speech_copies` is the split made without taking anything from text: the chosen experts
+stay text experts and each layer gains a trainable copy of each as its speech expert. Under
+modality routing with unit gates and top-k = every text expert, a text token then runs the
+base FFN exactly (an upcycled dense model has no expert to spare: every one taken out costs
+text, docs/training.md "Where the text loss sits"). Measure the load with a sparse top-k
+(`measure_modality_load(..., top_k=)`): with top-k = every expert each token picks all.
+
 Outputs beside a checkpoint (`write_assignment`):
   assignment.json             method, k, seed, speech experts per MoE layer
   modality_load.safetensors   rho_A, rho_T, score [L, E] (+ token counts)
@@ -57,24 +64,30 @@ def _run(model, batches: Iterable[dict], modality: int, desc: str) -> None:
 
 
 @torch.no_grad()
-def measure_modality_load(model, speech_batches: Iterable[dict], text_batches: Iterable[dict]):
+def measure_modality_load(model, speech_batches: Iterable[dict], text_batches: Iterable[dict],
+                          top_k: int | None = None):
     """(rho_A [L, E], rho_T [L, E]): per MoE layer and routed expert, the share of speech /
     text tokens whose top-k selection includes that expert. Each of the L rows sums to k.
 
     Batches are dicts of forward arguments; padding is excluded through `attention_mask`.
-    Routing is measured unmasked ("all"), as the paper does before any assignment.
+    Routing is measured unmasked ("all"), as the paper does before any assignment, with the
+    model's top-k or `top_k` (the router's k for this measurement only).
     """
     mode, was_training = model.config.routing_mode, model.training
+    if top_k is not None and not 1 <= top_k < model.config.num_routed_experts:
+        raise ValueError(f"measure_modality_load: top_k={top_k} must be in [1, {model.config.num_routed_experts - 1}]")
+    ks = [moe.top_k for moe in model.moe_layers]
     model.eval()
     for moe in model.moe_layers:
         moe.routing_mode = "all"
+        moe.top_k = top_k or moe.top_k
     try:
         with record_routing(model) as rec:
             _run(model, speech_batches, SPEECH, "speech batches")
             _run(model, text_batches, TEXT, "text batches")
     finally:
-        for moe in model.moe_layers:
-            moe.routing_mode = mode
+        for moe, k in zip(model.moe_layers, ks):
+            moe.routing_mode, moe.top_k = mode, k
         model.train(was_training)
     counts, tokens = rec["counts"], rec["tokens"]
     for m, name in ((SPEECH, "speech"), (TEXT, "text")):
@@ -108,6 +121,36 @@ def random_assignment(num_layers: int, num_experts: int, k: int, seed: int) -> l
     return [sorted(torch.randperm(num_experts, generator=g)[:k].tolist()) for _ in range(num_layers)]
 
 
+@torch.no_grad()
+def add_speech_copies(model, chosen: list[list[int]]) -> list[list[int]]:
+    """Every MoE layer gains a copy of each of its `chosen` experts (weights, router row and
+    neuron indices) after its routed experts; returns the copies' indices, the speech experts
+    to install. The originals stay where they were, text experts."""
+    if model.config.speech_experts is not None:
+        raise ValueError("add_speech_copies: the model already has a modality map")
+    layers = model.moe_layers
+    if len(chosen) != len(layers) or len({len(c) for c in chosen}) != 1:
+        raise ValueError(f"add_speech_copies: need the same number of experts for each of {len(layers)} MoE layers")
+    n, k = model.config.num_routed_experts, len(chosen[0])
+    width = model.config.expert_intermediate_size
+    shared = width * model.config.num_shared_experts
+    for moe, ids in zip(layers, chosen):
+        for e in ids:
+            copy = type(moe.experts[e])(moe.experts[e].gate_proj.in_features, width,
+                                        model.config.hidden_act, model.config.mlp_bias)
+            copy.load_state_dict(moe.experts[e].state_dict())
+            moe.experts.append(copy.to(moe.router.weight.device, moe.router.weight.dtype))
+        moe.router.weight = torch.nn.Parameter(torch.cat([moe.router.weight, moe.router.weight[ids]]))
+        copied = torch.cat([moe.neuron_index[shared + e * width: shared + (e + 1) * width] for e in ids])
+        moe.neuron_index = torch.cat([moe.neuron_index, copied])
+        moe.num_experts = n + k
+        moe.stats = moe.token_counts = None
+        moe._fused_cache.clear()
+        moe._params_cache.clear()
+    model.config.num_routed_experts = n + k
+    return [list(range(n, n + k)) for _ in layers]
+
+
 def plot_load(rho_a, rho_t, speech_experts, path: Path, title: str = "") -> None:
     import matplotlib
 
@@ -132,15 +175,20 @@ def plot_load(rho_a, rho_t, speech_experts, path: Path, title: str = "") -> None
 
 
 def write_assignment(model, speech_experts: list[list[int]] | None, out_dir=None, rho_a=None, rho_t=None,
-                     method: str = "adaptive", k: int | None = None, seed: int | None = None) -> dict:
+                     method: str = "adaptive", k: int | None = None, seed: int | None = None,
+                     copied_from: list[list[int]] | None = None) -> dict:
     """Install the modality map in the model's config (None = pure MoE) and, with `out_dir`,
     save the record, the load matrices (safetensors + CSV) and the heatmap beside the checkpoint.
+    `copied_from`: the measured experts each speech expert copies (`add_speech_copies`); the
+    CSV and heatmap then mark those, the experts the load chose.
     """
     if method not in ("adaptive", "random", "pure"):
         raise ValueError(f"assignment method {method!r}: expected adaptive, random or pure")
     model.set_modality_map(speech_experts)
     record = {"method": method, "k": k, "seed": seed, "routing_mode": model.config.routing_mode,
               "speech_experts": model.config.speech_experts}
+    if copied_from is not None:
+        record["copied_from"] = copied_from
     if out_dir is None:
         return record
     out = Path(out_dir)
@@ -153,11 +201,13 @@ def write_assignment(model, speech_experts: list[list[int]] | None, out_dir=None
         score = assignment_scores(rho_a, rho_t)
         save_file({"rho_A": rho_a.contiguous(), "rho_T": rho_t.contiguous(), "score": score.contiguous()},
                   str(out / "modality_load.safetensors"), metadata={"method": method, "k": str(k)})
-        chosen = [set(r) for r in speech_experts] if speech_experts is not None else None
+        marked = copied_from if copied_from is not None else speech_experts
+        chosen = [set(r) for r in marked] if marked is not None else None
         rows = [{"moe_layer": l, "decoder_layer": l + model.config.first_k_dense_layers, "expert": e,
                  "rho_A": float(rho_a[l, e]), "rho_T": float(rho_t[l, e]), "score": float(score[l, e]),
                  "speech_expert": bool(chosen and e in chosen[l])}
                 for l in range(rho_a.shape[0]) for e in range(rho_a.shape[1])]
         pd.DataFrame(rows).to_csv(out / "modality_load.csv", index=False)
-        plot_load(rho_a, rho_t, speech_experts, out / "modality_load.png", f"modality load ({method}, k={k})")
+        plot_load(rho_a, rho_t, marked, out / "modality_load.png",
+                  f"modality load ({method}, k={k}{', copied' if copied_from is not None else ''})")
     return record

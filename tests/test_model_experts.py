@@ -81,3 +81,55 @@ def test_write_assignment_outputs_and_config(planted_model, tmp_path):
     assert model.config.speech_experts is None
     with pytest.raises(ValueError, match="speech_experts"):
         write_assignment(model, [[0]], method="adaptive")  # one layer given, two MoE layers exist
+
+
+def test_measure_modality_load_with_its_own_top_k(planted_model):
+    model, v = planted_model
+    speech = [{"inputs_embeds": (5 * v + 0.1 * torch.randn(1, 4, 32)).float()}]
+    text = [{"inputs_embeds": (-5 * v + 0.1 * torch.randn(1, 4, 32)).float()}]
+    rho_a, _ = measure_modality_load(model, speech, text, top_k=1)
+    torch.testing.assert_close(rho_a.sum(1), torch.ones(2))   # k = 1 while measuring ...
+    assert rho_a[:, 0].tolist() == [1.0, 1.0]                  # ... the strongest planted expert
+    assert [moe.top_k for moe in model.moe_layers] == [2, 2]  # and the model's k afterwards
+    with pytest.raises(ValueError, match="top_k=8"):
+        measure_modality_load(model, speech, text, top_k=8)
+
+
+def test_speech_copies_leave_the_text_path_exact(tmp_path):
+    """Copy mode: text tokens under modality routing (unit gates, top-k = every text expert)
+    give the logits of the model before the split; the copies train apart from the originals."""
+    from deeptalk.experts import add_speech_copies
+
+    torch.manual_seed(0)
+    cfg = DeepTalkConfig(vocab_size=64, hidden_size=32, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
+                         num_routed_experts=8, num_shared_experts=2, expert_intermediate_size=8, num_experts_per_tok=8,
+                         gate_mode="unit")
+    model = DeepTalkForCausalLM(cfg).eval()
+    for moe in model.moe_layers:   # a permuted neuron map, as upcycling leaves it
+        moe.neuron_index = torch.randperm(len(moe.neuron_index))
+    ids = torch.randint(0, 64, (2, 7))
+    before = model(input_ids=ids).logits
+    chosen = [[1, 5], [0, 7]]
+    speech = add_speech_copies(model, chosen)
+    assert speech == [[8, 9], [8, 9]] and model.config.num_routed_experts == 10
+    record = write_assignment(model, speech, tmp_path, torch.rand(2, 8), torch.rand(2, 8), k=2, copied_from=chosen)
+    model.set_routing_mode("modality")
+    assert record["copied_from"] == chosen and json.loads((tmp_path / "assignment.json").read_text())["speech_experts"] == speech
+    marked = pd.read_csv(tmp_path / "modality_load.csv").query("speech_expert")
+    assert sorted(zip(marked.moe_layer, marked.expert)) == [(0, 1), (0, 5), (1, 0), (1, 7)]
+    torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=1e-5)
+    for moe, ids_l in zip(model.moe_layers, chosen):
+        n, w = 8, cfg.expert_intermediate_size
+        for j, e in enumerate(ids_l):
+            assert torch.equal(moe.experts[n + j].down_proj.weight, moe.experts[e].down_proj.weight)
+            assert moe.experts[n + j].down_proj.weight.data_ptr() != moe.experts[e].down_proj.weight.data_ptr()
+            assert torch.equal(moe.router.weight[n + j], moe.router.weight[e])
+            shared = w * cfg.num_shared_experts
+            assert torch.equal(moe.neuron_index[shared + (n + j) * w: shared + (n + j + 1) * w],
+                               moe.neuron_index[shared + e * w: shared + (e + 1) * w])
+    # a saved and reloaded model keeps the grown layers
+    model.save_pretrained(tmp_path / "m")
+    again = DeepTalkForCausalLM.from_pretrained(tmp_path / "m").eval()
+    torch.testing.assert_close(again(input_ids=ids).logits, before, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="already has a modality map"):
+        add_speech_copies(model, chosen)

@@ -149,10 +149,29 @@ def test_ctc_projector_recipe(tmp_path):
     # stage 1 changed no LLM weight; the projector did not train after it
     base = out / "stage-1" / "model.safetensors"
     m1, m3 = load_file(str(base)), load_file(str(out / "stage-3" / "model.safetensors"))
-    assert set(m1) == set(m3)
+    assert set(m1) < set(m3)   # stage assign added the speech copies
     p1, p3 = (load_file(str(out / f"stage-{s}" / "speech_encoder.safetensors")) for s in ("1", "3"))
     assert all(torch.equal(p1[k], p3[k]) for k in p1) and "vocab" in p1
+    # the speech experts are copies (assign copy: true): the text path is the upcycled FFN exactly
+    a1, aa = load_checkpoint(out / "stage-1"), load_checkpoint(out / "stage-assign")
+    record = json.loads((out / "stage-assign" / "assignment.json").read_text())
+    assert aa.model.config.num_routed_experts == a1.model.config.num_routed_experts + 2 == 8
+    assert record["speech_experts"] == [[6, 7]] * 2 and len(record["copied_from"]) == 2
+    assert aa.model.config.routing_mode == "modality" and a1.model.config.speech_experts is None
+    ids = a1.tokenizer("The capital of France is Paris.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(aa.model(input_ids=ids).logits, a1.model(input_ids=ids).logits, rtol=0, atol=1e-4)
+    # exported as a delta, the copies (duplicated neuron indices) rebuild from the base exactly
+    from deeptalk.training.build import build_base
+    from deeptalk.training.recipe import load_recipe
+
+    p = train("--recipe", "tiny-ctc", "--output", str(out), "--stages", "", "--export", str(tmp_path / "ship"),
+              "--export-dtype", "float32")
+    assert p.returncode == 0, p.stderr[-3000:]
+    shipped = load_checkpoint(tmp_path / "ship", base=build_base(load_recipe("tiny-ctc"))[0])
     b = load_checkpoint(out / "stage-3")
+    with torch.no_grad():
+        assert torch.equal(shipped.model(input_ids=ids).logits, b.model(input_ids=ids).logits)
     assert b.encoder.reads_as_text
     gen = SpeechGenerator(b.model, b.tokenizer, encoder=b.encoder, codec=b.codec)
     wav, sr = synthesize("What is the capital of France?")

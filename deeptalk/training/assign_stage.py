@@ -11,10 +11,21 @@ from deeptalk.training.examples import Example, collate, qa_examples, text_examp
 
 def assign_stage(model, encoder, tokenizer, scfg: dict, qa_set, data, path: Path, seed: int, acc, codec=None) -> dict:
     """Measure modality load on speech-only and text-only batches and install the modality map
-    (`codec`: the "words" answer layout reads the spoken answers with it)."""
-    from deeptalk.experts import assign_modality_experts, measure_modality_load, random_assignment, write_assignment
+    (`codec`: the "words" answer layout reads the spoken answers with it). `copy: true` gives
+    speech copies of the chosen experts and leaves the originals to text (`add_speech_copies`);
+    `measure_top_k` is the router's k while the load is counted (default: the model's)."""
+    from deeptalk.experts import (
+        add_speech_copies,
+        assign_modality_experts,
+        measure_modality_load,
+        random_assignment,
+        write_assignment,
+    )
 
     method, k = scfg.get("method", "adaptive"), int(scfg["speech_experts"])
+    copy, measure_k = bool(scfg.get("copy", False)), scfg.get("measure_top_k")
+    if copy and method == "pure":
+        raise ValueError("assign: copy needs speech experts to copy (method adaptive or random)")
     n = int(scfg.get("batches", 8))
     qa = qa_examples(qa_set, encoder, tokenizer, model.config, codec=codec)[:n]
     tx = text_examples(data["text"], tokenizer, model.config)[:n]
@@ -37,7 +48,8 @@ def assign_stage(model, encoder, tokenizer, scfg: dict, qa_set, data, path: Path
     path.mkdir(parents=True, exist_ok=True)
     rho_a = rho_t = None
     if method == "adaptive":
-        rho_a, rho_t = measure_modality_load(model, [forward_args(e, True) for e in qa], [forward_args(e, False) for e in tx])
+        rho_a, rho_t = measure_modality_load(model, [forward_args(e, True) for e in qa], [forward_args(e, False) for e in tx],
+                                             top_k=None if measure_k is None else int(measure_k))
         experts = assign_modality_experts(rho_a, rho_t, k)
     elif method == "random":
         experts = random_assignment(model.config.num_moe_layers, model.config.num_routed_experts, k, seed)
@@ -45,6 +57,9 @@ def assign_stage(model, encoder, tokenizer, scfg: dict, qa_set, data, path: Path
         experts = None
     else:
         raise ValueError(f"assignment method {method!r}: expected adaptive, random or pure")
+    copied_from = None
+    if copy:
+        copied_from, experts = experts, add_speech_copies(model, experts)
     record = write_assignment(model, experts, path if acc.is_main_process else None, rho_a, rho_t, method=method,
-                              k=k, seed=seed)
-    return {"stage": "assign", **record, "speech_batches": len(qa), "text_batches": len(tx)}
+                              k=k, seed=seed, copied_from=copied_from)
+    return {"stage": "assign", **record, "measure_top_k": measure_k, "speech_batches": len(qa), "text_batches": len(tx)}
