@@ -10,8 +10,11 @@ shared. Ablations: `random_assignment` (seeded) and pure MoE (`speech_experts=No
 stay text experts and each layer gains a trainable copy of each as its speech expert. Under
 modality routing with unit gates and top-k = every text expert, a text token then runs the
 base FFN exactly (an upcycled dense model has no expert to spare: every one taken out costs
-text, docs/training.md "Where the text loss sits"). Measure the load with a sparse top-k
-(`measure_modality_load(..., top_k=)`): with top-k = every expert each token picks all.
+text, docs/training.md "Where the text loss sits"). Where a spoken-answer step also takes the
+text experts (answer routing "both"), the copies' down projections start at zero, so that
+step too starts as the base FFN and the copies learn only what speech adds. Measure the load
+with a sparse top-k (`measure_modality_load(..., top_k=)`): with top-k = every expert each
+token picks all.
 
 Outputs beside a checkpoint (`write_assignment`):
   assignment.json             method, k, seed, speech experts per MoE layer
@@ -122,10 +125,11 @@ def random_assignment(num_layers: int, num_experts: int, k: int, seed: int) -> l
 
 
 @torch.no_grad()
-def add_speech_copies(model, chosen: list[list[int]]) -> list[list[int]]:
+def add_speech_copies(model, chosen: list[list[int]], zero_down: bool = False) -> list[list[int]]:
     """Every MoE layer gains a copy of each of its `chosen` experts (weights, router row and
     neuron indices) after its routed experts; returns the copies' indices, the speech experts
-    to install. The originals stay where they were, text experts."""
+    to install. The originals stay where they were, text experts. `zero_down`: the copies'
+    down projections start at zero (they add nothing until trained)."""
     if model.config.speech_experts is not None:
         raise ValueError("add_speech_copies: the model already has a modality map")
     layers = model.moe_layers
@@ -139,6 +143,8 @@ def add_speech_copies(model, chosen: list[list[int]]) -> list[list[int]]:
             copy = type(moe.experts[e])(moe.experts[e].gate_proj.in_features, width,
                                         model.config.hidden_act, model.config.mlp_bias)
             copy.load_state_dict(moe.experts[e].state_dict())
+            if zero_down:
+                copy.down_proj.weight.zero_()
             moe.experts.append(copy.to(moe.router.weight.device, moe.router.weight.dtype))
         moe.router.weight = torch.nn.Parameter(torch.cat([moe.router.weight, moe.router.weight[ids]]))
         copied = torch.cat([moe.neuron_index[shared + e * width: shared + (e + 1) * width] for e in ids])

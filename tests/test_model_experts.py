@@ -133,3 +133,28 @@ def test_speech_copies_leave_the_text_path_exact(tmp_path):
     torch.testing.assert_close(again(input_ids=ids).logits, before, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="already has a modality map"):
         add_speech_copies(model, chosen)
+
+
+def test_zeroed_copies_keep_a_spoken_answer_step_at_the_base_ffn():
+    """Answer routing "both" (text top-k + every speech expert): with the copies' down
+    projections at zero the step starts as the unsplit model; full copies would count the
+    copied experts twice."""
+    from deeptalk.experts import add_speech_copies
+    from deeptalk.moe import ANSWER
+
+    ids = torch.randint(0, 64, (1, 6))
+    answer = torch.full((1, 6), ANSWER)
+    outs = {}
+    for zero in (True, False):
+        torch.manual_seed(0)   # the model's config grows with the copies: a fresh one each time
+        cfg = DeepTalkConfig(vocab_size=64, hidden_size=32, intermediate_size=80, num_hidden_layers=3,
+                             num_attention_heads=4, num_routed_experts=8, num_shared_experts=2,
+                             expert_intermediate_size=8, num_experts_per_tok=8, gate_mode="unit", answer_routing="both")
+        model = DeepTalkForCausalLM(cfg).eval()
+        before = model(input_ids=ids).logits
+        model.set_modality_map(add_speech_copies(model, [[2, 3], [4, 5]], zero_down=zero))
+        model.set_routing_mode("modality")
+        outs[zero] = model(input_ids=ids, token_modality=answer).logits
+        assert all(bool((m.experts[-1].down_proj.weight == 0).all()) == zero for m in model.moe_layers)
+    torch.testing.assert_close(outs[True], before, rtol=0, atol=1e-5)
+    assert not torch.allclose(outs[False], before, atol=1e-3)
