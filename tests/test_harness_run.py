@@ -330,6 +330,16 @@ def test_real_tts_and_whisper_speech_channel_and_rescore(cli, scripted, tmp_path
     code, _, err = cli("--rescore", r["_path"], "--output-dir", out, "--no-progress")
     assert code == 0, err
     assert metrics_identity(results_of(out)) == metrics_identity(r)
+    # results kept without their audio: the logged transcripts score them, with the same ASR only
+    for wav in (r["_path"].parent).rglob("*.out.wav"):
+        wav.unlink()
+    code, _, err = cli("--rescore", r["_path"], "--output-dir", out, "--no-progress")
+    assert code == 0, err
+    again = results_of(out)
+    assert metrics_identity(again) == metrics_identity(r)
+    assert again["scoring_info"]["spoken_qa_factoid_s2s"]["transcripts_from_log"]["samples"] == 2
+    code, _, err = cli("--rescore", r["_path"], "--output-dir", out, "--no-progress", "--asr", "faster-whisper:tiny.en")
+    assert code == 2 and ".out.wav" in err and "Traceback" not in err
 
 
 def test_greedy_requests_go_in_the_models_own_batch(cli, test_tasks, tmp_path):

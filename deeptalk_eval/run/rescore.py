@@ -1,5 +1,8 @@
 """New metrics from a run's per-sample logs with the current task files and scorers; no
-model is loaded. Model and input failures stay failed; scoring failures are retried."""
+model is loaded. Model and input failures stay failed; scoring failures are retried.
+Spoken outputs are transcribed again from their logged audio; a sample whose audio file is
+gone (results committed without it) keeps the transcript its run logged, but only when that
+run's ASR was this one (the same `config_key`: model, weights, decoding, versions)."""
 from __future__ import annotations
 
 import os
@@ -59,11 +62,16 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
             results["status"][task.name] = "ok (lm-eval figures carried over, not rescored)"
             continue
         records = read_samples(base / old["samples_files"][task.name])
+        kept = set()
         for rec in records:  # model and input failures stay; scoring failures are retried
             if rec.get("error_stage") == "scoring":
                 rec["error"], rec["error_stage"] = None, None
+            logged = rec.get("transcripts") or {}
             rec["transcripts"] = {}
-        responses = logged_responses(records, base)
+            if "speech" in logged and _audio_gone(rec, base) and _same_asr(old, scoring):
+                rec["transcripts"]["speech"] = logged["speech"]
+                kept.add(rec["id"])
+        responses = logged_responses(records, base, without_audio=kept)
         counts_before = scoring.cache_counts()
         info = scoring.score(task, records, responses)
         for rec in records:  # audio paths stay valid from the new run folder
@@ -79,6 +87,9 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
         outcomes.append(out)
         results["status"][task.name] = out.status
         results["results"][task.name] = out.metrics
+        if kept:
+            info["transcripts_from_log"] = {"samples": len(kept), "why": "audio file not in the log folder; "
+                                            "its run's ASR config_key equals this one"}
         if info.get("asr"):
             results["asr"] = info["asr"]
         # what scored these figures (normalisers, judge ...) is this rescore's, not the old run's
@@ -95,3 +106,14 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
                       "shared_cache": shared_cache_record(outcomes, opts.uses_shared_cache)}
     path = write_results(model_dir / f"{stamp}.json", results)
     return RunResult(results, path, exit_code(outcomes), outcomes)
+
+
+def _audio_gone(rec: dict, base: Path) -> bool:
+    audio = (rec.get("output") or {}).get("audio") or {}
+    return "path" in audio and not (base / audio["path"]).is_file()
+
+
+def _same_asr(old: dict, scoring: Scoring) -> bool:
+    """Did the old run transcribe with the ASR this rescore would use? (No model is loaded.)"""
+    key = (old.get("asr") or {}).get("config_key")
+    return key is not None and key == scoring.transcriber().info["config_key"]

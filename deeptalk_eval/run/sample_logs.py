@@ -41,9 +41,11 @@ def fill_logs(task: TaskConfig, records: list[dict[str, Any]], requests: dict[st
             "audio": audio_entry(resp.audio, audio_dir / f"{stem}.out.wav" if audio_dir else None, run_dir)}
 
 
-def logged_responses(records: list[dict[str, Any]], base: Path) -> dict[str, Response | None]:
+def logged_responses(records: list[dict[str, Any]], base: Path,
+                     without_audio: set[str] = frozenset()) -> dict[str, Response | None]:
     """Sample id -> the response its record logged (None for a failed sample); `base` is the
-    folder the records' audio paths are relative to."""
+    folder the records' audio paths are relative to. Samples in `without_audio` are scored
+    from a transcript kept in their record: their response has no audio."""
     responses: dict[str, Response | None] = {}
     for rec in records:
         out = rec.get("output")
@@ -51,7 +53,7 @@ def logged_responses(records: list[dict[str, Any]], base: Path) -> dict[str, Res
             responses[rec["id"]] = None
             continue
         audio = None
-        if out.get("audio"):
+        if out.get("audio") and rec["id"] not in without_audio:
             if "path" not in out["audio"]:
                 raise UsageError(f"sample {rec['id']!r}: the log has no audio file (run with --log-samples)")
             audio = read_wav_checked(base / out["audio"]["path"], out["audio"].get("sha256"))
