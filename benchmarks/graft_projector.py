@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, required=True)
     ap.add_argument("--projector", type=Path, required=True, help="a train_ctc state.pt or projector-*.pt")
     ap.add_argument("--stride", type=int, required=True)
+    ap.add_argument("--whisper", default=None, help="the encoder the projector was trained on (default: the checkpoint's)")
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
@@ -39,7 +40,7 @@ def main() -> None:
         if f.name not in ("speech_encoder.safetensors", "speech_encoder.json", "stage.json") and f.is_file():
             os.symlink(f.resolve(), a.out / f.name)
     enc = json.loads((a.checkpoint / "speech_encoder.json").read_text())
-    enc.update({"stride": a.stride, "projector": "ctc", "projector_hidden": a.hidden, "projector_layers": a.layers})
+    enc.update({"whisper": a.whisper or enc["whisper"], "stride": a.stride, "projector": "ctc", "projector_hidden": a.hidden, "projector_layers": a.layers})
     (a.out / "speech_encoder.json").write_text(json.dumps(enc, indent=1))
     save_file({k: v.contiguous() for k, v in state.items()}, str(a.out / "speech_encoder.safetensors"))
     info = json.loads((a.checkpoint / "stage.json").read_text()) if (a.checkpoint / "stage.json").is_file() else {}

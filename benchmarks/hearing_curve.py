@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "reference")
     ap.add_argument("--stride", type=int, default=4)
+    ap.add_argument("--whisper", default=None, help="the encoder the projectors were trained on (default: the checkpoint's)")
     ap.add_argument("--steps", type=int, nargs="*", help="default: every saved projector")
     ap.add_argument("--tasks", default="gk_dev_s2t")
     ap.add_argument("--include-path", default=str(ROOT / "benchmarks" / "tasks" / "general_knowledge_dev"))
@@ -47,7 +48,8 @@ def main() -> None:
             continue
         ckpt = a.work / f"step-{step:06d}"
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "graft_projector.py"), "--checkpoint",
-                        str(a.checkpoint), "--projector", str(snap), "--stride", str(a.stride), "--out", str(ckpt)],
+                        str(a.checkpoint), "--projector", str(snap), "--stride", str(a.stride), "--out", str(ckpt)]
+                       + (["--whisper", a.whisper] if a.whisper else []),
                        check=True, env=env)
         out_dir = a.work / f"eval-{step:06d}"
         cmd = [str(ROOT / ".venv" / "bin" / "deeptalk-eval"), "--model", "deeptalk", "--model-args",

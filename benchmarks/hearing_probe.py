@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=8000)
     ap.add_argument("--dev", type=int, default=200)
     ap.add_argument("--stride", type=int, default=2)
+    ap.add_argument("--whisper", default="tiny.en", help="the frozen encoder (tiny.en, base: offline)")
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=0, help="self-attention layers in the projector")
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -50,7 +51,8 @@ def main() -> None:
     from deeptalk_common.base_llm import load_base_llm
 
     llm, tok = load_base_llm()
-    encoder = SpeechEncoder.from_whisper(SpeechEncoderConfig(stride=a.stride, hidden_size=llm.config.hidden_size))
+    encoder = SpeechEncoder.from_whisper(SpeechEncoderConfig(whisper=a.whisper, stride=a.stride,
+                                                                       hidden_size=llm.config.hidden_size))
     t0 = time.monotonic()
     train_files, dev_file = build_hearing_data(HearingData(sentences=a.sentences, dev=a.dev), encoder, tok)
     data_s = time.monotonic() - t0
