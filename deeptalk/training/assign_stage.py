@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from deeptalk.sequence import SPEECH_MODALITY
+from deeptalk.sequence import ANSWER_MODALITY, SPEECH_MODALITY
 from deeptalk.training.examples import Example, collate, qa_examples, text_examples
 
 
@@ -36,13 +36,17 @@ def assign_stage(model, encoder, tokenizer, scfg: dict, qa_set, data, path: Path
         b = collate([e], tokenizer.eos_token_id, model.config.num_codebooks)
         args = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
         if speech:  # only the speech positions (input frames + spoken answer steps) count as speech
-            keep = b["token_modality"][0] == SPEECH_MODALITY
-            args["token_modality"] = b["token_modality"]
+            modality = b["token_modality"].clone()
+            # a spoken-answer step of the "both" routing is speech the speech experts will serve
+            # (the load is measured unmasked, so this changes only what is counted)
+            modality[modality == ANSWER_MODALITY] = SPEECH_MODALITY
+            keep = modality[0] == SPEECH_MODALITY
+            args["token_modality"] = modality
             with torch.no_grad():
                 args["speech_embeds"] = encoder.projector(e.feats.unsqueeze(0).to(encoder.projector.fc1.weight.dtype))[0]
             args["audio_codes"] = b["audio_codes"]
-            args["attention_mask"] = args["attention_mask"]
-            assert keep.any()
+            if not keep.any():
+                raise ValueError("assignment: a spoken-QA example has no speech position to measure")
         return args
 
     path.mkdir(parents=True, exist_ok=True)
