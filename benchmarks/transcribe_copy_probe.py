@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,9 +36,9 @@ def main() -> None:
 
     from deeptalk.checkpoint import load_checkpoint
     from deeptalk.generate import SpeechGenerator, StreamConfig
+    from deeptalk_eval.registry import TaskIndex
 
-    task = yaml.safe_load((ROOT / "tasks" / "asr" / "asr_synth_piper_joe.yaml").read_text())
-    instruction = task["prompt"]
+    instruction = TaskIndex.scan().load("asr_synth_piper_joe").prompt  # through its include: template
     sents = [json.loads(l)["text"] for l in (ROOT / "tasks" / "asr" / "data" / "sentences.jsonl").read_text().splitlines()
              if l.strip()][: a.n]
     b = load_checkpoint(a.checkpoint)
