@@ -146,7 +146,8 @@ def add_speech_copies(model, chosen: list[list[int]], zero_down: bool = False) -
             if zero_down:
                 copy.down_proj.weight.zero_()
             moe.experts.append(copy.to(moe.router.weight.device, moe.router.weight.dtype))
-        moe.router.weight = torch.nn.Parameter(torch.cat([moe.router.weight, moe.router.weight[ids]]))
+        w = moe.router.weight
+        moe.router.weight = torch.nn.Parameter(torch.cat([w, w[ids]]), requires_grad=w.requires_grad)
         copied = torch.cat([moe.neuron_index[shared + e * width: shared + (e + 1) * width] for e in ids])
         moe.neuron_index = torch.cat([moe.neuron_index, copied])
         moe.num_experts = n + k
