@@ -51,8 +51,8 @@ def main() -> None:
     from deeptalk_common.base_llm import load_base_llm
 
     llm, tok = load_base_llm()
-    encoder = SpeechEncoder.from_whisper(SpeechEncoderConfig(whisper=a.whisper, stride=a.stride,
-                                                                       hidden_size=llm.config.hidden_size))
+    enc_cfg = SpeechEncoderConfig(whisper=a.whisper, stride=a.stride, hidden_size=llm.config.hidden_size)
+    encoder = SpeechEncoder.from_whisper(enc_cfg)
     t0 = time.monotonic()
     train_files, dev_file = build_hearing_data(HearingData(sentences=a.sentences, dev=a.dev), encoder, tok)
     data_s = time.monotonic() - t0

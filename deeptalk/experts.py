@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from contextlib import contextmanager
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -140,12 +141,10 @@ def add_speech_copies(model, chosen: list[list[int]], zero_down: bool = False) -
     shared = width * model.config.num_shared_experts
     for moe, ids in zip(layers, chosen):
         for e in ids:
-            copy = type(moe.experts[e])(moe.experts[e].gate_proj.in_features, width,
-                                        model.config.hidden_act, model.config.mlp_bias)
-            copy.load_state_dict(moe.experts[e].state_dict())
+            clone = deepcopy(moe.experts[e])
             if zero_down:
-                copy.down_proj.weight.zero_()
-            moe.experts.append(copy.to(moe.router.weight.device, moe.router.weight.dtype))
+                clone.down_proj.weight.zero_()
+            moe.experts.append(clone)
         w = moe.router.weight
         moe.router.weight = torch.nn.Parameter(torch.cat([w, w[ids]]), requires_grad=w.requires_grad)
         copied = torch.cat([moe.neuron_index[shared + e * width: shared + (e + 1) * width] for e in ids])

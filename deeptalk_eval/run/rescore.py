@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import cache
 from pathlib import Path
 
 from deeptalk_eval import shared_cache
@@ -53,6 +54,7 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "samples_files": {},
                     "rescored_from": str(old_path), "stage": opts.stage or old.get("stage")})
     scoring = Scoring(opts)
+    same_asr = cache(lambda: _same_asr(old, scoring))  # asked once, and only if some audio is gone
     stamp = timestamp() + "_rescored"
     run_dir = model_dir / stamp
     outcomes = []
@@ -68,7 +70,7 @@ def rescore(source: str | Path, opts: RunOptions) -> RunResult:
                 rec["error"], rec["error_stage"] = None, None
             logged = rec.get("transcripts") or {}
             rec["transcripts"] = {}
-            if "speech" in logged and _audio_gone(rec, base) and _same_asr(old, scoring):
+            if "speech" in logged and _audio_gone(rec, base) and same_asr():
                 rec["transcripts"]["speech"] = logged["speech"]
                 kept.add(rec["id"])
         responses = logged_responses(records, base, without_audio=kept)

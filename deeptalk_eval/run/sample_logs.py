@@ -3,6 +3,7 @@ wav files), and the responses read back from such a log (for rescoring)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def fill_logs(task: TaskConfig, records: list[dict[str, Any]], requests: dict[st
 
 
 def logged_responses(records: list[dict[str, Any]], base: Path,
-                     without_audio: set[str] = frozenset()) -> dict[str, Response | None]:
+                     without_audio: Collection[str] = frozenset()) -> dict[str, Response | None]:
     """Sample id -> the response its record logged (None for a failed sample); `base` is the
     folder the records' audio paths are relative to. Samples in `without_audio` are scored
     from a transcript kept in their record: their response has no audio."""
