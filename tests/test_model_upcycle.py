@@ -1,4 +1,5 @@
 """Upcycling a dense Llama into the DeepTalk MoE: exactness, clustering, router calibration."""
+import json
 import os
 from pathlib import Path
 
@@ -115,3 +116,31 @@ def test_base_tokenizer_saves_without_the_gguf_copy(tmp_path):
     drop_gguf_copy(tmp_path / "gguf")
     drop_gguf_copy(tmp_path / "spm")
     assert not (tmp_path / "gguf" / "tokenizer.model").exists() and (tmp_path / "spm" / "tokenizer.model").exists()
+
+
+def test_upcycled_cache_is_reused_and_rebuilt_when_its_key_changes(tmp_path):
+    """A resumed training run loads the upcycled model from its cache instead of upcycling again."""
+    from types import SimpleNamespace
+
+    from deeptalk.training.build import build_base, upcycled_model
+    from deeptalk.training.recipe import load_recipe
+
+    recipe = load_recipe("tiny")
+    codec = SimpleNamespace(num_codebooks=2, codebook_size=16)
+    dense, tok, _ = build_base(recipe)
+    built, tok_built = upcycled_model(recipe, dense, tok, codec, tmp_path / "upcycled")
+    assert (tmp_path / "upcycled" / "upcycle_key.json").is_file()
+    dense2, tok2, _ = build_base(recipe)
+    loaded, tok_loaded = upcycled_model(recipe, dense2, tok2, codec, tmp_path / "upcycled")
+    assert len(tok_loaded) == len(tok_built) and len(tok2) < len(tok_built)  # the cached tokenizer has the speech tokens
+    ids = torch.tensor([tok_built("the cat sat on the mat")["input_ids"]])
+    with torch.no_grad():
+        a, b = built.eval()(ids).logits, loaded.eval()(ids).logits
+        assert torch.equal(a, b)
+    stamp = (tmp_path / "upcycled" / "model.safetensors").stat().st_mtime_ns
+    upcycled_model(recipe, dense2, tok2, codec, tmp_path / "upcycled")
+    assert (tmp_path / "upcycled" / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rewritten
+    recipe["upcycle"] = {**recipe["upcycle"], "top_k": 3}
+    other, _ = upcycled_model(recipe, build_base(recipe)[0], build_base(recipe)[1], codec, tmp_path / "upcycled")
+    assert other.config.num_experts_per_tok == 3
+    assert json.loads((tmp_path / "upcycled" / "upcycle_key.json").read_text())["upcycle"]["top_k"] == 3

@@ -103,6 +103,7 @@ def test_resume_after_kill(tmp_path):
     p = train("--recipe", str(path), "--output", str(out), "--stages", "1", "--resume")
     assert p.returncode == 0, p.stderr[-3000:]
     assert f"resuming at step {killed_at}" in p.stdout + p.stderr
+    assert "calibration forward" not in p.stderr  # the upcycled model came from the run's cache
     df = pd.read_csv(out / "stage-1" / "loss.csv")
     steps = list(df["step"])
     assert steps[-1] == 8 and sorted(set(steps)) == list(range(1, 9))

@@ -1,6 +1,9 @@
 """The model, speech encoder and codec a recipe names, built before the first stage."""
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +77,34 @@ def build_model(recipe: dict, dense, tokenizer, codec):
                     codebook_size=codec.codebook_size, **up)
     extend_tokenizer(tokenizer, model.config)
     return model
+
+
+def upcycled_model(recipe: dict, dense, tokenizer, codec, cache: Path, save: bool = True):
+    """build_model, kept on disk under `cache` so a resumed run does not upcycle again (about
+    20 min on the reference: the calibration pass and router fitting). The cache is keyed by
+    everything the upcycled weights depend on, upcycle.py's source included; a stale one is rebuilt."""
+    from transformers import AutoTokenizer
+
+    import deeptalk.upcycle
+    from deeptalk.modeling import DeepTalkForCausalLM
+
+    key = {"base": recipe["base"], "upcycle": recipe.get("upcycle", {}),
+           "seed": recipe["seed"], "codebooks": [codec.num_codebooks, codec.codebook_size],
+           "upcycle_source": hashlib.sha256(Path(deeptalk.upcycle.__file__).read_bytes()).hexdigest()[:16]}
+    key_file = cache / "upcycle_key.json"
+    fresh = not (key_file.is_file() and json.loads(key_file.read_text()) == json.loads(json.dumps(key, default=str)))
+    if fresh:
+        model = build_model(recipe, dense, tokenizer, codec)
+        if not save:
+            return model, tokenizer
+        if cache.exists():
+            shutil.rmtree(cache)
+        model.save_pretrained(cache, safe_serialization=True)
+        tokenizer.save_pretrained(cache)
+        key_file.write_text(json.dumps(key, default=str, indent=1))  # last: a half-written cache has no key
+    # read back even when just built: weights laid out as loaded, so a run and its resumption
+    # compute bit for bit the same (freshly sliced expert weights differ in the last float bit)
+    return DeepTalkForCausalLM.from_pretrained(cache, dtype=dense.dtype), AutoTokenizer.from_pretrained(cache)
 
 
 def build_encoder(recipe: dict, hidden_size: int, tokenizer=None):

@@ -11,7 +11,7 @@ import yaml
 
 from deeptalk.checkpoint import load_checkpoint, save_checkpoint
 from deeptalk.training.assign_stage import assign_stage
-from deeptalk.training.build import build_base, build_codec, build_encoder, build_model
+from deeptalk.training.build import build_base, build_codec, build_encoder, upcycled_model
 from deeptalk.training.examples import (
     asr_examples,
     corpus_examples,
@@ -107,7 +107,9 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
         model, tokenizer, encoder = b.model, b.tokenizer, b.encoder
     else:
         seed_everything(seed)
-        model = build_model(recipe, dense, tokenizer, codec)
+        with acc.main_process_first():  # one process upcycles and writes the cache, the others read it
+            model, tokenizer = upcycled_model(recipe, dense, tokenizer, codec, output / "upcycled",
+                                              save=acc.is_main_process)
         seed_everything(seed)
         encoder = build_encoder(recipe, model.config.hidden_size, tokenizer)
     model.config.speech_encoder_dim = encoder.projector.fc1.in_features // encoder.config.stride
