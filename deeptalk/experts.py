@@ -137,8 +137,6 @@ def add_speech_copies(model, chosen: list[list[int]], zero_down: bool = False) -
     if len(chosen) != len(layers) or len({len(c) for c in chosen}) != 1:
         raise ValueError(f"add_speech_copies: need the same number of experts for each of {len(layers)} MoE layers")
     n, k = model.config.num_routed_experts, len(chosen[0])
-    width = model.config.expert_intermediate_size
-    shared = width * model.config.num_shared_experts
     for moe, ids in zip(layers, chosen):
         for e in ids:
             clone = deepcopy(moe.experts[e])
@@ -147,7 +145,7 @@ def add_speech_copies(model, chosen: list[list[int]], zero_down: bool = False) -
             moe.experts.append(clone)
         w = moe.router.weight
         moe.router.weight = torch.nn.Parameter(torch.cat([w, w[ids]]), requires_grad=w.requires_grad)
-        copied = torch.cat([moe.neuron_index[shared + e * width: shared + (e + 1) * width] for e in ids])
+        copied = torch.cat([moe.neuron_index[moe.neurons_of(e)] for e in ids])
         moe.neuron_index = torch.cat([moe.neuron_index, copied])
         moe.num_experts = n + k
         moe.stats = moe.token_counts = None
@@ -182,11 +180,12 @@ def plot_load(rho_a, rho_t, speech_experts, path: Path, title: str = "") -> None
 
 def write_assignment(model, speech_experts: list[list[int]] | None, out_dir=None, rho_a=None, rho_t=None,
                      method: str = "adaptive", k: int | None = None, seed: int | None = None,
-                     copied_from: list[list[int]] | None = None) -> dict:
+                     copied_from: list[list[int]] | None = None, copies_down_start: str | None = None) -> dict:
     """Install the modality map in the model's config (None = pure MoE) and, with `out_dir`,
     save the record, the load matrices (safetensors + CSV) and the heatmap beside the checkpoint.
     `copied_from`: the measured experts each speech expert copies (`add_speech_copies`); the
-    CSV and heatmap then mark those, the experts the load chose.
+    CSV and heatmap then mark those, the experts the load chose; `copies_down_start` says how the
+    copies' down projections began ("zero" or "copied").
     """
     if method not in ("adaptive", "random", "pure"):
         raise ValueError(f"assignment method {method!r}: expected adaptive, random or pure")
@@ -195,6 +194,7 @@ def write_assignment(model, speech_experts: list[list[int]] | None, out_dir=None
               "speech_experts": model.config.speech_experts}
     if copied_from is not None:
         record["copied_from"] = copied_from
+        record["copies_down_start"] = copies_down_start
     if out_dir is None:
         return record
     out = Path(out_dir)

@@ -87,7 +87,8 @@ class MoEFeedForward(nn.Module):
         # Which dense-FFN neuron each expert neuron came from (shared first, then routed expert
         # by expert): identity for a fresh model, the clustering permutation after upcycling.
         # Saved with the weights so a delta checkpoint can rebuild the experts from the base.
-        total = i * (config.num_shared_experts + self.num_experts)
+        self.expert_width, self.shared_width = i, i * config.num_shared_experts
+        total = self.shared_width + i * self.num_experts
         self.register_buffer("neuron_index", torch.arange(total), persistent=True)
         # True for speech experts; None = no modality split (pure MoE)
         mask = config.speech_expert_mask(moe_idx)
@@ -101,6 +102,13 @@ class MoEFeedForward(nn.Module):
         self.fused = not config.mlp_bias
         self._fused_cache: dict[tuple[int, ...], tuple] = {}
         self._params_cache: dict[tuple[int, ...], tuple] = {}
+
+    def neurons_of(self, expert: int | None) -> slice:
+        """Where `expert` (a routed expert's number; None: the shared experts) sits in neuron_index."""
+        if expert is None:
+            return slice(0, self.shared_width)
+        start = self.shared_width + expert * self.expert_width
+        return slice(start, start + self.expert_width)
 
     def set_modality_map(self, speech_group: torch.Tensor | None) -> None:
         self.speech_group = None if speech_group is None else speech_group.to(torch.bool).to(self.router.weight.device)

@@ -125,18 +125,15 @@ def copy_from_dense(model: DeepTalkForCausalLM, dense_model, derive_new_rows: bo
             for name, t in layer.mlp.named_parameters():
                 t.copy_(src[p + "mlp." + name])
             continue
-        moe, width = layer.mlp, cfg.expert_intermediate_size
+        moe = layer.mlp
         gate, up, down = (src[p + f"mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
-        idx = moe.neuron_index
-        experts = ([moe.shared_experts] if moe.shared_experts is not None else []) + list(moe.experts)
-        sizes = ([width * cfg.num_shared_experts] if moe.shared_experts is not None else []) + [width] * len(moe.experts)
-        start = 0
-        for expert, size in zip(experts, sizes):
-            rows = idx[start : start + size]
+        experts = ([(moe.shared_experts, None)] if moe.shared_experts is not None else []) + list(
+            zip(moe.experts, range(len(moe.experts))))
+        for expert, e in experts:
+            rows = moe.neuron_index[moe.neurons_of(e)]
             expert.gate_proj.weight.copy_(gate[rows])
             expert.up_proj.weight.copy_(up[rows])
             expert.down_proj.weight.copy_(down[:, rows])
-            start += size
     if cfg.tie_word_embeddings:
         model.tie_weights()
 

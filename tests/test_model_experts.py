@@ -112,9 +112,12 @@ def test_speech_copies_leave_the_text_path_exact(tmp_path):
     chosen = [[1, 5], [0, 7]]
     speech = add_speech_copies(model, chosen)
     assert speech == [[8, 9], [8, 9]] and model.config.num_routed_experts == 10
-    record = write_assignment(model, speech, tmp_path, torch.rand(2, 8), torch.rand(2, 8), k=2, copied_from=chosen)
+    record = write_assignment(model, speech, tmp_path, torch.rand(2, 8), torch.rand(2, 8), k=2, copied_from=chosen,
+                              copies_down_start="copied")
     model.set_routing_mode("modality")
-    assert record["copied_from"] == chosen and json.loads((tmp_path / "assignment.json").read_text())["speech_experts"] == speech
+    saved = json.loads((tmp_path / "assignment.json").read_text())
+    assert record["copied_from"] == chosen and saved["speech_experts"] == speech
+    assert saved["copies_down_start"] == "copied" and saved["copied_from"] == chosen
     marked = pd.read_csv(tmp_path / "modality_load.csv").query("speech_expert")
     assert sorted(zip(marked.moe_layer, marked.expert)) == [(0, 1), (0, 5), (1, 0), (1, 7)]
     torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=1e-5)

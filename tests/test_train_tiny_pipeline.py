@@ -158,8 +158,9 @@ def test_ctc_projector_recipe(tmp_path):
     record = json.loads((out / "stage-assign" / "assignment.json").read_text())
     assert aa.model.config.num_routed_experts == a1.model.config.num_routed_experts + 2 == 8
     assert record["speech_experts"] == [[6, 7]] * 2 and len(record["copied_from"]) == 2
+    assert record["copies_down_start"] == "zero"   # answer routing "both"
     stage = json.loads((out / "stage-assign" / "stage.json").read_text())
-    assert stage["copies_down_start"] == "zero" and stage["measure_top_k"] == 2   # answer routing "both"
+    assert stage["copies_down_start"] == "zero" and stage["measure_top_k"] == 2
     assert aa.model.config.routing_mode == "modality" and a1.model.config.speech_experts is None
     ids = a1.tokenizer("The capital of France is Paris.", return_tensors="pt").input_ids
     with torch.no_grad():

@@ -61,13 +61,12 @@ def assign_stage(model, encoder, tokenizer, scfg: dict, qa_set, data, path: Path
         experts = None
     else:
         raise ValueError(f"assignment method {method!r}: expected adaptive, random or pure")
-    copied_from = None
+    copied_from = down_start = None
     if copy:
         # a spoken-answer step that also runs every text expert starts as the base FFN
         zero_down = model.config.answer_routing == "both"
         copied_from, experts = experts, add_speech_copies(model, experts, zero_down=zero_down)
+        down_start = "zero" if zero_down else "copied"
     record = write_assignment(model, experts, path if acc.is_main_process else None, rho_a, rho_t, method=method,
-                              k=k, seed=seed, copied_from=copied_from)
-    if copy:
-        record["copies_down_start"] = "zero" if zero_down else "copied"
+                              k=k, seed=seed, copied_from=copied_from, copies_down_start=down_start)
     return {"stage": "assign", **record, "measure_top_k": measure_k, "speech_batches": len(qa), "text_batches": len(tx)}
