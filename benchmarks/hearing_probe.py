@@ -27,7 +27,9 @@ def main() -> None:
     ap.add_argument("--whisper", default="tiny.en", help="the frozen encoder (tiny.en, base: offline)")
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=0, help="self-attention layers in the projector")
+    ap.add_argument("--tune-blocks", type=int, default=0, help="Whisper's last N encoder blocks train with the projector")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--top-lr", type=float, default=None, help="learning rate of the tuned blocks (default --lr)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-steps", type=int, default=3000)
     ap.add_argument("--max-minutes", type=float, default=60)
@@ -46,27 +48,26 @@ def main() -> None:
     torch.manual_seed(0)
 
     from deeptalk.hearing import HearingData, HearingTrain, build_hearing_data, corpus_vocab, train_ctc
-    from deeptalk.speech.ctc_projector import CTCProjector
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
     from deeptalk_common.base_llm import load_base_llm
 
     llm, tok = load_base_llm()
-    enc_cfg = SpeechEncoderConfig(whisper=a.whisper, stride=a.stride, hidden_size=llm.config.hidden_size)
-    encoder = SpeechEncoder.from_whisper(enc_cfg)
+    vocab = corpus_vocab(tok)
+    enc_cfg = SpeechEncoderConfig(whisper=a.whisper, stride=a.stride, hidden_size=llm.config.hidden_size, projector="ctc",
+                                  projector_hidden=a.hidden, projector_layers=a.layers, tune_blocks=a.tune_blocks)
+    encoder = SpeechEncoder.from_whisper(enc_cfg, ctc_vocab=vocab)
     t0 = time.monotonic()
     train_files, dev_file = build_hearing_data(HearingData(sentences=a.sentences, dev=a.dev), encoder, tok)
     data_s = time.monotonic() - t0
     print(f"data: {len(train_files)} shards in {data_s / 60:.1f} min", flush=True)
     if a.data_only:
         return
-    vocab = corpus_vocab(tok)
     if a.eval_only:
         from deeptalk.hearing import ctc_dev_wer
 
         state = torch.load(a.eval_only, weights_only=False)
         state = state.get("projector", state)
-        proj = CTCProjector(encoder.whisper.ln_post.normalized_shape[0], llm.config.hidden_size, a.stride,
-                            state["vocab"], hidden=a.hidden, layers=a.layers)
+        proj = encoder.projector
         proj.load_state_dict(state)
         res = ctc_dev_wer(proj.tie(llm.get_input_embeddings().weight), torch.load(dev_file, weights_only=False), tok)
         res["state"] = str(a.eval_only)
@@ -74,13 +75,12 @@ def main() -> None:
         (a.out / "dev_wer.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return
-    proj = CTCProjector(encoder.whisper.ln_post.normalized_shape[0], llm.config.hidden_size, a.stride, vocab,
-                        hidden=a.hidden, layers=a.layers).tie(llm.get_input_embeddings().weight)
+    proj = encoder.projector.tie(llm.get_input_embeddings().weight)
     if a.init and not (a.resume and (a.out / "state.pt").is_file()):
         state = torch.load(a.init, weights_only=False)
         proj.load_state_dict(state.get("projector", state))
         print(f"init: projector weights from {a.init}", flush=True)
-    cfg = HearingTrain(stride=a.stride, hidden=a.hidden, lr=a.lr, batch_size=a.batch_size, max_steps=a.max_steps,
+    cfg = HearingTrain(stride=a.stride, hidden=a.hidden, lr=a.lr, batch_size=a.batch_size, max_steps=a.max_steps, top_lr=a.top_lr,
                        max_seconds=a.max_minutes * 60, eval_every=a.eval_every, spec_augment=not a.no_spec_augment)
     res = train_ctc(proj, train_files, dev_file, tok, cfg, a.out, resume=a.resume,
                     log=lambda m: print(m, flush=True))

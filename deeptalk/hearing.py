@@ -50,6 +50,7 @@ class HearingTrain:
     eval_every: int = 250
     warmup: int = 100
     spec_augment: bool = True  # time and channel masks on the Whisper features
+    top_lr: float | None = None  # the tuned Whisper blocks' learning rate (tune_blocks); default lr
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -60,7 +61,7 @@ def shard_features(sentences: list[str], voices, seed: int, name: str, encoder, 
     from deeptalk.speech.encoder import prepare_audio
 
     built = build_asr_set(sentences, list(voices), seed, name=name)
-    out = built.root / f"features-{encoder.config.whisper}-{encoder.config.window}.pt"
+    out = built.root / f"features-{encoder.features_name}.pt"
     if out.is_file():
         return out
     rows = []
@@ -179,7 +180,11 @@ def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg
     kept = [r for r in rows if r["ids"] and all(i in index for i in r["ids"])]
     log(f"hearing: {len(kept)} of {len(rows)} training utterances have every token in the head's vocabulary")
     params = [p for p in projector.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    top = {id(p) for p in projector.top.parameters()} if getattr(projector, "top", None) is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in top]}]
+    if top:
+        groups.append({"params": [p for p in params if id(p) in top], "lr": cfg.top_lr or cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / cfg.max_steps))))
     state_path, curve_path = out / "state.pt", out / "curve.csv"

@@ -200,3 +200,41 @@ def test_attention_layers_ignore_padding(spoken):
         alone = proj.logits(short.unsqueeze(0))
     torch.testing.assert_close(both[1, : alone.shape[1]], alone[0], atol=1e-4, rtol=1e-4)
     assert len(proj(batch, torch.tensor([feats.shape[0], 37]))) == 2
+
+
+def test_tuned_whisper_top_starts_as_the_frozen_encoder_and_trains_alone(spoken, tmp_path):
+    """tune_blocks: the projector's copies of Whisper's last blocks give the frozen encoder's
+    features before training, read a padded batch as each utterance alone, get the gradient
+    (the packaged encoder none), and travel in the projector's state."""
+    from safetensors.torch import load_file, save_file
+
+    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig, prepare_audio
+    from deeptalk_common.tts import synthesize
+
+    tok, feats, ids, enc = spoken
+    vocab = torch.tensor(sorted(set(ids)))
+    cfg = SpeechEncoderConfig(hidden_size=16, stride=4, projector="ctc", tune_blocks=2)
+    tuned = SpeechEncoder(enc.whisper, cfg, ctc_vocab=vocab).tie(torch.randn(49152, 16))
+    assert tuned.frozen_blocks == len(enc.whisper.blocks) - 2 and tuned.features_name == "tiny.en-exact-b2"
+    wav, sr = synthesize("Lisbon is the capital of Portugal.")
+    low = tuned.whisper_features(prepare_audio(wav, sr))
+    with torch.no_grad():
+        torch.testing.assert_close(tuned.projector.top(low.unsqueeze(0))[0], feats, atol=1e-4, rtol=1e-4)
+        batch = torch.zeros(2, low.shape[0], low.shape[1])
+        batch[0], batch[1, :37] = low, low[:37]
+        both = tuned.projector.top(batch, torch.arange(low.shape[0]).unsqueeze(0) >= torch.tensor([[low.shape[0]], [37]]))
+        torch.testing.assert_close(both[1, :37], tuned.projector.top(low[:37].unsqueeze(0))[0], atol=1e-4, rtol=1e-4)
+    loss = tuned.projector.ctc_loss(low.unsqueeze(0), torch.tensor([low.shape[0]]), [ids])
+    loss.backward()
+    assert all(p.grad is not None for p in tuned.projector.top.parameters())
+    assert all(p.grad is None for p in tuned.whisper.parameters())
+    with torch.no_grad():
+        tuned.projector.top.blocks[-1].mlp[0].weight.add_(0.01)
+    save_file(tuned.projector_state(), str(tmp_path / "p.safetensors"))
+    state = load_file(str(tmp_path / "p.safetensors"))
+    again = SpeechEncoder.from_whisper(cfg, ctc_vocab=vocab)
+    again.projector.load_state_dict(state)
+    assert torch.equal(again.projector.top.blocks[-1].mlp[0].weight, tuned.projector.top.blocks[-1].mlp[0].weight)
+    assert not torch.equal(again.whisper.blocks[-1].mlp[0].weight, again.projector.top.blocks[-1].mlp[0].weight)
+    with pytest.raises(ValueError, match="needs the ctc projector"):
+        SpeechEncoder(enc.whisper, SpeechEncoderConfig(hidden_size=16, tune_blocks=1))

@@ -1,6 +1,6 @@
 """A projector that hears in the LLM's own words: CTC over the LLM's vocabulary, read back as embeddings.
 
-    Whisper frames (50 Hz) -> stack `stride` -> MLP + conv -> q [T', H]
+    Whisper frames (50 Hz) [-> Whisper's last blocks, trained] -> stack `stride` -> MLP + conv -> q [T', H]
         -> logits = scale * q @ E[vocab].T + bias   (E: the LLM's frozen input embeddings)
            blank  = a learned linear readout of q
         -> CTC greedy grouping: runs of one argmax; blank runs dropped
@@ -27,9 +27,10 @@ class CTCProjector(nn.Module):
     kind = "ctc"
 
     def __init__(self, in_dim: int, out_dim: int, stride: int, vocab: torch.Tensor, hidden: int | None = None,
-                 kernel: int = 5, layers: int = 0):
+                 kernel: int = 5, layers: int = 0, top: nn.Module | None = None):
         super().__init__()
         self.stride = stride
+        self.top = top  # Whisper's last blocks, trained here (whisper_top.py); None: the features are final
         hidden = hidden or out_dim
         self.norm = nn.LayerNorm(in_dim * stride)
         self.fc1 = nn.Linear(in_dim * stride, hidden)
@@ -62,6 +63,9 @@ class CTCProjector(nn.Module):
     def hidden(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T, D] Whisper frames (valid up to `lengths`) -> [B, ceil(T/s), H]."""
         b, t, d = feats.shape
+        if self.top is not None:
+            frames = torch.full((b,), t) if lengths is None else lengths
+            feats = self.top(feats, torch.arange(t, device=feats.device).unsqueeze(0) >= frames.to(feats.device).unsqueeze(1))
         pad = (-t) % self.stride
         if pad:
             feats = nn.functional.pad(feats, (0, 0, 0, pad))

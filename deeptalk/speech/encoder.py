@@ -89,6 +89,9 @@ class SpeechEncoderConfig:
     # (deeptalk/speech/ctc_projector.py)
     projector: str = "mlp"
     projector_layers: int = 0  # ctc: self-attention layers over the utterance after the conv
+    # ctc: Whisper's last `tune_blocks` encoder blocks train with the projector (copies that
+    # travel in its state, deeptalk/speech/whisper_top.py); 0 = the whole encoder frozen
+    tune_blocks: int = 0
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -119,15 +122,19 @@ def num_positions(num_frames: int, stride: int) -> int:
     return math.ceil(num_frames / stride)
 
 
-def build_projector(config: SpeechEncoderConfig, width: int, ctc_vocab: torch.Tensor | None = None) -> nn.Module:
-    """The trainable half of the speech encoder, reading Whisper features of `width`."""
+def build_projector(config: SpeechEncoderConfig, whisper_encoder: nn.Module, ctc_vocab: torch.Tensor | None = None
+                    ) -> nn.Module:
+    """The trainable half of the speech encoder, reading the Whisper encoder's features."""
+    width = whisper_encoder.ln_post.normalized_shape[0]
     if config.projector == "ctc":
         from deeptalk.speech.ctc_projector import CTCProjector
+        from deeptalk.speech.whisper_top import WhisperTop
 
         if ctc_vocab is None:
             raise ValueError("a CTC projector needs its vocabulary (the LLM token ids it can emit)")
+        top = WhisperTop(whisper_encoder, len(whisper_encoder.blocks) - config.tune_blocks) if config.tune_blocks else None
         return CTCProjector(width, config.hidden_size, config.stride, ctc_vocab, config.projector_hidden,
-                            layers=config.projector_layers)
+                            layers=config.projector_layers, top=top)
     return Projector(width, config.hidden_size, config.stride, config.projector_hidden)
 
 
@@ -142,13 +149,16 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"SpeechEncoderConfig.window must be 'exact' or 'pad30', got {config.window!r}")
         if config.stride < 1:
             raise ValueError(f"SpeechEncoderConfig.stride must be >= 1, got {config.stride}")
+        if config.tune_blocks and config.projector != "ctc":
+            raise ValueError("SpeechEncoderConfig.tune_blocks needs the ctc projector")
         self.config = config
         self.whisper = whisper_encoder
         self.whisper.requires_grad_(False)
         self.whisper.eval()
         self.n_mels = whisper_encoder.conv1.in_channels
-        d = whisper_encoder.ln_post.normalized_shape[0]
-        self.projector = build_projector(config, d, ctc_vocab)
+        self.projector = build_projector(config, whisper_encoder, ctc_vocab)
+        # the frozen blocks: the rest run inside the projector, trained
+        self.frozen_blocks = len(whisper_encoder.blocks) - config.tune_blocks
 
     @classmethod
     def from_whisper(cls, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None) -> SpeechEncoder:
@@ -187,18 +197,27 @@ class SpeechEncoder(nn.Module):
         m = whisper.log_mel_spectrogram(x, self.n_mels, padding=1600)
         return m[:, : 2 * audio.num_frames]
 
+    @property
+    def features_name(self) -> str:
+        """What whisper_features returns, for cache file names."""
+        tail = f"-b{self.frozen_blocks}" if self.config.tune_blocks else ""
+        return f"{self.config.whisper}-{self.config.window}{tail}"
+
     @torch.no_grad()
     def whisper_features(self, audio: PreparedAudio) -> torch.Tensor:
-        """Frozen Whisper encoder output [num_frames, d] for one utterance (50 Hz)."""
+        """The frozen Whisper encoder's output [num_frames, d] for one utterance (50 Hz): the
+        final features, or with `tune_blocks` those after the frozen blocks (no final norm)."""
         enc = self.whisper
         mel = self.mel(audio).to(enc.conv1.weight.dtype).unsqueeze(0)
-        if self.config.window == "pad30":
+        if self.config.window == "pad30" and not self.config.tune_blocks:
             return enc(mel)[0, : audio.num_frames]
         x = nn.functional.gelu(enc.conv1(mel))
         x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
         x = x + enc.positional_embedding[: x.shape[1]].to(x.dtype)
-        for block in enc.blocks:
+        for block in enc.blocks[: self.frozen_blocks]:
             x = block(x)
+        if self.config.tune_blocks:
+            return x[0, : audio.num_frames]
         return enc.ln_post(x)[0, : audio.num_frames]
 
     # -- projector ----------------------------------------------------------------

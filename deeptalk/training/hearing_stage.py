@@ -14,7 +14,7 @@ def hearing_stage(recipe: dict, scfg: dict, encoder, tokenizer, path: Path, seed
         hd["voices"] = tuple(hd["voices"])
     with acc.main_process_first():
         files, dev = build_hearing_data(HearingData(seed=seed, **hd), encoder, tokenizer)
-    keys = {"lr", "batch_size", "max_steps", "max_seconds", "checkpoint_every", "eval_every", "warmup", "spec_augment"}
+    keys = {"lr", "batch_size", "max_steps", "max_seconds", "checkpoint_every", "eval_every", "warmup", "spec_augment", "top_lr"}
     cfg = HearingTrain(stride=encoder.config.stride, seed=seed, **{k: v for k, v in scfg.items() if k in keys})
     dtype = encoder.projector.fc1.weight.dtype
     encoder.projector.float()  # CTC trains in fp32 whatever the model's dtype
