@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--stride", type=int, required=True)
     ap.add_argument("--whisper", default=None, help="the encoder the projector was trained on (default: the checkpoint's)")
     ap.add_argument("--hidden", type=int, default=None)
-    ap.add_argument("--layers", type=int, default=0)
+    ap.add_argument("--layers", type=int, default=None, help="default: as many as the projector holds")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     state = torch.load(a.projector, weights_only=False)
@@ -40,11 +40,16 @@ def main() -> None:
         if f.name not in ("speech_encoder.safetensors", "speech_encoder.json", "stage.json") and f.is_file():
             os.symlink(f.resolve(), a.out / f.name)
     enc = json.loads((a.checkpoint / "speech_encoder.json").read_text())
-    enc.update({"whisper": a.whisper or enc["whisper"], "stride": a.stride, "projector": "ctc", "projector_hidden": a.hidden, "projector_layers": a.layers})
+    # the projector's own layers and tuned Whisper blocks are in its state; the config must say so
+    layers = a.layers if a.layers is not None else len({k.split(".")[1] for k in state if k.startswith("layers.")})
+    tuned = len({k.split(".")[2] for k in state if k.startswith("top.blocks.")})
+    enc.update({"whisper": a.whisper or enc["whisper"], "stride": a.stride, "projector": "ctc", "projector_hidden": a.hidden,
+                "projector_layers": layers, "tune_blocks": tuned})
     (a.out / "speech_encoder.json").write_text(json.dumps(enc, indent=1))
     save_file({k: v.contiguous() for k, v in state.items()}, str(a.out / "speech_encoder.safetensors"))
     info = json.loads((a.checkpoint / "stage.json").read_text()) if (a.checkpoint / "stage.json").is_file() else {}
-    info["graft"] = {"from": str(a.checkpoint), "projector": str(a.projector), "kind": "ctc", "stride": a.stride}
+    info["graft"] = {"from": str(a.checkpoint), "projector": str(a.projector), "kind": "ctc", "stride": a.stride,
+                     "tune_blocks": tuned}
     (a.out / "stage.json").write_text(json.dumps(info, indent=1))
     print(f"wrote {a.out}")
 
