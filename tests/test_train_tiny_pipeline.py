@@ -153,6 +153,9 @@ def test_ctc_projector_recipe(tmp_path):
     assert set(m1) < set(m3)   # stage assign added the speech copies
     p1, p3 = (load_file(str(out / f"stage-{s}" / "speech_encoder.safetensors")) for s in ("1", "3"))
     assert all(torch.equal(p1[k], p3[k]) for k in p1) and "vocab" in p1
+    # Whisper's last block trained with the projector and travels in its state
+    whisper = load_checkpoint(out / "stage-1").encoder.whisper
+    assert not torch.equal(p1["top.blocks.0.mlp.0.weight"], whisper.blocks[-1].mlp[0].weight)
     # the speech experts are copies (assign copy: true): the text path is the upcycled FFN exactly
     a1, aa = load_checkpoint(out / "stage-1"), load_checkpoint(out / "stage-assign")
     record = json.loads((out / "stage-assign" / "assignment.json").read_text())
