@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--whisper", default="tiny.en", help="the frozen encoder (tiny.en, base: offline)")
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=0, help="self-attention layers in the projector")
+    ap.add_argument("--units", choices=("llm", "chars"), default="llm",
+                    help="what the CTC head emits: the LLM's tokens (ctc_projector.py) or characters (char_ctc.py)")
     ap.add_argument("--tune-blocks", type=int, default=0, help="Whisper's last N encoder blocks train with the projector")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--top-lr", type=float, default=None, help="learning rate of the tuned blocks (default --lr)")
@@ -75,6 +77,14 @@ def main() -> None:
         (a.out / "dev_wer.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return
+    if a.units == "chars":
+        from deeptalk.speech.char_ctc import CharCTC
+        from deeptalk.speech.whisper_top import WhisperTop
+
+        top = WhisperTop(encoder.whisper, encoder.frozen_blocks) if a.tune_blocks else None
+        torch.manual_seed(0)
+        encoder.projector = CharCTC(encoder.whisper.ln_post.normalized_shape[0], llm.config.hidden_size, a.stride,
+                                    a.hidden, layers=a.layers, top=top)
     proj = encoder.projector.tie(llm.get_input_embeddings().weight)
     if a.init and not (a.resume and (a.out / "state.pt").is_file()):
         state = torch.load(a.init, weights_only=False)

@@ -94,7 +94,7 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
     state = load_file(str(path / ENCODER_FILE))
     encoder = SpeechEncoder.from_whisper(enc_cfg, ctc_vocab=state.get("vocab"))
     encoder.projector.load_state_dict(state)
-    encoder = encoder.to(device).eval().tie(model.get_input_embeddings().weight)
+    encoder = encoder.to(device).eval().tie(model.get_input_embeddings().weight, tokenizer)
     ref = json.loads((path / CODEC_FILE).read_text())
     codec_src = codec or (str(path / ref["path"]) if "path" in ref else ref["name"])
     info = json.loads((path / "stage.json").read_text()) if (path / "stage.json").is_file() else {}

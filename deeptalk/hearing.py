@@ -157,9 +157,8 @@ def ctc_dev_wer(projector, dev_rows: list[dict], tokenizer) -> dict:
     refs, hyps = [], []
     projector.eval()
     for r in dev_rows:
-        ids = projector.greedy_ids(r["feats"].float().unsqueeze(0))
         refs.append(norm(r["text"]) or "-")
-        hyps.append(norm(tokenizer.decode(ids)))
+        hyps.append(norm(projector.heard_text(r["feats"].float().unsqueeze(0), tokenizer)))
     projector.train()
     by_voice: dict[str, list[int]] = {}
     for i, r in enumerate(dev_rows):
@@ -176,9 +175,8 @@ def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for f in train_files for r in torch.load(f, weights_only=False)]
     dev_rows = torch.load(dev_file, weights_only=False)
-    index = projector.class_index()
-    kept = [r for r in rows if r["ids"] and all(i in index for i in r["ids"])]
-    log(f"hearing: {len(kept)} of {len(rows)} training utterances have every token in the head's vocabulary")
+    kept = [{**r, "target": t} for r in rows if (t := projector.targets(r)) is not None]
+    log(f"hearing: {len(kept)} of {len(rows)} training utterances can be written in the head's units")
     params = [p for p in projector.parameters() if p.requires_grad]
     top = {id(p) for p in projector.top.parameters()} if getattr(projector, "top", None) is not None else set()
     groups = [{"params": [p for p in params if id(p) not in top]}]
@@ -239,7 +237,7 @@ def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg
         batch = next_batch()
         aug = random.Random(cfg.seed * 1_000_003 + step) if cfg.spec_augment else None  # per step: resume-exact
         feats, lengths = _batch(batch, aug)
-        loss = projector.ctc_loss(feats, lengths, [r["ids"] for r in batch])
+        loss = projector.ctc_loss(feats, lengths, [r["target"] for r in batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

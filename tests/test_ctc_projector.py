@@ -130,7 +130,7 @@ def test_encoder_with_ctc_projector(spoken):
     assert embeds.shape[0] == 2 and embeds.shape[2] == 16 and lengths.max() == embeds.shape[1]
     with pytest.raises(ValueError, match="needs its vocabulary"):
         SpeechEncoder(enc.whisper, SpeechEncoderConfig(hidden_size=16, projector="ctc"))
-    with pytest.raises(ValueError, match="'mlp' or 'ctc'"):
+    with pytest.raises(ValueError, match="'mlp', 'ctc' or 'ctc_chars'"):
         SpeechEncoder(enc.whisper, SpeechEncoderConfig(hidden_size=16, projector="linear"))
 
 
@@ -238,3 +238,50 @@ def test_tuned_whisper_top_starts_as_the_frozen_encoder_and_trains_alone(spoken,
     assert not torch.equal(again.whisper.blocks[-1].mlp[0].weight, again.projector.top.blocks[-1].mlp[0].weight)
     with pytest.raises(ValueError, match="needs the ctc projector"):
         SpeechEncoder(enc.whisper, SpeechEncoderConfig(hidden_size=16, tune_blocks=1))
+
+
+def test_spelling_keeps_letters_digits_apostrophes_and_single_spaces():
+    from deeptalk.speech.char_ctc import ALPHABET, spell
+
+    ids = spell("  Don't stop -- the 2nd train, Mr. O'Hara!")
+    assert "".join(ALPHABET[i - 1] for i in ids) == "don't stop the 2nd train mr o'hara"
+    assert spell("?!") is None
+
+
+def test_char_ctc_learns_a_real_utterance_and_hands_the_llm_its_tokens(one_torch_thread, spoken):
+    """The character head spells a real Piper sentence after training on it; the LLM reads
+    the transcript's own tokens (as typed), through the encoder as through the projector."""
+    from deeptalk.speech.char_ctc import CharCTC, spell
+    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
+
+    tok, feats, ids, enc = spoken
+    text = "Lisbon is the capital of Portugal."
+    torch.manual_seed(0)
+    embed = torch.randn(49152, 16)
+    proj = CharCTC(feats.shape[1], 16, 2, hidden=64).tie(embed, tok)
+    opt = torch.optim.AdamW(proj.parameters(), lr=3e-3)
+    x, n = feats.unsqueeze(0), torch.tensor([feats.shape[0]])
+    target = [spell(text)]
+    first = proj.ctc_loss(x, n, target).item()
+    for _ in range(200):
+        loss = proj.ctc_loss(x, n, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first
+    assert proj.transcribe(x) == ["lisbon is the capital of portugal"]
+    (rows,), (heard,) = proj.read(x)
+    assert heard == tok(" lisbon is the capital of portugal", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(rows, embed[heard])
+    assert proj.targets({"text": text}) == target[0] and proj.heard_text(x) == "lisbon is the capital of portugal"
+    # in the speech encoder: read as text, and the tokenizer is required
+    cfg = SpeechEncoderConfig(hidden_size=16, stride=2, projector="ctc_chars", projector_hidden=64)
+    chars = SpeechEncoder(enc.whisper, cfg)
+    chars.projector.load_state_dict(proj.state_dict())
+    assert chars.reads_as_text
+    with pytest.raises(ValueError, match="needs the LLM's tokenizer"):
+        chars.tie(embed)
+    chars.tie(embed, tok)
+    embeds, lengths = chars([feats])
+    assert int(lengths[0]) == len(heard)
+    torch.testing.assert_close(embeds[0, : len(heard)], embed[heard])

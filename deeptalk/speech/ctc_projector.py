@@ -103,6 +103,16 @@ class CTCProjector(nn.Module):
             self._index = {int(v): i + 1 for i, v in enumerate(self.vocab.tolist())}
         return self._index
 
+    def targets(self, row: dict) -> list[int] | None:
+        """What ctc_loss learns for a hearing-corpus row: its LLM token ids (None: some token
+        is outside the head's vocabulary)."""
+        index = self.class_index()
+        return row["ids"] if row["ids"] and all(i in index for i in row["ids"]) else None
+
+    def heard_text(self, feats: torch.Tensor, tokenizer) -> str:
+        """The greedy transcript of one utterance [1, T, D]."""
+        return tokenizer.decode(self.greedy_ids(feats))
+
     @torch.no_grad()
     def greedy_ids(self, feats: torch.Tensor) -> list[int]:
         """CTC greedy transcript of one utterance [1, T, D] as LLM token ids."""

@@ -86,7 +86,8 @@ class SpeechEncoderConfig:
     projector_hidden: int | None = None  # MLP width; default: hidden_size
     # "mlp": one position per `stride` frames, read by the speech experts (the paper's projector);
     # "ctc": CTC over the LLM's vocabulary, one soft text embedding per token heard, read as text
-    # (deeptalk/speech/ctc_projector.py)
+    # (deeptalk/speech/ctc_projector.py); "ctc_chars": CTC over characters, the transcript read
+    # as the LLM's own tokens (deeptalk/speech/char_ctc.py)
     projector: str = "mlp"
     projector_layers: int = 0  # ctc: self-attention layers over the utterance after the conv
     # ctc: Whisper's last `tune_blocks` encoder blocks train with the projector (copies that
@@ -126,13 +127,17 @@ def build_projector(config: SpeechEncoderConfig, whisper_encoder: nn.Module, ctc
                     ) -> nn.Module:
     """The trainable half of the speech encoder, reading the Whisper encoder's features."""
     width = whisper_encoder.ln_post.normalized_shape[0]
-    if config.projector == "ctc":
+    if config.projector in ("ctc", "ctc_chars"):
+        from deeptalk.speech.char_ctc import CharCTC
         from deeptalk.speech.ctc_projector import CTCProjector
         from deeptalk.speech.whisper_top import WhisperTop
 
+        top = WhisperTop(whisper_encoder, len(whisper_encoder.blocks) - config.tune_blocks) if config.tune_blocks else None
+        if config.projector == "ctc_chars":
+            return CharCTC(width, config.hidden_size, config.stride, config.projector_hidden,
+                           layers=config.projector_layers, top=top)
         if ctc_vocab is None:
             raise ValueError("a CTC projector needs its vocabulary (the LLM token ids it can emit)")
-        top = WhisperTop(whisper_encoder, len(whisper_encoder.blocks) - config.tune_blocks) if config.tune_blocks else None
         return CTCProjector(width, config.hidden_size, config.stride, ctc_vocab, config.projector_hidden,
                             layers=config.projector_layers, top=top)
     return Projector(width, config.hidden_size, config.stride, config.projector_hidden)
@@ -143,13 +148,13 @@ class SpeechEncoder(nn.Module):
 
     def __init__(self, whisper_encoder: nn.Module, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None):
         super().__init__()
-        if config.projector not in ("mlp", "ctc"):
-            raise ValueError(f"SpeechEncoderConfig.projector must be 'mlp' or 'ctc', got {config.projector!r}")
+        if config.projector not in ("mlp", "ctc", "ctc_chars"):
+            raise ValueError(f"SpeechEncoderConfig.projector must be 'mlp', 'ctc' or 'ctc_chars', got {config.projector!r}")
         if config.window not in ("exact", "pad30"):
             raise ValueError(f"SpeechEncoderConfig.window must be 'exact' or 'pad30', got {config.window!r}")
         if config.stride < 1:
             raise ValueError(f"SpeechEncoderConfig.stride must be >= 1, got {config.stride}")
-        if config.tune_blocks and config.projector != "ctc":
+        if config.tune_blocks and config.projector == "mlp":
             raise ValueError("SpeechEncoderConfig.tune_blocks needs the ctc projector")
         self.config = config
         self.whisper = whisper_encoder
@@ -169,12 +174,17 @@ class SpeechEncoder(nn.Module):
 
     @property
     def reads_as_text(self) -> bool:
-        """Its positions are soft text embeddings: the LLM reads them on its text path."""
-        return self.config.projector == "ctc"
+        """Its positions are text embeddings: the LLM reads them on its text path."""
+        return self.config.projector in ("ctc", "ctc_chars")
 
-    def tie(self, embedding_weight: torch.Tensor) -> SpeechEncoder:
-        """Give a CTC projector the LLM's input embeddings (a no-op for the MLP projector)."""
-        if self.reads_as_text:
+    def tie(self, embedding_weight: torch.Tensor, tokenizer=None) -> SpeechEncoder:
+        """Give a CTC projector the LLM's input embeddings, and a character one the LLM's
+        tokenizer too (a no-op for the MLP projector)."""
+        if self.config.projector == "ctc_chars":
+            if tokenizer is None:
+                raise ValueError("a ctc_chars projector needs the LLM's tokenizer (tie(embedding_weight, tokenizer))")
+            self.projector.tie(embedding_weight, tokenizer)
+        elif self.reads_as_text:
             self.projector.tie(embedding_weight)
         return self
 

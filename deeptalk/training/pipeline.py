@@ -117,7 +117,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
     model.config.answer_layout = recipe.get("answer_layout", model.config.answer_layout)
     model.config.validate()
     encoder.projector.to(model.dtype)
-    encoder.tie(model.get_input_embeddings().weight)
+    encoder.tie(model.get_input_embeddings().weight, tokenizer)
 
     asr_ex = qa_ex = text_ex = None
     summary = {"recipe": recipe["name"], "recipe_hash": recipe_hash(recipe), "seed": seed, "stages": {},

@@ -47,7 +47,7 @@ class ProjectorOnly(nn.Module):
 
     @property
     def reads_as_text(self) -> bool:
-        return self.config.projector == "ctc"
+        return self.config.projector in ("ctc", "ctc_chars")
 
 
 def _previous_stage(run: Path, stage: str) -> Path:

@@ -1,0 +1,86 @@
+"""A CTC head over characters: hears letters, hands the LLM the words it spelled.
+
+    Whisper frames (50 Hz) [-> Whisper's last blocks, trained] -> stack `stride` -> MLP + conv
+        -> logits over blank + ALPHABET
+        -> CTC greedy: runs of one argmax, blanks dropped -> a lower-case transcript
+        -> the LLM's tokenizer -> the LLM's own input embeddings for those tokens
+
+Why characters: the LLM-vocabulary head (ctc_projector.py) must learn each of ~34 k tokens'
+sound from the few times it is heard, and its readout (tied to embeddings that hold meaning,
+not sound) costs most of a training step. Forty classes are each heard thousands of times,
+and the readout is free. The LLM then reads exactly the tokens it would read had the words
+been typed.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from deeptalk.speech.ctc_projector import CTCProjector, _runs
+
+ALPHABET = " abcdefghijklmnopqrstuvwxyz'0123456789"
+
+
+def spell(text: str) -> list[int] | None:
+    """Class ids (1..len(ALPHABET)) of a transcript, lower-cased, other characters dropped,
+    spaces collapsed; None when nothing is left."""
+    t = re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " "))
+    t = re.sub(r" +", " ", t).strip()
+    return [ALPHABET.index(c) + 1 for c in t] or None
+
+
+class CharCTC(CTCProjector):
+    kind = "ctc_chars"
+
+    def __init__(self, in_dim: int, out_dim: int, stride: int, hidden: int | None = None, kernel: int = 5,
+                 layers: int = 0, top=None):
+        super().__init__(in_dim, out_dim, stride, torch.zeros(0, dtype=torch.long), hidden, kernel, layers, top)
+        self.chars = torch.nn.Linear(out_dim, 1 + len(ALPHABET))
+        del self.blank, self.token_bias, self.log_scale
+
+    def tie(self, embedding_weight: torch.Tensor, tokenizer=None) -> CharCTC:
+        """The LLM's input embeddings and the tokenizer that turns the spelled words into its tokens."""
+        self._embed, self.tokenizer = embedding_weight.detach(), tokenizer
+        return self
+
+    def logits(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.chars(self.hidden(feats, lengths))
+
+    def targets(self, row: dict) -> list[int] | None:
+        return spell(row["text"])
+
+    def ctc_loss(self, feats: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+        logp = self.logits(feats, lengths).float().log_softmax(-1)
+        t_len = (lengths + self.stride - 1) // self.stride
+        flat = torch.tensor([c for seq in targets for c in seq], dtype=torch.long)
+        tgt_len = torch.tensor([len(s) for s in targets], dtype=torch.long)
+        loss = torch.nn.functional.ctc_loss(logp.transpose(0, 1), flat, t_len, tgt_len, blank=0, reduction="sum",
+                                            zero_infinity=True)
+        return loss / tgt_len.sum().clamp(min=1)
+
+    def heard_text(self, feats: torch.Tensor, tokenizer=None) -> str:
+        return self.transcribe(feats)[0]
+
+    @torch.no_grad()
+    def transcribe(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> list[str]:
+        """Greedy CTC transcripts, one per utterance of the batch."""
+        logits = self.logits(feats, lengths)
+        t_len = [logits.shape[1]] * logits.shape[0] if lengths is None else \
+            ((lengths + self.stride - 1) // self.stride).tolist()
+        return ["".join(ALPHABET[c - 1] for c, _ in _runs(row[:n].argmax(-1)) if c != 0).strip()
+                for row, n in zip(logits, t_len)]
+
+    def read(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[list[int]]]:
+        """(the LLM's embeddings of the tokens of each transcript, those token ids): what the LLM
+        would read had the transcript been typed (a leading space, as after the user's turn starts)."""
+        if getattr(self, "tokenizer", None) is None:
+            raise RuntimeError("CharCTC.tie(embedding_weight, tokenizer) must be called before reading")
+        heard = [self.tokenizer(" " + t, add_special_tokens=False)["input_ids"] if t else []
+                 for t in self.transcribe(feats, lengths)]
+        dtype = self.fc2.weight.dtype
+        return [self.embed[torch.tensor(ids, dtype=torch.long)].to(dtype) for ids in heard], heard
+
+    @torch.no_grad()
+    def greedy_ids(self, feats: torch.Tensor) -> list[int]:
+        return self.read(feats)[1][0]
