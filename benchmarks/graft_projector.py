@@ -43,12 +43,13 @@ def main() -> None:
     # the projector's own layers and tuned Whisper blocks are in its state; the config must say so
     layers = a.layers if a.layers is not None else len({k.split(".")[1] for k in state if k.startswith("layers.")})
     tuned = len({k.split(".")[2] for k in state if k.startswith("top.blocks.")})
-    enc.update({"whisper": a.whisper or enc["whisper"], "stride": a.stride, "projector": "ctc", "projector_hidden": a.hidden,
+    kind = "ctc_chars" if "chars.weight" in state else "ctc"
+    enc.update({"whisper": a.whisper or enc["whisper"], "stride": a.stride, "projector": kind, "projector_hidden": a.hidden,
                 "projector_layers": layers, "tune_blocks": tuned})
     (a.out / "speech_encoder.json").write_text(json.dumps(enc, indent=1))
     save_file({k: v.contiguous() for k, v in state.items()}, str(a.out / "speech_encoder.safetensors"))
     info = json.loads((a.checkpoint / "stage.json").read_text()) if (a.checkpoint / "stage.json").is_file() else {}
-    info["graft"] = {"from": str(a.checkpoint), "projector": str(a.projector), "kind": "ctc", "stride": a.stride,
+    info["graft"] = {"from": str(a.checkpoint), "projector": str(a.projector), "kind": kind, "stride": a.stride,
                      "tune_blocks": tuned}
     (a.out / "stage.json").write_text(json.dumps(info, indent=1))
     print(f"wrote {a.out}")
