@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=0, help="self-attention layers in the projector")
     ap.add_argument("--units", choices=("llm", "chars"), default="llm",
                     help="what the CTC head emits: the LLM's tokens (ctc_projector.py) or characters (char_ctc.py)")
+    ap.add_argument("--pieces", type=int, default=0, help="--units chars: spell in N BPE pieces learnt on the corpus")
     ap.add_argument("--tune-blocks", type=int, default=0, help="Whisper's last N encoder blocks train with the projector")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--top-lr", type=float, default=None, help="learning rate of the tuned blocks (default --lr)")
@@ -64,6 +65,16 @@ def main() -> None:
     print(f"data: {len(train_files)} shards in {data_s / 60:.1f} min", flush=True)
     if a.data_only:
         return
+    if a.units == "chars":
+        from deeptalk.hearing import hearing_pieces
+        from deeptalk.speech.char_ctc import CharCTC
+        from deeptalk.speech.whisper_top import WhisperTop
+
+        top = WhisperTop(encoder.whisper, encoder.frozen_blocks) if a.tune_blocks else None
+        torch.manual_seed(0)
+        encoder.projector = CharCTC(encoder.whisper.ln_post.normalized_shape[0], llm.config.hidden_size, a.stride,
+                                    a.hidden, layers=a.layers, top=top,
+                                    pieces=hearing_pieces(a.pieces) if a.pieces else None)
     if a.eval_only:
         from deeptalk.hearing import ctc_dev_wer
 
@@ -71,21 +82,13 @@ def main() -> None:
         state = state.get("projector", state)
         proj = encoder.projector
         proj.load_state_dict(state)
-        res = ctc_dev_wer(proj.tie(llm.get_input_embeddings().weight), torch.load(dev_file, weights_only=False), tok)
+        res = ctc_dev_wer(proj.tie(llm.get_input_embeddings().weight, tok), torch.load(dev_file, weights_only=False), tok)
         res["state"] = str(a.eval_only)
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "dev_wer.json").write_text(json.dumps(res, indent=1))
         print(json.dumps(res, indent=1))
         return
-    if a.units == "chars":
-        from deeptalk.speech.char_ctc import CharCTC
-        from deeptalk.speech.whisper_top import WhisperTop
-
-        top = WhisperTop(encoder.whisper, encoder.frozen_blocks) if a.tune_blocks else None
-        torch.manual_seed(0)
-        encoder.projector = CharCTC(encoder.whisper.ln_post.normalized_shape[0], llm.config.hidden_size, a.stride,
-                                    a.hidden, layers=a.layers, top=top)
-    proj = encoder.projector.tie(llm.get_input_embeddings().weight)
+    proj = encoder.projector.tie(llm.get_input_embeddings().weight, tok)
     if a.init and not (a.resume and (a.out / "state.pt").is_file()):
         state = torch.load(a.init, weights_only=False)
         proj.load_state_dict(state.get("projector", state))

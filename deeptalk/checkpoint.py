@@ -77,6 +77,7 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
 
     from deeptalk.delta import load_delta
     from deeptalk.modeling import DeepTalkForCausalLM
+    from deeptalk.speech.char_ctc import pieces_from_state
     from deeptalk.speech.codec_loader import load_codec
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
 
@@ -92,7 +93,7 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
     tokenizer = AutoTokenizer.from_pretrained(path)
     enc_cfg = SpeechEncoderConfig(**json.loads((path / ENCODER_CONFIG).read_text()))
     state = load_file(str(path / ENCODER_FILE))
-    encoder = SpeechEncoder.from_whisper(enc_cfg, ctc_vocab=state.get("vocab"))
+    encoder = SpeechEncoder.from_whisper(enc_cfg, ctc_vocab=state.get("vocab"), pieces=pieces_from_state(state))
     encoder.projector.load_state_dict(state)
     encoder = encoder.to(device).eval().tie(model.get_input_embeddings().weight, tokenizer)
     ref = json.loads((path / CODEC_FILE).read_text())

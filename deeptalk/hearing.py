@@ -109,6 +109,22 @@ def corpus_vocab(tokenizer, n_sentences: int = 200_000, seed: int = 0) -> torch.
     return torch.tensor(out)
 
 
+def hearing_pieces(size: int, seed: int = 0, n_sentences: int = 200_000) -> str:
+    """The BPE a ctc_chars head spells in, learnt on the whole hearing corpus (as corpus_vocab
+    reads it); cached by size and seed."""
+    from deeptalk.hearing_corpus import fortune_sentences, wordnet_sentences
+    from deeptalk.speech.char_ctc import train_pieces
+
+    path = cache_dir() / "data" / f"hearing-pieces-{size}-{seed}.json"
+    if path.is_file():
+        return path.read_text()
+    texts = (wordnet_sentences(random.Random(seed)) + fortune_sentences())[:n_sentences]
+    out = train_pieces(texts, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(out)
+    return out
+
+
 def _length_grouped(rows: list[dict], batch_size: int, rng: random.Random, window: int = 50) -> list[int]:
     """One epoch's order: shuffled, then sorted by length inside windows of `window` batches,
     so a batch pads little (random batches of this corpus were mostly padding), and the batches shuffled again."""

@@ -285,3 +285,30 @@ def test_char_ctc_learns_a_real_utterance_and_hands_the_llm_its_tokens(one_torch
     embeds, lengths = chars([feats])
     assert int(lengths[0]) == len(heard)
     torch.testing.assert_close(embeds[0, : len(heard)], embed[heard])
+
+
+def test_word_pieces_write_any_transcript_and_travel_in_the_state(tmp_path):
+    """ctc_chars with pieces: a BPE learnt by tokenizers' trainer writes common words whole
+    and anything else letter by letter; a saved state rebuilds the same head."""
+    from safetensors.torch import load_file, save_file
+
+    from deeptalk.speech.char_ctc import CharCTC, pieces_from_state, spell, train_pieces
+
+    texts = ["the capital of france is paris", "what is the largest planet in the solar system"] * 50
+    pieces = train_pieces(texts, 80)
+    torch.manual_seed(0)
+    head = CharCTC(8, 16, 2, hidden=16, pieces=pieces)
+    common = head.targets({"text": "The capital of France?"})
+    rare = head.targets({"text": "Zebra-quux"})
+    assert 3 * len(common) < len(spell("The capital of France?")) and len(rare) >= 8
+    assert head.chars.out_features == 1 + head.bpe.get_vocab_size()
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp_path / "h.safetensors"))
+    state = load_file(str(tmp_path / "h.safetensors"))
+    again = CharCTC(8, 16, 2, hidden=16, pieces=pieces_from_state(state))
+    again.load_state_dict(state)
+    x = torch.randn(1, 20, 8)
+    assert again.transcribe(x) == head.transcribe(x)
+    assert pieces_from_state({"vocab": torch.zeros(0)}) is None
+    # a piece run decodes to spaced words
+    ids = [i for i in head.targets({"text": "what is the solar system"})]
+    assert " ".join(head.bpe.decode([i - 1 for i in ids]).split()) == "what is the solar system"

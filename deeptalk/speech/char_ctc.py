@@ -1,4 +1,4 @@
-"""A CTC head over characters: hears letters, hands the LLM the words it spelled.
+"""A CTC head over characters (or word pieces): hears letters, hands the LLM the words it spelled.
 
     Whisper frames (50 Hz) [-> Whisper's last blocks, trained] -> stack `stride` -> MLP + conv
         -> logits over blank + ALPHABET
@@ -25,18 +25,46 @@ ALPHABET = " abcdefghijklmnopqrstuvwxyz'0123456789"
 def spell(text: str) -> list[int] | None:
     """Class ids (1..len(ALPHABET)) of a transcript, lower-cased, other characters dropped,
     spaces collapsed; None when nothing is left."""
+    return [ALPHABET.index(c) + 1 for c in _spelled(text)] or None
+
+
+def train_pieces(texts, size: int) -> str:
+    """A BPE of `size` pieces over spelled text (tokenizers' trainer; every character of
+    ALPHABET is a piece, so any transcript can be written), as its JSON."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=size, initial_alphabet=list(ALPHABET.strip()) + ["\u2581"],
+                                  show_progress=False, special_tokens=[])
+    bpe.train_from_iterator((_spelled(t) for t in texts), trainer)
+    return bpe.to_str()
+
+
+def _spelled(text: str) -> str:
     t = re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " "))
-    t = re.sub(r" +", " ", t).strip()
-    return [ALPHABET.index(c) + 1 for c in t] or None
+    return re.sub(r" +", " ", t).strip()
 
 
 class CharCTC(CTCProjector):
+    """CTC over characters, or over word pieces learnt on the hearing corpus (`pieces`: a
+    tokenizers BPE as JSON; it travels in the state as bytes). Pieces write common words whole,
+    so the head spells less and each class is still heard thousands of times."""
+
     kind = "ctc_chars"
 
     def __init__(self, in_dim: int, out_dim: int, stride: int, hidden: int | None = None, kernel: int = 5,
-                 layers: int = 0, top=None):
+                 layers: int = 0, top=None, pieces: str | None = None):
         super().__init__(in_dim, out_dim, stride, torch.zeros(0, dtype=torch.long), hidden, kernel, layers, top)
-        self.chars = torch.nn.Linear(out_dim, 1 + len(ALPHABET))
+        self.bpe = None
+        if pieces is not None:
+            from tokenizers import Tokenizer
+
+            self.bpe = Tokenizer.from_str(pieces)
+            self.register_buffer("pieces", torch.tensor(list(pieces.encode()), dtype=torch.uint8))
+        units = self.bpe.get_vocab_size() if self.bpe is not None else len(ALPHABET)
+        self.chars = torch.nn.Linear(out_dim, 1 + units)
         del self.blank, self.token_bias, self.log_scale
 
     def tie(self, embedding_weight: torch.Tensor, tokenizer=None) -> CharCTC:
@@ -48,7 +76,9 @@ class CharCTC(CTCProjector):
         return self.chars(self.hidden(feats, lengths))
 
     def targets(self, row: dict) -> list[int] | None:
-        return spell(row["text"])
+        if self.bpe is None:
+            return spell(row["text"])
+        return [i + 1 for i in self.bpe.encode(_spelled(row["text"])).ids] or None
 
     def ctc_loss(self, feats: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
         logp = self.logits(feats, lengths).float().log_softmax(-1)
@@ -68,8 +98,10 @@ class CharCTC(CTCProjector):
         logits = self.logits(feats, lengths)
         t_len = [logits.shape[1]] * logits.shape[0] if lengths is None else \
             ((lengths + self.stride - 1) // self.stride).tolist()
-        return ["".join(ALPHABET[c - 1] for c, _ in _runs(row[:n].argmax(-1)) if c != 0).strip()
-                for row, n in zip(logits, t_len)]
+        runs = [[c for c, _ in _runs(row[:n].argmax(-1)) if c != 0] for row, n in zip(logits, t_len)]
+        if self.bpe is not None:
+            return [" ".join(self.bpe.decode([c - 1 for c in r]).split()) for r in runs]
+        return [" ".join("".join(ALPHABET[c - 1] for c in r).split()) for r in runs]
 
     def read(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[list[int]]]:
         """(the LLM's embeddings of the tokens of each transcript, those token ids): what the LLM
@@ -84,3 +116,8 @@ class CharCTC(CTCProjector):
     @torch.no_grad()
     def greedy_ids(self, feats: torch.Tensor) -> list[int]:
         return self.read(feats)[1][0]
+
+
+def pieces_from_state(state: dict) -> str | None:
+    """The BPE JSON a saved CharCTC state carries (None: characters, or another projector)."""
+    return bytes(state["pieces"].tolist()).decode() if "pieces" in state else None

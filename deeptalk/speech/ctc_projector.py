@@ -46,8 +46,9 @@ class CTCProjector(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(()))
         self._embed: torch.Tensor | None = None  # [V, H] rows of the LLM's embeddings (not saved)
 
-    def tie(self, embedding_weight: torch.Tensor) -> CTCProjector:
-        """Attach the LLM's input embedding matrix [vocab_size, H] (frozen)."""
+    def tie(self, embedding_weight: torch.Tensor, tokenizer=None) -> CTCProjector:
+        """Attach the LLM's input embedding matrix [vocab_size, H] (frozen). The tokenizer is
+        not needed: this head emits token ids."""
         w = embedding_weight.detach()
         if int(self.vocab.max()) >= w.shape[0]:
             raise ValueError(f"CTC vocabulary holds id {int(self.vocab.max())}, the LLM has {w.shape[0]} embeddings")

@@ -93,6 +93,7 @@ class SpeechEncoderConfig:
     # ctc: Whisper's last `tune_blocks` encoder blocks train with the projector (copies that
     # travel in its state, deeptalk/speech/whisper_top.py); 0 = the whole encoder frozen
     tune_blocks: int = 0
+    pieces: int = 0  # ctc_chars: 0 = characters, N = a BPE of N word pieces learnt on the hearing corpus
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -123,9 +124,10 @@ def num_positions(num_frames: int, stride: int) -> int:
     return math.ceil(num_frames / stride)
 
 
-def build_projector(config: SpeechEncoderConfig, whisper_encoder: nn.Module, ctc_vocab: torch.Tensor | None = None
-                    ) -> nn.Module:
-    """The trainable half of the speech encoder, reading the Whisper encoder's features."""
+def build_projector(config: SpeechEncoderConfig, whisper_encoder: nn.Module, ctc_vocab: torch.Tensor | None = None,
+                    pieces: str | None = None) -> nn.Module:
+    """The trainable half of the speech encoder, reading the Whisper encoder's features.
+    `ctc_vocab`: the LLM tokens a ctc head emits; `pieces`: the BPE a ctc_chars head spells in."""
     width = whisper_encoder.ln_post.normalized_shape[0]
     if config.projector in ("ctc", "ctc_chars"):
         from deeptalk.speech.char_ctc import CharCTC
@@ -134,8 +136,11 @@ def build_projector(config: SpeechEncoderConfig, whisper_encoder: nn.Module, ctc
 
         top = WhisperTop(whisper_encoder, len(whisper_encoder.blocks) - config.tune_blocks) if config.tune_blocks else None
         if config.projector == "ctc_chars":
+            if bool(config.pieces) != (pieces is not None):
+                raise ValueError(f"SpeechEncoderConfig.pieces={config.pieces} but the BPE was "
+                                 f"{'not ' if pieces is None else ''}given")
             return CharCTC(width, config.hidden_size, config.stride, config.projector_hidden,
-                           layers=config.projector_layers, top=top)
+                           layers=config.projector_layers, top=top, pieces=pieces)
         if ctc_vocab is None:
             raise ValueError("a CTC projector needs its vocabulary (the LLM token ids it can emit)")
         return CTCProjector(width, config.hidden_size, config.stride, ctc_vocab, config.projector_hidden,
@@ -146,7 +151,8 @@ def build_projector(config: SpeechEncoderConfig, whisper_encoder: nn.Module, ctc
 class SpeechEncoder(nn.Module):
     """Whisper encoder (frozen) + projector (trainable)."""
 
-    def __init__(self, whisper_encoder: nn.Module, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None):
+    def __init__(self, whisper_encoder: nn.Module, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None,
+                 pieces: str | None = None):
         super().__init__()
         if config.projector not in ("mlp", "ctc", "ctc_chars"):
             raise ValueError(f"SpeechEncoderConfig.projector must be 'mlp', 'ctc' or 'ctc_chars', got {config.projector!r}")
@@ -161,16 +167,17 @@ class SpeechEncoder(nn.Module):
         self.whisper.requires_grad_(False)
         self.whisper.eval()
         self.n_mels = whisper_encoder.conv1.in_channels
-        self.projector = build_projector(config, whisper_encoder, ctc_vocab)
+        self.projector = build_projector(config, whisper_encoder, ctc_vocab, pieces)
         # the frozen blocks: the rest run inside the projector, trained
         self.frozen_blocks = len(whisper_encoder.blocks) - config.tune_blocks
 
     @classmethod
-    def from_whisper(cls, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None) -> SpeechEncoder:
+    def from_whisper(cls, config: SpeechEncoderConfig, ctc_vocab: torch.Tensor | None = None,
+                     pieces: str | None = None) -> SpeechEncoder:
         from deeptalk_common.whisper_ckpt import load_whisper
 
         model = load_whisper(config.whisper)
-        return cls(model.encoder, config, ctc_vocab)
+        return cls(model.encoder, config, ctc_vocab, pieces)
 
     @property
     def reads_as_text(self) -> bool:

@@ -111,9 +111,13 @@ def build_encoder(recipe: dict, hidden_size: int, tokenizer=None):
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
 
     cfg = SpeechEncoderConfig(hidden_size=hidden_size, **recipe["speech_encoder"])
-    vocab = None
+    vocab = pieces = None
     if cfg.projector == "ctc":  # the head emits the tokens of the hearing corpus
         from deeptalk.hearing import corpus_vocab
 
         vocab = corpus_vocab(tokenizer, seed=int(recipe["seed"]))
-    return SpeechEncoder.from_whisper(cfg, ctc_vocab=vocab)
+    if cfg.projector == "ctc_chars" and cfg.pieces:  # the head spells in pieces learnt on that corpus
+        from deeptalk.hearing import hearing_pieces
+
+        pieces = hearing_pieces(cfg.pieces, seed=int(recipe["seed"]))
+    return SpeechEncoder.from_whisper(cfg, ctc_vocab=vocab, pieces=pieces)
