@@ -129,8 +129,8 @@ def test_accelerate_two_processes_cpu(tmp_path):
 
 
 def test_ctc_projector_recipe(tmp_path):
-    """tiny-ctc: stage 1 trains the CTC projector on the hearing corpus (LLM untouched), the
-    later stages read its soft text embeddings on the text path; the checkpoint hears."""
+    """tiny-ctc: stage 1 trains the CTC head (word pieces) on the hearing corpus (LLM
+    untouched), the later stages read the tokens it heard on the text path; the checkpoint hears."""
     import numpy as np
     import torch
     from safetensors.torch import load_file
@@ -152,7 +152,7 @@ def test_ctc_projector_recipe(tmp_path):
     m1, m3 = load_file(str(base)), load_file(str(out / "stage-3" / "model.safetensors"))
     assert set(m1) < set(m3)   # stage assign added the speech copies
     p1, p3 = (load_file(str(out / f"stage-{s}" / "speech_encoder.safetensors")) for s in ("1", "3"))
-    assert all(torch.equal(p1[k], p3[k]) for k in p1) and "vocab" in p1
+    assert all(torch.equal(p1[k], p3[k]) for k in p1) and "pieces" in p1   # the head spells in word pieces
     # Whisper's last block trained with the projector and travels in its state
     whisper = load_checkpoint(out / "stage-1").encoder.whisper
     assert not torch.equal(p1["top.blocks.0.mlp.0.weight"], whisper.blocks[-1].mlp[0].weight)
