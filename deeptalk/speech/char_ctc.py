@@ -81,13 +81,8 @@ class CharCTC(CTCProjector):
         return [i + 1 for i in self.bpe.encode(_spelled(row["text"])).ids] or None
 
     def ctc_loss(self, feats: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
-        logp = self.logits(feats, lengths).float().log_softmax(-1)
-        t_len = (lengths + self.stride - 1) // self.stride
-        flat = torch.tensor([c for seq in targets for c in seq], dtype=torch.long)
-        tgt_len = torch.tensor([len(s) for s in targets], dtype=torch.long)
-        loss = torch.nn.functional.ctc_loss(logp.transpose(0, 1), flat, t_len, tgt_len, blank=0, reduction="sum",
-                                            zero_infinity=True)
-        return loss / tgt_len.sum().clamp(min=1)
+        """Mean CTC loss per character (or piece); `targets` are class ids, as `targets()` gives."""
+        return self.class_ctc_loss(feats, lengths, targets)
 
     def heard_text(self, feats: torch.Tensor, tokenizer=None) -> str:
         return self.transcribe(feats)[0]

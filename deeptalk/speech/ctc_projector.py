@@ -90,11 +90,15 @@ class CTCProjector(nn.Module):
 
     def ctc_loss(self, feats: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
         """Mean CTC loss per target token; `targets` are LLM token ids (each must be in `vocab`)."""
+        index = self.class_index()
+        return self.class_ctc_loss(feats, lengths, [[index[i] for i in seq] for seq in targets])
+
+    def class_ctc_loss(self, feats: torch.Tensor, lengths: torch.Tensor, classes: list[list[int]]) -> torch.Tensor:
+        """Mean CTC loss per target class (1.. = the head's classes, 0 = blank)."""
         logp = self.logits(feats, lengths).float().log_softmax(-1)
         t_len = (lengths + self.stride - 1) // self.stride
-        index = self.class_index()
-        flat = torch.tensor([index[i] for seq in targets for i in seq], dtype=torch.long)
-        tgt_len = torch.tensor([len(s) for s in targets], dtype=torch.long)
+        flat = torch.tensor([c for seq in classes for c in seq], dtype=torch.long)
+        tgt_len = torch.tensor([len(s) for s in classes], dtype=torch.long)
         loss = nn.functional.ctc_loss(logp.transpose(0, 1), flat, t_len, tgt_len, blank=0, reduction="sum",
                                       zero_infinity=True)
         return loss / tgt_len.sum().clamp(min=1)
