@@ -90,15 +90,20 @@ def build_hearing_data(cfg: HearingData, encoder, tokenizer) -> tuple[list[Path]
     return train, dev
 
 
+def _whole_corpus(seed: int) -> list[str]:
+    """Every sentence of the hearing corpus, not only the synthesised part, in a fixed order."""
+    from deeptalk.hearing_corpus import fortune_sentences, wordnet_sentences
+
+    return wordnet_sentences(random.Random(seed)) + fortune_sentences()
+
+
 def corpus_vocab(tokenizer, n_sentences: int = 200_000, seed: int = 0) -> torch.Tensor:
     """LLM token ids the CTC head may emit: every token of the whole hearing corpus (not only
     the synthesised part), sorted. Cached by the tokenizer's vocabulary size and the corpus."""
-    from deeptalk.hearing_corpus import fortune_sentences, wordnet_sentences
-
     path = cache_dir() / "data" / f"hearing-vocab-{len(tokenizer)}-{seed}.json"
     if path.is_file():
         return torch.tensor(json.loads(path.read_text()))
-    texts = wordnet_sentences(random.Random(seed)) + fortune_sentences()
+    texts = _whole_corpus(seed)
     ids: set[int] = set()
     for s in range(0, min(len(texts), n_sentences), 2000):
         for row in tokenizer([" " + t for t in texts[s : s + 2000]], add_special_tokens=False)["input_ids"]:
@@ -112,14 +117,12 @@ def corpus_vocab(tokenizer, n_sentences: int = 200_000, seed: int = 0) -> torch.
 def hearing_pieces(size: int, seed: int = 0, n_sentences: int = 200_000) -> str:
     """The BPE a ctc_chars head spells in, learnt on the whole hearing corpus (as corpus_vocab
     reads it); cached by size and seed."""
-    from deeptalk.hearing_corpus import fortune_sentences, wordnet_sentences
     from deeptalk.speech.char_ctc import train_pieces
 
     path = cache_dir() / "data" / f"hearing-pieces-{size}-{seed}.json"
     if path.is_file():
         return path.read_text()
-    texts = (wordnet_sentences(random.Random(seed)) + fortune_sentences())[:n_sentences]
-    out = train_pieces(texts, size)
+    out = train_pieces(_whole_corpus(seed)[:n_sentences], size)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(out)
     return out

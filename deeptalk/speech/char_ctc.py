@@ -69,6 +69,8 @@ class CharCTC(CTCProjector):
 
     def tie(self, embedding_weight: torch.Tensor, tokenizer=None) -> CharCTC:
         """The LLM's input embeddings and the tokenizer that turns the spelled words into its tokens."""
+        if tokenizer is None:
+            raise ValueError("a ctc_chars projector needs the LLM's tokenizer (tie(embedding_weight, tokenizer))")
         self._embed, self.tokenizer = embedding_weight.detach(), tokenizer
         return self
 

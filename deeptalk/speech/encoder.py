@@ -77,6 +77,9 @@ def prepare_audio(samples, sample_rate: int, name: str = "audio") -> PreparedAud
     return PreparedAudio(x, int(sample_rate), clipped=clipped, silent=silent, truncated=truncated)
 
 
+TEXT_PROJECTORS = ("ctc", "ctc_chars")  # projectors whose positions the LLM reads as text
+
+
 @dataclass
 class SpeechEncoderConfig:
     whisper: str = "tiny.en"  # a name for load_whisper (offline: tiny.en) or a path
@@ -182,17 +185,12 @@ class SpeechEncoder(nn.Module):
     @property
     def reads_as_text(self) -> bool:
         """Its positions are text embeddings: the LLM reads them on its text path."""
-        return self.config.projector in ("ctc", "ctc_chars")
+        return self.config.projector in TEXT_PROJECTORS
 
     def tie(self, embedding_weight: torch.Tensor, tokenizer=None) -> SpeechEncoder:
-        """Give a CTC projector the LLM's input embeddings, and a character one the LLM's
-        tokenizer too (a no-op for the MLP projector)."""
-        if self.config.projector == "ctc_chars":
-            if tokenizer is None:
-                raise ValueError("a ctc_chars projector needs the LLM's tokenizer (tie(embedding_weight, tokenizer))")
+        """Give a CTC projector the LLM's input embeddings and tokenizer (a no-op for the MLP projector)."""
+        if self.reads_as_text:
             self.projector.tie(embedding_weight, tokenizer)
-        elif self.reads_as_text:
-            self.projector.tie(embedding_weight)
         return self
 
     def train(self, mode: bool = True):  # the Whisper half never leaves eval mode

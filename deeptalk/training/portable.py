@@ -47,7 +47,9 @@ class ProjectorOnly(nn.Module):
 
     @property
     def reads_as_text(self) -> bool:
-        return self.config.projector in ("ctc", "ctc_chars")
+        from deeptalk.speech.encoder import TEXT_PROJECTORS
+
+        return self.config.projector in TEXT_PROJECTORS
 
 
 def _previous_stage(run: Path, stage: str) -> Path:
