@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
@@ -44,13 +45,25 @@ def main() -> None:
     ap.add_argument("--init", type=Path, metavar="STATE", help="start from a saved projector's weights "
                     "(state.pt or projector-*.pt) with a fresh optimiser and schedule, e.g. on more data")
     ap.add_argument("--eval-only", type=Path, metavar="STATE", help="dev WER (overall and per voice) of a saved "
-                    "projector (state.pt or projector-*.pt) into --out/dev_wer.json; no training")
+                    "projector (state.pt, projector-*.pt or a stage's speech_encoder.safetensors) into --out/dev_wer.json; no training")
+    ap.add_argument("--questions", default=str(ROOT / "benchmarks" / "data" / "general_knowledge_dev.jsonl"),
+                    help="a JSONL of questions the curve also transcribes (spoken by Piper joe, as the spoken-QA "
+                         "tasks speak them), as questions_wer; '' for none")
+    ap.add_argument("--decode", choices=("greedy", "lexicon"), default="greedy",
+                    help="--eval-only: read the transcripts greedily or over English words rescored by the base LLM")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
 
-    from deeptalk.hearing import HearingData, HearingTrain, build_hearing_data, corpus_vocab, train_ctc
+    from deeptalk.hearing import (
+        HearingData,
+        HearingTrain,
+        build_hearing_data,
+        corpus_vocab,
+        question_features,
+        train_ctc,
+    )
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
     from deeptalk_common.base_llm import load_base_llm
 
@@ -61,6 +74,7 @@ def main() -> None:
     encoder = SpeechEncoder.from_whisper(enc_cfg, ctc_vocab=vocab)
     t0 = time.monotonic()
     train_files, dev_file = build_hearing_data(HearingData(sentences=a.sentences, dev=a.dev), encoder, tok)
+    probes = {"questions": question_features(Path(a.questions), encoder, tok)} if a.questions else {}
     data_s = time.monotonic() - t0
     print(f"data: {len(train_files)} shards in {data_s / 60:.1f} min", flush=True)
     if a.data_only:
@@ -78,11 +92,23 @@ def main() -> None:
     if a.eval_only:
         from deeptalk.hearing import ctc_dev_wer
 
-        state = torch.load(a.eval_only, weights_only=False)
-        state = state.get("projector", state)
+        if a.eval_only.suffix == ".safetensors":  # a stage's speech_encoder.safetensors: its projector part
+            from safetensors.torch import load_file
+
+            state = {k: v for k, v in load_file(a.eval_only).items() if not k.startswith("whisper.")}
+        else:
+            state = torch.load(a.eval_only, weights_only=False)
+            state = state.get("projector", state)
         proj = encoder.projector
         proj.load_state_dict(state)
-        res = ctc_dev_wer(proj.tie(llm.get_input_embeddings().weight, tok), torch.load(dev_file, weights_only=False), tok)
+        proj = proj.tie(llm.get_input_embeddings().weight, tok)
+        if a.decode == "lexicon":
+            from deeptalk.speech.lexicon_decode import LexiconConfig, llm_scorer
+
+            proj.use_lexicon(LexiconConfig(), llm_scorer(llm, tok))
+        res = {"decode": a.decode, **ctc_dev_wer(proj, torch.load(dev_file, weights_only=False), tok)}
+        for name, f in probes.items():
+            res[f"{name}_wer"] = round(ctc_dev_wer(proj, torch.load(f, weights_only=False), tok)["wer"], 4)
         res["state"] = str(a.eval_only)
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / "dev_wer.json").write_text(json.dumps(res, indent=1))
@@ -96,7 +122,7 @@ def main() -> None:
     cfg = HearingTrain(stride=a.stride, hidden=a.hidden, lr=a.lr, batch_size=a.batch_size, max_steps=a.max_steps, top_lr=a.top_lr,
                        max_seconds=a.max_minutes * 60, eval_every=a.eval_every, spec_augment=not a.no_spec_augment)
     res = train_ctc(proj, train_files, dev_file, tok, cfg, a.out, resume=a.resume,
-                    log=lambda m: print(m, flush=True))
+                    log=lambda m: print(m, flush=True), probes=probes)
     res.update({"vocab": len(vocab), "params": sum(p.numel() for p in proj.parameters()),
                 "threads": a.threads, "data_minutes": round(data_s / 60, 2), "args": {k: str(v) for k, v in vars(a).items()}})
     (a.out / "summary.json").write_text(json.dumps(res, indent=1))

@@ -68,10 +68,12 @@ def save_checkpoint(path: Path, model, tokenizer, encoder, codec_ref: dict, info
 
 
 def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float32, codec: str | None = None,
-                    base=None) -> Bundle:
+                    base=None, decode: str | None = None) -> Bundle:
     """Load a stage checkpoint (or a shipped model directory in the same layout).
 
-    `base`: for a delta checkpoint, the dense base model (default: the one delta.json names)."""
+    `base`: for a delta checkpoint, the dense base model (default: the one delta.json names).
+    `decode`: how a piece head's transcript is read ("greedy" | "lexicon"; default: the
+    checkpoint's speech_encoder.json)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
@@ -92,10 +94,16 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     enc_cfg = SpeechEncoderConfig(**json.loads((path / ENCODER_CONFIG).read_text()))
+    if decode is not None:
+        enc_cfg.decode = decode
     state = load_file(str(path / ENCODER_FILE))
     encoder = SpeechEncoder.from_whisper(enc_cfg, ctc_vocab=state.get("vocab"), pieces=pieces_from_state(state))
     encoder.projector.load_state_dict(state)
     encoder = encoder.to(device).eval().tie(model.get_input_embeddings().weight, tokenizer)
+    if enc_cfg.decode == "lexicon":
+        from deeptalk.speech.lexicon_decode import LexiconConfig, llm_scorer
+
+        encoder.projector.use_lexicon(LexiconConfig(**enc_cfg.lexicon), llm_scorer(model, tokenizer))
     ref = json.loads((path / CODEC_FILE).read_text())
     codec_src = codec or (str(path / ref["path"]) if "path" in ref else ref["name"])
     info = json.loads((path / "stage.json").read_text()) if (path / "stage.json").is_file() else {}

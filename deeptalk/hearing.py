@@ -76,6 +76,14 @@ def shard_features(sentences: list[str], voices, seed: int, name: str, encoder, 
     return out
 
 
+def question_features(path: Path, encoder, tokenizer, voice: str = "piper:joe", field: str = "question") -> Path:
+    """The questions of a JSONL file spoken by one voice, as a shard: what a spoken-QA task asks
+    the head to hear (short questions, names), which the corpus's glosses and quotations are not."""
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    texts = [json.loads(ln)[field] for ln in lines]
+    return shard_features(texts, [voice], 0, f"questions-{path.stem}", encoder, tokenizer)
+
+
 def build_hearing_data(cfg: HearingData, encoder, tokenizer) -> tuple[list[Path], Path]:
     """(training shard files, dev shard file); sentences disjoint from each other and from the tasks."""
     from deeptalk.hearing_corpus import hearing_sentences
@@ -189,11 +197,13 @@ def ctc_dev_wer(projector, dev_rows: list[dict], tokenizer) -> dict:
 
 
 def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg: HearingTrain, out: Path,
-              resume: bool = False, log=print) -> dict:
-    """Train `projector` (a tied CTCProjector) with CTC; checkpoints and the curve live in `out`."""
+              resume: bool = False, log=print, probes: dict[str, Path] | None = None) -> dict:
+    """Train `projector` (a tied CTCProjector) with CTC; checkpoints and the curve live in `out`.
+    `probes` (name -> shard) are more held-out sets whose WER the curve records as `<name>_wer`."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [r for f in train_files for r in torch.load(f, weights_only=False)]
     dev_rows = torch.load(dev_file, weights_only=False)
+    probe_rows = {k: torch.load(f, weights_only=False) for k, f in (probes or {}).items()}
     kept = [{**r, "target": t} for r in rows if (t := projector.targets(r)) is not None]
     log(f"hearing: {len(kept)} of {len(rows)} training utterances can be written in the head's units")
     params = [p for p in projector.parameters() if p.requires_grad]
@@ -231,14 +241,16 @@ def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg
 
     def evaluate():
         m = ctc_dev_wer(projector, dev_rows, tokenizer)
+        extra = {f"{k}_wer": round(ctc_dev_wer(projector, rows_k, tokenizer)["wer"], 4) for k, rows_k in probe_rows.items()}
         torch.save(projector.state_dict(), out / f"projector-{step:06d}.pt")  # for curves of downstream metrics
         new = not curve_path.exists()
         with curve_path.open("a", newline="") as f:
             w = csv.writer(f)
             if new:
-                w.writerow(["step", "minutes", "utterances", "dev_wer"])
-            w.writerow([step, round(seconds / 60, 2), step * cfg.batch_size, round(m["wer"], 4)])
-        log(f"hearing: step {step} ({seconds / 60:.1f} min) dev WER {m['wer']:.3f}  e.g. {m['example']['hyp']!r}")
+                w.writerow(["step", "minutes", "utterances", "dev_wer", *extra])
+            w.writerow([step, round(seconds / 60, 2), step * cfg.batch_size, round(m["wer"], 4), *extra.values()])
+        log(f"hearing: step {step} ({seconds / 60:.1f} min) dev WER {m['wer']:.3f} {extra or ''} "
+            f" e.g. {m['example']['hyp']!r}")
         return m
 
     def save():
@@ -247,8 +259,7 @@ def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg
                     "step": step, "seconds": seconds, "config": asdict(cfg)}, tmp)
         tmp.rename(state_path)
 
-    if step == 0:
-        evaluate()
+    last = evaluate() if step == 0 else None
     projector.train()
     bar = tqdm(total=cfg.max_steps, initial=step, desc="hearing (ctc)")
     while step < cfg.max_steps and seconds < cfg.max_seconds:
@@ -269,8 +280,8 @@ def train_ctc(projector, train_files: list[Path], dev_file: Path, tokenizer, cfg
         if step % cfg.checkpoint_every == 0:
             save()
         if step % cfg.eval_every == 0:
-            evaluate()
+            last = evaluate()
     bar.close()
-    final = evaluate()
+    final = last if last is not None and step % cfg.eval_every == 0 else evaluate()  # no row twice
     save()
     return {"steps": step, "seconds": seconds, "dev_wer": final["wer"], "utterances": len(kept)}

@@ -66,6 +66,24 @@ class CharCTC(CTCProjector):
         units = self.bpe.get_vocab_size() if self.bpe is not None else len(ALPHABET)
         self.chars = torch.nn.Linear(out_dim, 1 + units)
         del self.blank, self.token_bias, self.log_scale
+        self.lexicon = None  # transcribe() greedily unless use_lexicon() was called
+        self.score_text = None
+
+    def use_lexicon(self, config=None, score=None) -> CharCTC:
+        """Transcribe by beam search over English words (deeptalk/speech/lexicon_decode.py),
+        the n best rescored by `score` (texts -> log-probabilities, e.g. the LLM's) when given."""
+        from deeptalk.speech.lexicon_decode import LexiconDecoder
+
+        if self.bpe is None:
+            raise ValueError("lexicon decoding needs a piece head (pieces: N); this head spells characters")
+        self.lexicon = LexiconDecoder(self.spell_word, 1 + self.bpe.get_vocab_size(), ALPHABET.strip(), config)
+        self.score_text = score
+        return self
+
+    def spell_word(self, word: str) -> list[int] | None:
+        """A word's class ids in the head's pieces (None when it cannot be written)."""
+        ids = self.bpe.encode(_spelled(word)).ids
+        return [i + 1 for i in ids] if ids and _spelled(word) == word else None
 
     def tie(self, embedding_weight: torch.Tensor, tokenizer=None) -> CharCTC:
         """The LLM's input embeddings and the tokenizer that turns the spelled words into its tokens."""
@@ -91,10 +109,13 @@ class CharCTC(CTCProjector):
 
     @torch.no_grad()
     def transcribe(self, feats: torch.Tensor, lengths: torch.Tensor | None = None) -> list[str]:
-        """Greedy CTC transcripts, one per utterance of the batch."""
+        """CTC transcripts, one per utterance of the batch: greedy, or over words (use_lexicon)."""
         logits = self.logits(feats, lengths)
         t_len = [logits.shape[1]] * logits.shape[0] if lengths is None else \
             ((lengths + self.stride - 1) // self.stride).tolist()
+        if self.lexicon is not None:
+            lp = logits.float().log_softmax(-1)
+            return [self.lexicon.decode(row[:n], self.score_text) for row, n in zip(lp, t_len)]
         runs = [[c for c, _ in _runs(row[:n].argmax(-1)) if c != 0] for row, n in zip(logits, t_len)]
         if self.bpe is not None:
             return [" ".join(self.bpe.decode([c - 1 for c in r]).split()) for r in runs]

@@ -97,6 +97,11 @@ class SpeechEncoderConfig:
     # travel in its state, deeptalk/speech/whisper_top.py); 0 = the whole encoder frozen
     tune_blocks: int = 0
     pieces: int = 0  # ctc_chars: 0 = characters, N = a BPE of N word pieces learnt on the hearing corpus
+    # ctc_chars with pieces: how the transcript is read off the head at inference. "greedy": the
+    # argmax spelling; "lexicon": beam search over English words, the n best rescored by the LLM
+    # (deeptalk/speech/lexicon_decode.py; `lexicon` overrides LexiconConfig's fields)
+    decode: str = "greedy"
+    lexicon: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -165,6 +170,10 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"SpeechEncoderConfig.stride must be >= 1, got {config.stride}")
         if config.tune_blocks and config.projector == "mlp":
             raise ValueError("SpeechEncoderConfig.tune_blocks needs the ctc projector")
+        if config.decode not in ("greedy", "lexicon"):
+            raise ValueError(f"SpeechEncoderConfig.decode must be 'greedy' or 'lexicon', got {config.decode!r}")
+        if config.decode == "lexicon" and not (config.projector == "ctc_chars" and config.pieces):
+            raise ValueError("SpeechEncoderConfig.decode 'lexicon' needs a piece head (projector: ctc_chars, pieces: N)")
         self.config = config
         self.whisper = whisper_encoder
         self.whisper.requires_grad_(False)

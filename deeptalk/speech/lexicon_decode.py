@@ -1,0 +1,155 @@
+"""Beam search for a CTC piece head over English words; the LLM then picks among the best.
+
+    log-probs [T, 1 + pieces] (blank = 0)
+        -> flashlight-text's LexiconDecoder: only words of the lexicon (wordfreq's N most
+           frequent English words, each spelled in the head's pieces), a unigram prior from
+           their frequencies (KenLM over a unigram ARPA written once to the cache)
+        -> the n best distinct word sequences
+        -> + alpha * the LLM's log-probability of each (the model's own text path) -> the best
+
+Why: greedy CTC writes what it hears letter by letter ("the largest planit", "a cocktal
+oour"); the lexicon keeps only words, and the LLM knows which near-homophone makes a
+sentence. Measured in docs/training.md "Hearing in words".
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from deeptalk_common.paths import cache_dir
+
+Scorer = Callable[[list[str]], list[float]]
+
+
+@dataclass
+class LexiconConfig:
+    words: int = 100_000  # wordfreq's most frequent English words that the head's pieces can spell
+    beam: int = 32
+    lm_weight: float = 0.3  # the unigram prior's weight in the beam
+    word_score: float = -4.0  # added per word: against inserting short frequent words
+    nbest: int = 8  # distinct word sequences the LLM rescores
+    alpha: float = 2.0  # the LLM's log-probability weight in the rescoring; 0 = the beam's best
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def english_words(n: int, alphabet: str) -> tuple[list[str], list[float]]:
+    """wordfreq's `n` most frequent English words written only in `alphabet`, with their
+    natural-log frequencies normalised over the kept words."""
+    import wordfreq
+
+    words = [w for w in wordfreq.top_n_list("en", n) if w and set(w) <= set(alphabet)]
+    freq = [wordfreq.word_frequency(w, "en") for w in words]
+    total = sum(freq)
+    return words, [math.log(f / total) for f in freq]
+
+
+def unigram_arpa(words: list[str], logp: list[float], path: Path) -> Path:
+    """A unigram LM as an ARPA file (KenLM reads only bigram models or larger, so one bigram,
+    `<s> </s>`, the empty sentence, makes it one)."""
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(f"\\data\\\nngram 1={len(words) + 3}\nngram 2=1\n\n\\1-grams:\n")
+        f.write("-99\t<s>\t0\n0\t</s>\n-99\t<unk>\n")
+        for w, p in zip(words, logp):
+            f.write(f"{p / math.log(10):.5f}\t{w}\t0\n")
+        f.write("\n\\2-grams:\n-99\t<s> </s>\n\n\\end\\\n")
+    tmp.rename(path)
+    return path
+
+
+class LexiconDecoder:
+    """CTC beam search over a word lexicon for a head whose class k + 1 is piece k of `spell`'s
+    pieces; `spell(word)` gives a word's class ids, or None when it cannot be written."""
+
+    def __init__(self, spell: Callable[[str], list[int] | None], n_classes: int, alphabet: str,
+                 config: LexiconConfig | None = None):
+        from flashlight.lib.text.decoder import (
+            CriterionType,
+            LexiconDecoderOptions,
+            SmearingMode,
+            Trie,
+        )
+        from flashlight.lib.text.decoder import LexiconDecoder as FlashlightDecoder
+        from flashlight.lib.text.decoder.kenlm import KenLM
+        from flashlight.lib.text.dictionary import Dictionary
+
+        self.config = cfg = config or LexiconConfig()
+        words, logp = english_words(cfg.words, alphabet)
+        spelled = [(w, p, spell(w)) for w, p in zip(words, logp)]
+        spelled = [(w, p, s) for w, p, s in spelled if s]
+        self.words = [w for w, _, _ in spelled]
+        arpa = unigram_arpa(self.words, [p for _, p, _ in spelled],
+                            cache_dir() / "lexicon" / f"wordfreq-en-{cfg.words}-{len(self.words)}.arpa")
+        vocab = Dictionary()
+        for w in self.words:
+            vocab.add_entry(w)
+        vocab.add_entry("<unk>")
+        self._lm = KenLM(str(arpa), vocab)
+        # A word ends on a silence class: flashlight emits a word on the class that completes its
+        # spelling, and a word that ended on its last piece cannot take that piece's repeated
+        # frames (CTC spikes last several). The head has no such class, but a blank frame
+        # after a word is its end: silence is one more class, with the blank's log-probs.
+        self._sil = n_classes
+        self._trie = Trie(n_classes + 1, self._sil)
+        for i, (_, p, s) in enumerate(spelled):
+            self._trie.insert(s + [self._sil], i, p)
+        self._trie.smear(SmearingMode.MAX)
+        opts = LexiconDecoderOptions(beam_size=cfg.beam, beam_size_token=min(cfg.beam, n_classes),
+                                     beam_threshold=25.0, lm_weight=cfg.lm_weight, word_score=cfg.word_score,
+                                     unk_score=float("-inf"), sil_score=0.0, log_add=False,
+                                     criterion_type=CriterionType.CTC)
+        self._decoder = FlashlightDecoder(opts, self._trie, self._lm, self._sil, 0, len(self.words), [], False)
+
+    def nbest(self, log_probs: torch.Tensor) -> list[tuple[str, float]]:
+        """Distinct word sequences of the final beam, best first, with the beam's score."""
+        lp = log_probs.detach().float().cpu()
+        lp = torch.cat([lp, lp[:, :1]], 1).contiguous()  # the silence class
+        results = self._decoder.decode(lp.data_ptr(), lp.shape[0], lp.shape[1])
+        out: list[tuple[str, float]] = []
+        seen: set[str] = set()
+        for r in results:
+            text = " ".join(self.words[i] for i in r.words if 0 <= i < len(self.words))
+            if text not in seen:
+                seen.add(text)
+                out.append((text, r.score))
+            if len(out) >= self.config.nbest:
+                break
+        return out
+
+    def decode(self, log_probs: torch.Tensor, score: Scorer | None = None) -> str:
+        """The best word sequence; with `score` (texts -> log-probabilities) the n best are
+        rescored by it."""
+        hyps = self.nbest(log_probs)
+        if not hyps:
+            return ""
+        if score is None or self.config.alpha == 0 or len(hyps) == 1:
+            return hyps[0][0]
+        lm = score([t for t, _ in hyps])
+        return max(zip(hyps, lm), key=lambda h: h[0][1] + self.config.alpha * h[1])[0][0]
+
+
+def llm_scorer(model, tokenizer) -> Scorer:
+    """Texts -> the causal LM's log-probability of each (after its BOS, or EOS as a start)."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def score(texts: list[str]) -> list[float]:
+        ids = [[start] + tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(len(i) for i in ids)
+        device = model.get_input_embeddings().weight.device
+        batch = torch.tensor([i + [start] * (width - len(i)) for i in ids], device=device)
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
+        logits = model(input_ids=batch, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+        tok_lp = logits.gather(-1, batch[:, 1:, None])[..., 0] * mask[:, 1:]
+        return tok_lp.sum(-1).tolist()
+
+    return score

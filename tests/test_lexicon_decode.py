@@ -1,0 +1,96 @@
+"""Hearing in words: CTC beam search over English words (flashlight-text, wordfreq), n best
+rescored by the LLM (deeptalk/speech/lexicon_decode.py)."""
+import pytest
+import torch
+
+from deeptalk.speech.char_ctc import CharCTC, train_pieces
+from deeptalk.speech.ctc_projector import _runs
+from deeptalk.speech.lexicon_decode import LexiconConfig, LexiconDecoder, llm_scorer
+
+
+@pytest.fixture(scope="module")
+def head():
+    texts = ["the capital of france is paris", "what is the largest planet in the solar system",
+             "which planet is red", "the sun is a star"] * 40
+    torch.manual_seed(0)
+    return CharCTC(8, 16, 2, hidden=16, pieces=train_pieces(texts, 42))
+
+
+def emissions(head, spoken: list[list[tuple[str, float]]], frames: int = 3) -> torch.Tensor:
+    """Log-probs [T, C] of a head that hears each entry of `spoken` (one list per piece slot:
+    (word, probability) alternatives, each spelled in the head's pieces, aligned piece by
+    piece), `frames` frames per piece, a blank frame between pieces."""
+    n = head.chars.out_features
+    rows = []
+    for alts in spoken:
+        spellings = [(head.spell_word(w), p) for w, p in alts]
+        for k in range(max(len(s) for s, _ in spellings)):
+            row = torch.full((n,), 1e-4)
+            for s, p in spellings:
+                if k < len(s):
+                    row[s[k]] += p
+            rows += [row] * frames
+            blank = torch.full((n,), 1e-4)
+            blank[0] = 1.0
+            rows.append(blank)
+    x = torch.stack(rows)
+    return (x / x.sum(-1, keepdim=True)).log()
+
+
+def test_words_of_the_lexicon_replace_what_greedy_spells(head):
+    """Greedy reads 'planit' (a slightly likelier letter); over English words the beam reads
+    'planet', and every word it writes is a word."""
+    dec = LexiconDecoder(head.spell_word, head.chars.out_features, "abcdefghijklmnopqrstuvwxyz'0123456789",
+                         LexiconConfig(words=20_000))
+    assert "planet" in dec.words and "planit" not in dec.words
+    # slot by slot: "the" | "largest" | "planit" 0.55 vs "planet" 0.45
+    x = emissions(head, [[("the", 1.0)], [("largest", 1.0)], [("planit", 0.55), ("planet", 0.45)]])
+    greedy = [c for c, _ in _runs(x.argmax(-1)) if c]
+    assert " ".join(head.bpe.decode([c - 1 for c in greedy]).split()) == "the largest planit"
+    assert dec.decode(x) == "the largest planet"
+    best = dec.nbest(x)
+    assert best[0][0] == "the largest planet" and len({t for t, _ in best}) == len(best)
+
+
+def test_the_llm_chooses_among_the_best_and_alpha_zero_keeps_the_beams_choice(head):
+    assert len(head.spell_word("sun")) == len(head.spell_word("son"))  # aligned piece by piece
+    x = emissions(head, [[("the", 1.0)], [("sun", 0.5), ("son", 0.5)], [("is", 1.0)], [("a", 1.0)], [("star", 1.0)]])
+    cfg = LexiconConfig(words=20_000, alpha=0.0)
+    dec = LexiconDecoder(head.spell_word, head.chars.out_features, "abcdefghijklmnopqrstuvwxyz'0123456789", cfg)
+    texts = [t for t, _ in dec.nbest(x)]
+    assert {"the sun is a star", "the son is a star"} <= set(texts)
+    prefer = {t: (0.0 if t == texts[1] else -50.0) for t in texts}
+    assert dec.decode(x, lambda ts: [prefer[t] for t in ts]) == texts[0]  # alpha 0: the beam's best
+    cfg.alpha = 1.0
+    assert dec.decode(x, lambda ts: [prefer[t] for t in ts]) == texts[1]
+
+
+def test_llm_scorer_prefers_a_sentence_to_its_words_shuffled():
+    from deeptalk_common.base_llm import load_base_llm
+
+    llm, tok = load_base_llm()
+    score = llm_scorer(llm.eval(), tok)
+    good, bad, short = score(["the sun is a star", "star a the is sun", "the sun"])
+    assert good > bad
+    assert score(["the sun"])[0] == pytest.approx(short, abs=1e-4)  # padding changes nothing
+
+
+def test_lexicon_decoding_needs_a_piece_head():
+    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
+
+    with pytest.raises(ValueError, match="needs a piece head"):
+        CharCTC(8, 16, 2, hidden=16).use_lexicon()
+    with pytest.raises(ValueError, match="needs a piece head"):
+        SpeechEncoder.from_whisper(SpeechEncoderConfig(projector="ctc_chars", decode="lexicon"))
+    with pytest.raises(ValueError, match="'greedy' or 'lexicon'"):
+        SpeechEncoder.from_whisper(SpeechEncoderConfig(decode="beam"))
+
+
+def test_transcribe_reads_words_once_a_lexicon_is_set(head):
+    """The head's transcribe (what the LLM is handed) goes through the lexicon once set."""
+    torch.manual_seed(1)
+    h = CharCTC(8, 16, 2, hidden=16, pieces=bytes(head.pieces.tolist()).decode())
+    feats = torch.randn(1, 30, 8)
+    h.use_lexicon(LexiconConfig(words=20_000))
+    out = h.transcribe(feats)[0]
+    assert all(w in h.lexicon.words for w in out.split())
