@@ -64,7 +64,8 @@ def build(args):
     if args.checkpoint:   # a trained model: its own routing, heads, projector and codec
         from deeptalk.checkpoint import load_checkpoint
 
-        b = load_checkpoint(args.checkpoint, codec=None if args.codec == "offline" else args.codec)
+        b = load_checkpoint(args.checkpoint, codec=None if args.codec == "offline" else args.codec,
+                            decode=args.hearing)
         return b.model.eval(), b.tokenizer, b.encoder.eval(), b.codec
     if args.codec.startswith("random:"):
         from deeptalk.speech.codec_offline import OfflineCodec
@@ -238,6 +239,8 @@ def main(argv=None):
     ap.add_argument("--codec", default="offline", help="offline | PATH | random:Q:K:stack (timing only)")
     ap.add_argument("--checkpoint", default=None,
                     help="time a trained DeepTalk checkpoint (e.g. checkpoints/reference) instead of a fresh upcycle")
+    ap.add_argument("--hearing", choices=("greedy", "lexicon"), default=None,
+                    help="--checkpoint: how a piece head's transcript is read (default: the checkpoint's)")
     ap.add_argument("--routed", type=int, default=30)
     ap.add_argument("--shared", type=int, default=2)
     ap.add_argument("--top-k", type=int, default=6)
@@ -303,7 +306,7 @@ def main(argv=None):
     out = {
         "benchmark": "latency_deeptalk",
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "model": ({"checkpoint": args.checkpoint, "top_k": model.config.num_experts_per_tok,
+        "model": ({"checkpoint": args.checkpoint, "hearing": args.hearing, "top_k": model.config.num_experts_per_tok,
                    "routing_mode": model.config.routing_mode} if args.checkpoint else
                   {"base": args.base, "upcycle": {"routed": args.routed, "shared": args.shared, "top_k": args.top_k,
                                                   "calibrate_tokens": args.calibrate_tokens},

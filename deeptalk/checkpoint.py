@@ -94,15 +94,19 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     enc_cfg = SpeechEncoderConfig(**json.loads((path / ENCODER_CONFIG).read_text()))
-    if decode is not None:
-        enc_cfg.decode = decode
     state = load_file(str(path / ENCODER_FILE))
     encoder = SpeechEncoder.from_whisper(enc_cfg, ctc_vocab=state.get("vocab"), pieces=pieces_from_state(state))
     encoder.projector.load_state_dict(state)
     encoder = encoder.to(device).eval().tie(model.get_input_embeddings().weight, tokenizer)
-    if enc_cfg.decode == "lexicon":
+    decode = decode or enc_cfg.decode  # the config keeps the checkpoint's own choice
+    if decode not in ("greedy", "lexicon"):
+        raise ValueError(f"decode must be 'greedy' or 'lexicon', got {decode!r}")
+    if decode == "lexicon":
         from deeptalk.speech.lexicon_decode import LexiconConfig, llm_scorer
 
+        if not (enc_cfg.projector == "ctc_chars" and enc_cfg.pieces):
+            raise ValueError(f"lexicon decoding needs a piece head; this checkpoint's projector is "
+                             f"{enc_cfg.projector!r}" + (" over characters" if enc_cfg.projector == "ctc_chars" else ""))
         encoder.projector.use_lexicon(LexiconConfig(**enc_cfg.lexicon), llm_scorer(model, tokenizer))
     ref = json.loads((path / CODEC_FILE).read_text())
     codec_src = codec or (str(path / ref["path"]) if "path" in ref else ref["name"])

@@ -203,3 +203,47 @@ def test_task_speech_step_bound_reaches_the_stream_config(adapter, question_audi
     events = list(adapter.stream(req))  # the streaming path (the latency task's) is bounded too
     frames = sum(len(e.audio.samples) for e in events if e.kind == "audio") / adapter.bundle.codec.samples_per_frame
     assert frames <= 5
+
+
+def test_hearing_lexicon_needs_a_piece_head(tiny_checkpoint):
+    """hearing= is a model arg: a wrong value or a head that cannot spell words is the user's
+    one line (UsageError), before any sample runs."""
+    from deeptalk_eval.errors import UsageError
+    from deeptalk_eval.models.deeptalk import DeepTalkAdapter
+
+    with pytest.raises(UsageError, match="hearing must be 'greedy' or 'lexicon'"):
+        DeepTalkAdapter(path=str(tiny_checkpoint), hearing="beam")
+    with pytest.raises(UsageError, match="needs a piece head; this checkpoint's projector is 'mlp'"):
+        DeepTalkAdapter(path=str(tiny_checkpoint), hearing="lexicon")
+
+
+def test_a_piece_head_hears_in_words_with_hearing_lexicon(tiny_checkpoint, tmp_path, question_audio):
+    """The same checkpoint with a (random) piece head: greedy hears letters, hearing=lexicon
+    hears only words of the lexicon, and the checkpoint's own config is left as it was."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from deeptalk.hearing import hearing_pieces
+    from deeptalk.speech.char_ctc import CharCTC
+    from deeptalk.speech.encoder import SpeechEncoderConfig
+    from deeptalk_eval.models.deeptalk import DeepTalkAdapter
+
+    ckpt = tmp_path / "pieces"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    torch.manual_seed(0)
+    head = CharCTC(384, 64, 2, pieces=hearing_pieces(64))
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(ckpt / "speech_encoder.safetensors"))
+    cfg = SpeechEncoderConfig(hidden_size=64, stride=2, projector="ctc_chars", pieces=64).to_dict()
+    (ckpt / "speech_encoder.json").write_text(json.dumps(cfg))
+    heard = {}
+    for hearing in ("greedy", "lexicon"):
+        a = DeepTalkAdapter(path=str(ckpt), hearing=hearing, max_speech_steps=4)
+        out = a.generate([Request("s2t", audio=question_audio, options=GenerationOptions(max_new_tokens=2))])[0]
+        heard[hearing] = out.extra["audio_flags"]["heard"].split()
+        lexicon = a.bundle.encoder.projector.lexicon
+        assert (lexicon is not None) == (hearing == "lexicon")
+    assert set(heard["lexicon"]) <= set(lexicon.words)  # noise may hold no word at all
+    assert heard["greedy"] and not set(heard["greedy"]) <= set(lexicon.words)  # a random head spells no words
+    assert json.loads((ckpt / "speech_encoder.json").read_text())["decode"] == "greedy"

@@ -180,12 +180,17 @@ def test_ctc_projector_recipe(tmp_path):
     with torch.no_grad():
         assert torch.equal(shipped.model(input_ids=ids).logits, b.model(input_ids=ids).logits)
     assert b.encoder.reads_as_text
+    # the recipe's decode: lexicon reaches every stage's config and the shipped one; training heard greedily
+    for d in (out / "stage-1", out / "stage-3", tmp_path / "ship"):
+        assert json.loads((d / "speech_encoder.json").read_text())["decode"] == "lexicon", d
+    assert b.encoder.projector.lexicon is not None and shipped.encoder.projector.lexicon is not None
     gen = SpeechGenerator(b.model, b.tokenizer, encoder=b.encoder, codec=b.codec)
     wav, sr = synthesize("What is the capital of France?")
     prompt = gen.prompt(audio=wav, sample_rate=sr)
     n = prompt.audio_flags["speech_positions"]
     slots = prompt.input_ids[0] == b.model.config.special_token_id("<|audio_in|>")
     assert int(slots.sum()) == n and "heard" in prompt.audio_flags
+    assert set(prompt.audio_flags["heard"].split()) <= set(b.encoder.projector.lexicon.words)
     assert (prompt.token_modality[0] == TEXT_MODALITY).all()
     assert b.model.config.special_token_id("<|audio_in_end|>") not in prompt.input_ids[0].tolist()
     assert np.isfinite(gen.generate(prompt).steps)

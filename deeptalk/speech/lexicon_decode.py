@@ -13,6 +13,7 @@ sentence. Measured in docs/training.md "Hearing in words".
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -87,8 +88,8 @@ class LexiconDecoder:
         spelled = [(w, p, spell(w)) for w, p in zip(words, logp)]
         spelled = [(w, p, s) for w, p, s in spelled if s]
         self.words = [w for w, _, _ in spelled]
-        arpa = unigram_arpa(self.words, [p for _, p, _ in spelled],
-                            cache_dir() / "lexicon" / f"wordfreq-en-{cfg.words}-{len(self.words)}.arpa")
+        key = hashlib.sha256("\n".join(self.words).encode()).hexdigest()[:16]  # the list fixes the ARPA
+        arpa = unigram_arpa(self.words, [p for _, p, _ in spelled], cache_dir() / "lexicon" / f"unigram-{key}.arpa")
         vocab = Dictionary()
         for w in self.words:
             vocab.add_entry(w)

@@ -27,6 +27,15 @@ from deeptalk.training.recipe_data import build_data
 from deeptalk.training.stage_loop import train_stage
 
 
+def recipe_reading(encoder, recipe: dict):
+    """How the model reads a piece head at inference (`decode`, `lexicon`) is the recipe's, also
+    for stages a run finished before the recipe said so; training itself hears greedily."""
+    for key in ("decode", "lexicon"):
+        if key in recipe.get("speech_encoder", {}):
+            setattr(encoder.config, key, recipe["speech_encoder"][key])
+    return encoder
+
+
 def run_hook(cmd: str | None, stage: str, checkpoint: Path, output: Path) -> dict | None:
     if not cmd:
         return None
@@ -103,7 +112,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
             prev = output / f"stage-{s}"
             finished += [s] if s in order else []
     if prev is not None:
-        b = load_checkpoint(prev)
+        b = load_checkpoint(prev, decode="greedy")  # training hears greedily; decode: is for inference
         model, tokenizer, encoder = b.model, b.tokenizer, b.encoder
     else:
         seed_everything(seed)
@@ -118,6 +127,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
     model.config.validate()
     encoder.projector.to(model.dtype)
     encoder.tie(model.get_input_embeddings().weight, tokenizer)
+    recipe_reading(encoder, recipe)
 
     asr_ex = qa_ex = text_ex = None
     summary = {"recipe": recipe["name"], "recipe_hash": recipe_hash(recipe), "seed": seed, "stages": {},
@@ -130,8 +140,8 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
             continue
         if stage_done(path) and resume:
             acc.print(f"stage {stage}: done already, loading {path}")
-            b = load_checkpoint(path)
-            model, tokenizer, encoder = b.model, b.tokenizer, b.encoder
+            b = load_checkpoint(path, decode="greedy")
+            model, tokenizer, encoder = b.model, b.tokenizer, recipe_reading(b.encoder, recipe)
             summary["stages"][stage] = b.info
             continue
         scfg = recipe["stages"].get(stage)
