@@ -92,10 +92,10 @@ def main() -> None:
     if a.eval_only:
         from deeptalk.hearing import ctc_dev_wer
 
-        if a.eval_only.suffix == ".safetensors":  # a stage's speech_encoder.safetensors: its projector part
+        if a.eval_only.suffix == ".safetensors":  # a stage's speech_encoder.safetensors: the projector's state
             from safetensors.torch import load_file
 
-            state = {k: v for k, v in load_file(a.eval_only).items() if not k.startswith("whisper.")}
+            state = load_file(a.eval_only)
         else:
             state = torch.load(a.eval_only, weights_only=False)
             state = state.get("projector", state)

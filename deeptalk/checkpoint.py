@@ -81,32 +81,28 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
     from deeptalk.modeling import DeepTalkForCausalLM
     from deeptalk.speech.char_ctc import pieces_from_state
     from deeptalk.speech.codec_loader import load_codec
-    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
+    from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig, check_decode
 
     path = Path(path)
     missing = [n for n in ("config.json", ENCODER_FILE, ENCODER_CONFIG, CODEC_FILE) if not (path / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{path}: not a DeepTalk checkpoint (missing {', '.join(missing)})")
+    enc_cfg = SpeechEncoderConfig(**json.loads((path / ENCODER_CONFIG).read_text()))
+    decode = decode or enc_cfg.decode  # the config keeps the checkpoint's own choice
+    check_decode(enc_cfg, decode, owner="checkpoint")  # before the weights load: a mistake costs nothing
     if (path / "delta.json").is_file():
         model = load_delta(path, base=base, dtype=dtype)
     else:
         model = DeepTalkForCausalLM.from_pretrained(path, dtype=dtype)
     model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    enc_cfg = SpeechEncoderConfig(**json.loads((path / ENCODER_CONFIG).read_text()))
     state = load_file(str(path / ENCODER_FILE))
     encoder = SpeechEncoder.from_whisper(enc_cfg, ctc_vocab=state.get("vocab"), pieces=pieces_from_state(state))
     encoder.projector.load_state_dict(state)
     encoder = encoder.to(device).eval().tie(model.get_input_embeddings().weight, tokenizer)
-    decode = decode or enc_cfg.decode  # the config keeps the checkpoint's own choice
-    if decode not in ("greedy", "lexicon"):
-        raise ValueError(f"decode must be 'greedy' or 'lexicon', got {decode!r}")
     if decode == "lexicon":
         from deeptalk.speech.lexicon_decode import LexiconConfig, llm_scorer
 
-        if not (enc_cfg.projector == "ctc_chars" and enc_cfg.pieces):
-            raise ValueError(f"lexicon decoding needs a piece head; this checkpoint's projector is "
-                             f"{enc_cfg.projector!r}" + (" over characters" if enc_cfg.projector == "ctc_chars" else ""))
         encoder.projector.use_lexicon(LexiconConfig(**enc_cfg.lexicon), llm_scorer(model, tokenizer))
     ref = json.loads((path / CODEC_FILE).read_text())
     codec_src = codec or (str(path / ref["path"]) if "path" in ref else ref["name"])

@@ -82,8 +82,9 @@ class CharCTC(CTCProjector):
 
     def spell_word(self, word: str) -> list[int] | None:
         """A word's class ids in the head's pieces (None when it cannot be written)."""
-        ids = self.bpe.encode(_spelled(word)).ids
-        return [i + 1 for i in ids] if ids and _spelled(word) == word else None
+        if _spelled(word) != word:  # upper case, punctuation: not how the head writes
+            return None
+        return [i + 1 for i in self.bpe.encode(word).ids] or None
 
     def tie(self, embedding_weight: torch.Tensor, tokenizer=None) -> CharCTC:
         """The LLM's input embeddings and the tokenizer that turns the spelled words into its tokens."""

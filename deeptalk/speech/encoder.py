@@ -80,6 +80,16 @@ def prepare_audio(samples, sample_rate: int, name: str = "audio") -> PreparedAud
 TEXT_PROJECTORS = ("ctc", "ctc_chars")  # projectors whose positions the LLM reads as text
 
 
+def check_decode(config: SpeechEncoderConfig, decode: str, owner: str = "encoder") -> None:
+    """`decode` is a way `config`'s head can be read (a ValueError says why not)."""
+    if decode not in ("greedy", "lexicon"):
+        raise ValueError(f"decode must be 'greedy' or 'lexicon', got {decode!r}")
+    if decode == "lexicon" and not (config.projector == "ctc_chars" and config.pieces):
+        kind = f"{config.projector!r}" + (" over characters" if config.projector == "ctc_chars" else "")
+        raise ValueError(f"lexicon decoding needs a piece head; this {owner}'s projector is {kind} "
+                         f"(a piece head is projector: ctc_chars, pieces: N)")
+
+
 @dataclass
 class SpeechEncoderConfig:
     whisper: str = "tiny.en"  # a name for load_whisper (offline: tiny.en) or a path
@@ -170,10 +180,7 @@ class SpeechEncoder(nn.Module):
             raise ValueError(f"SpeechEncoderConfig.stride must be >= 1, got {config.stride}")
         if config.tune_blocks and config.projector == "mlp":
             raise ValueError("SpeechEncoderConfig.tune_blocks needs the ctc projector")
-        if config.decode not in ("greedy", "lexicon"):
-            raise ValueError(f"SpeechEncoderConfig.decode must be 'greedy' or 'lexicon', got {config.decode!r}")
-        if config.decode == "lexicon" and not (config.projector == "ctc_chars" and config.pieces):
-            raise ValueError("SpeechEncoderConfig.decode 'lexicon' needs a piece head (projector: ctc_chars, pieces: N)")
+        check_decode(config, config.decode)
         self.config = config
         self.whisper = whisper_encoder
         self.whisper.requires_grad_(False)

@@ -44,7 +44,8 @@ def english_words(n: int, alphabet: str) -> tuple[list[str], list[float]]:
     natural-log frequencies normalised over the kept words."""
     import wordfreq
 
-    words = [w for w in wordfreq.top_n_list("en", n) if w and set(w) <= set(alphabet)]
+    letters = set(alphabet)
+    words = [w for w in wordfreq.top_n_list("en", n) if w and set(w) <= letters]
     freq = [wordfreq.word_frequency(w, "en") for w in words]
     total = sum(freq)
     return words, [math.log(f / total) for f in freq]
