@@ -176,6 +176,9 @@ def main() -> int:
                     help="how the text channel lines up with the speech (deeptalk/config.py); default: the checkpoint's")
     ap.add_argument("--train-routing", choices=("masked", "modality", "all"), default=None,
                     help="stage 2.1's routing while training; default: the paper's masking")
+    ap.add_argument("--audio-init", choices=("random", "symbols"), default="random",
+                    help="fresh audio rows: random, or each code's row from the LLM's embedding of its symbol "
+                         "(a codec whose codes are symbols: phones)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
@@ -207,6 +210,11 @@ def main() -> int:
         raise SystemExit("this probe speaks units: --codec must be a one-codebook codec (units)")
     inference_routing = bundle.model.config.routing_mode
     model = with_codec_heads(bundle.model, codec, a.answer_routing, a.answer_layout)
+    if a.audio_init == "symbols":
+        from deeptalk.audio_rows import init_audio_rows_from_symbols
+
+        print(f"audio rows of {init_audio_rows_from_symbols(model, bundle.tokenizer, getattr(codec, 'symbols', {}))}"
+              " codes from their symbols", flush=True)
     if a.sentences:
         from deeptalk.hearing_corpus import hearing_sentences
 
@@ -267,6 +275,7 @@ def main() -> int:
                                           "answer_routing": model.config.answer_routing,
                                           "answer_layout": model.config.answer_layout,
                                           "train_routing": a.train_routing or "masked",
+                                          "audio_init": a.audio_init,
                                           "lr": a.lr, "lr_decay_steps": a.lr_decay_steps, "batch": a.batch, "seed": a.seed, "cap_factor": a.cap_factor,
                                           "train_turns": len(examples), "points": curve}, indent=1) + "\n")
         print(json.dumps(row), flush=True)

@@ -121,3 +121,31 @@ def build_encoder(recipe: dict, hidden_size: int, tokenizer=None):
 
         pieces = hearing_pieces(cfg.pieces, seed=int(recipe["seed"]))
     return SpeechEncoder.from_whisper(cfg, ctc_vocab=vocab, pieces=pieces)
+
+
+AUDIO_INITS = ("random", "symbols")
+
+
+def audio_init_of(stage: str, scfg: dict) -> str:
+    how = scfg.get("audio_init", "random")
+    if how not in AUDIO_INITS:
+        raise ValueError(f"stage {stage}: audio_init must be one of {AUDIO_INITS}, got {how!r}")
+    return how
+
+
+def check_audio_inits(recipe: dict, codec) -> None:
+    """Before anything trains: every stage's `audio_init` is known and its codec can serve it."""
+    for stage, scfg in (recipe.get("stages") or {}).items():
+        if audio_init_of(stage, scfg or {}) == "symbols" and not getattr(codec, "symbols", None):
+            raise ValueError(f"stage {stage}: audio_init symbols needs a codec whose codes are symbols (phones); "
+                             f"codec {recipe.get('codec')!r} has none")
+
+
+def start_audio_rows(model, tokenizer, codec, stage: str, scfg: dict, fresh: bool) -> None:
+    """A stage's `audio_init`: the audio rows it starts from when it starts fresh (a resumed
+    stage reads them from its state). `symbols`: each code's rows from the LLM's embedding of
+    the symbol it stands for (deeptalk/audio_rows.py); `random` (default): as upcycled."""
+    if audio_init_of(stage, scfg) == "symbols" and fresh:
+        from deeptalk.audio_rows import init_audio_rows_from_symbols
+
+        init_audio_rows_from_symbols(model, tokenizer, getattr(codec, "symbols", {}))

@@ -11,7 +11,14 @@ import yaml
 
 from deeptalk.checkpoint import load_checkpoint, save_checkpoint
 from deeptalk.training.assign_stage import assign_stage
-from deeptalk.training.build import build_base, build_codec, build_encoder, upcycled_model
+from deeptalk.training.build import (
+    build_base,
+    build_codec,
+    build_encoder,
+    check_audio_inits,
+    start_audio_rows,
+    upcycled_model,
+)
 from deeptalk.training.examples import (
     asr_examples,
     corpus_examples,
@@ -89,6 +96,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
         dense, tokenizer, base_name = build_base(recipe)
         data = build_data(recipe)
         codec, codec_ref = build_codec(recipe, output, data["asr"])
+        check_audio_inits(recipe, codec)
         from deeptalk import data as D
 
         qa_set = D.build_spoken_qa(data["qa_questions"], data["qa_answers"], codec,
@@ -159,6 +167,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
             elif stage == "2.1":
                 qa_ex = qa_ex or speaking_examples(recipe, data, qa_set, codec, encoder, tokenizer, model.config)
                 ex = qa_ex
+                start_audio_rows(model, tokenizer, codec, stage, scfg, fresh=not (path / "state" / "progress.json").is_file())
             elif stage == "2.2":
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
                 corpus = int(recipe["data"].get("text_corpus_tokens", 0))
