@@ -4,15 +4,23 @@ projector makes `asr_*` pass; what is missing is then on the LLM side.
 
     python benchmarks/transcribe_copy_probe.py --n 30 --out benchmarks/results/hearing/transcribe_copy_probe.json
 
-Two layouts: the sentence then the instruction (how a spoken turn plus written text is laid
-out) and the instruction first. Greedy, corpus WER after Whisper's English normaliser, on
-the ASR task's own sentences (tasks/asr/data/sentences.jsonl) and the task's instruction.
+Three layouts: the sentence then the instruction (how a spoken turn plus written text is laid
+out for a projector into speech positions), the instruction first, and the instruction then
+the sentence as a quoted block (how `build_prompt_ids` lays out heard text for a CTC head).
+Greedy, corpus WER after Whisper's English normaliser, on the ASR task's own sentences
+(tasks/asr/data/sentences.jsonl) or `--sentences held-out` (hearing-dev sentences, which no
+task holds), with the task's instruction. `--heard` hands the sentence over the way a CTC
+piece head does: lower case, no punctuation, after a space.
+
+    python benchmarks/transcribe_copy_probe.py --checkpoint runs/ctc-assign/stage-assign --heard \
+        --sentences held-out --n 100 --out benchmarks/results/hearing/transcribe_copy_heard_held_out.json
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -27,6 +35,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "reference")
     ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--sentences", choices=("asr", "held-out"), default="asr")
+    ap.add_argument("--heard", action="store_true", help="the sentence as a CTC piece head hears it")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -39,18 +49,26 @@ def main() -> None:
     from deeptalk_eval.registry import TaskIndex
 
     instruction = TaskIndex.scan().load("asr_synth_piper_joe").prompt  # through its include: template
-    sents = [json.loads(l)["text"] for l in (ROOT / "tasks" / "asr" / "data" / "sentences.jsonl").read_text().splitlines()
-             if l.strip()][: a.n]
+    if a.sentences == "held-out":
+        from deeptalk.hearing_corpus import hearing_sentences
+
+        sents = hearing_sentences(a.n, 0)  # the first of the hearing dev shard's (seed 0): no training shard holds them
+    else:
+        sents = [json.loads(l)["text"] for l in (ROOT / "tasks" / "asr" / "data" / "sentences.jsonl").read_text()
+                 .splitlines() if l.strip()][: a.n]
+    # what the LLM reads: the sentence, or what a piece head hands over (its ids follow a space)
+    given = [" " + " ".join(re.sub(r"[^a-z0-9' ]", " ", s.lower()).split()) if a.heard else s for s in sents]
     b = load_checkpoint(a.checkpoint)
     gen = SpeechGenerator(b.model, b.tokenizer, encoder=None, codec=None)
     norm = EnglishTextNormalizer()
-    layouts = {"sentence_then_instruction": lambda s: f"{s}\n{instruction}",
-               "instruction_then_sentence": lambda s: f"{instruction}\n\n{s}"}
-    out = {"checkpoint": str(a.checkpoint), "instruction": instruction, "n": len(sents), "threads": a.threads,
-           "load_average": os.getloadavg(), "layouts": {}}
+    layouts = {"sentence_then_instruction": lambda s: f"{s.strip()}\n{instruction}",
+               "instruction_then_sentence": lambda s: f"{instruction}\n\n{s.strip()}",
+               "instruction_then_quoted": lambda s: f'{instruction}\n\n"{s}"'}
+    out = {"checkpoint": str(a.checkpoint), "instruction": instruction, "sentences": a.sentences, "heard": a.heard,
+           "n": len(sents), "threads": a.threads, "load_average": os.getloadavg(), "layouts": {}}
     t0 = time.monotonic()
     for name, render in layouts.items():
-        hyps = [gen.generate(gen.prompt(text=render(s)), cfg=StreamConfig(max_new_tokens=64)).text for s in sents]
+        hyps = [gen.generate(gen.prompt(text=render(s)), cfg=StreamConfig(max_new_tokens=64)).text for s in given]
         wer = jiwer.process_words([norm(s) for s in sents], [norm(h) for h in hyps]).wer
         out["layouts"][name] = {"corpus_wer": round(wer, 4), "examples": [{"ref": s, "hyp": h} for s, h in
                                                                          zip(sents[:5], hyps[:5])]}

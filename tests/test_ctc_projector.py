@@ -81,6 +81,15 @@ def test_prompt_reads_ctc_positions_as_text():
     ids, mod, rendered = build_prompt_ids(tok, cfg, None, 3, speak=False, speech_as_text=True)
     assert ids.count(audio_in) == 3 and audio_end not in ids
     assert set(mod) == {TEXT_MODALITY} and "<|audio_in_end|>" not in rendered
+    # with an instruction: a spoken turn is the audio then the text; heard text is the
+    # instruction, then what was heard as a quoted block
+    ids, _, rendered = build_prompt_ids(tok, cfg, "Transcribe this.", 3, speak=False)
+    assert "<|audio_in|>x3<|audio_in_end|>Transcribe this." in rendered
+    ids, mod, rendered = build_prompt_ids(tok, cfg, "Transcribe this.", 3, speak=False, speech_as_text=True)
+    assert 'Transcribe this.\n\n"<|audio_in|>x3"' in rendered and set(mod) == {TEXT_MODALITY}
+    first, last = ids.index(audio_in), len(ids) - 1 - ids[::-1].index(audio_in)
+    assert "Transcribe this." in tok.decode(ids[:first]) and tok.decode(ids[first - 1]).endswith('"')
+    assert tok.decode(ids[last + 1]).startswith('"') and last - first == 2
 
 
 @pytest.fixture(scope="module")
