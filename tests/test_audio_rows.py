@@ -88,6 +88,8 @@ def test_the_stage_key(base, codec):
     check_audio_inits(recipe, codec)
     with pytest.raises(ValueError, match="stage 2.1: audio_init symbols needs a codec whose codes are symbols"):
         check_audio_inits(recipe, object())
+    with pytest.raises(ValueError, match="stage 3: audio_init is read by stage 2.1 only"):
+        check_audio_inits({"codec": "phones", "stages": {"3": {"audio_init": "symbols"}}}, codec)
 
 
 def test_codes_that_are_not_symbols(base, codec):

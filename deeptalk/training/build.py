@@ -134,8 +134,12 @@ def audio_init_of(stage: str, scfg: dict) -> str:
 
 
 def check_audio_inits(recipe: dict, codec) -> None:
-    """Before anything trains: every stage's `audio_init` is known and its codec can serve it."""
+    """Before anything trains: `audio_init` only where it is read (stage 2.1, which first trains
+    the audio rows), known, and servable by the codec."""
     for stage, scfg in (recipe.get("stages") or {}).items():
+        if "audio_init" in (scfg or {}) and stage != "2.1":
+            raise ValueError(f"stage {stage}: audio_init is read by stage 2.1 only (the stage that first trains "
+                             "the audio rows)")
         if audio_init_of(stage, scfg or {}) == "symbols" and not getattr(codec, "symbols", None):
             raise ValueError(f"stage {stage}: audio_init symbols needs a codec whose codes are symbols (phones); "
                              f"codec {recipe.get('codec')!r} has none")
