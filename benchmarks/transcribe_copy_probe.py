@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ def main() -> None:
 
     from deeptalk.checkpoint import load_checkpoint
     from deeptalk.generate import SpeechGenerator, StreamConfig
+    from deeptalk.speech.char_ctc import spelled
     from deeptalk_eval.registry import TaskIndex
 
     instruction = TaskIndex.scan().load("asr_synth_piper_joe").prompt  # through its include: template
@@ -57,7 +57,7 @@ def main() -> None:
         sents = [json.loads(l)["text"] for l in (ROOT / "tasks" / "asr" / "data" / "sentences.jsonl").read_text()
                  .splitlines() if l.strip()][: a.n]
     # what the LLM reads: the sentence, or what a piece head hands over (its ids follow a space)
-    given = [" " + " ".join(re.sub(r"[^a-z0-9' ]", " ", s.lower()).split()) if a.heard else s for s in sents]
+    given = [" " + spelled(s) if a.heard else s for s in sents]
     b = load_checkpoint(a.checkpoint)
     gen = SpeechGenerator(b.model, b.tokenizer, encoder=None, codec=None)
     norm = EnglishTextNormalizer()

@@ -99,3 +99,14 @@ def test_codes_that_are_not_symbols(base, codec):
         init_audio_rows_from_symbols(model, tok, {})
     with pytest.raises(AudioRowsError, match="outside the model's codebook"):
         init_audio_rows_from_symbols(model, tok, {codec.codebook_size + 5: "p"})
+
+
+def test_a_stage_starts_fresh_unless_resumed_from_its_state(tmp_path):
+    """What `fresh` is in the pipeline: a stage re-run without --resume over an old state starts
+    fresh (and so takes its audio rows from the symbols again)."""
+    from deeptalk.training.stage_loop import resumes
+
+    assert not resumes(tmp_path, True)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "progress.json").write_text('{"step": 50}')
+    assert resumes(tmp_path, True) and not resumes(tmp_path, False)

@@ -25,7 +25,7 @@ ALPHABET = " abcdefghijklmnopqrstuvwxyz'0123456789"
 def spell(text: str) -> list[int] | None:
     """Class ids (1..len(ALPHABET)) of a transcript, lower-cased, other characters dropped,
     spaces collapsed; None when nothing is left."""
-    return [ALPHABET.index(c) + 1 for c in _spelled(text)] or None
+    return [ALPHABET.index(c) + 1 for c in spelled(text)] or None
 
 
 def train_pieces(texts, size: int) -> str:
@@ -38,11 +38,12 @@ def train_pieces(texts, size: int) -> str:
     bpe.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=size, initial_alphabet=list(ALPHABET.strip()) + ["\u2581"],
                                   show_progress=False, special_tokens=[])
-    bpe.train_from_iterator((_spelled(t) for t in texts), trainer)
+    bpe.train_from_iterator((spelled(t) for t in texts), trainer)
     return bpe.to_str()
 
 
-def _spelled(text: str) -> str:
+def spelled(text: str) -> str:
+    """A text as the head writes it: lower case, letters, digits and apostrophes, single spaces."""
     t = re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("-", " "))
     return re.sub(r" +", " ", t).strip()
 
@@ -82,7 +83,7 @@ class CharCTC(CTCProjector):
 
     def spell_word(self, word: str) -> list[int] | None:
         """A word's class ids in the head's pieces (None when it cannot be written)."""
-        if _spelled(word) != word:  # upper case, punctuation: not how the head writes
+        if spelled(word) != word:  # upper case, punctuation: not how the head writes
             return None
         return [i + 1 for i in self.bpe.encode(word).ids] or None
 
@@ -99,7 +100,7 @@ class CharCTC(CTCProjector):
     def targets(self, row: dict) -> list[int] | None:
         if self.bpe is None:
             return spell(row["text"])
-        return [i + 1 for i in self.bpe.encode(_spelled(row["text"])).ids] or None
+        return [i + 1 for i in self.bpe.encode(spelled(row["text"])).ids] or None
 
     def ctc_loss(self, feats: torch.Tensor, lengths: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
         """Mean CTC loss per character (or piece); `targets` are class ids, as `targets()` gives."""

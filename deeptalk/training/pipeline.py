@@ -31,7 +31,7 @@ from deeptalk.training.hearing_stage import hearing_stage
 from deeptalk.training.plots import plot_losses
 from deeptalk.training.recipe import STAGES, recipe_hash, seed_everything
 from deeptalk.training.recipe_data import build_data
-from deeptalk.training.stage_loop import train_stage
+from deeptalk.training.stage_loop import resumes, train_stage
 
 
 def recipe_reading(encoder, recipe: dict):
@@ -167,7 +167,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
             elif stage == "2.1":
                 qa_ex = qa_ex or speaking_examples(recipe, data, qa_set, codec, encoder, tokenizer, model.config)
                 ex = qa_ex
-                start_audio_rows(model, tokenizer, codec, stage, scfg, fresh=not (path / "state" / "progress.json").is_file())
+                start_audio_rows(model, tokenizer, codec, stage, scfg, fresh=not resumes(path, resume))
             elif stage == "2.2":
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
                 corpus = int(recipe["data"].get("text_corpus_tokens", 0))

@@ -53,6 +53,11 @@ def decayed_lr(lr: float, max_steps: int, decay_steps: int, final_ratio: float):
     return at
 
 
+def resumes(out: Path, resume: bool) -> bool:
+    """Whether `train_stage(..., out, resume)` goes on from a saved state instead of starting fresh."""
+    return resume and (out / "state" / "progress.json").is_file()
+
+
 def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Example], tokenizer, out: Path,
                 seed: int, resume: bool, teacher=None) -> dict:
     """Train one stage; checkpoint every `checkpoint_every` steps into out/state; returns stats.
@@ -96,7 +101,7 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
 
     state_dir, csv_path = out / "state", out / "loss.csv"
     start, seconds, tokens, seq_tokens = 0, 0.0, 0, 0
-    if resume and (state_dir / "progress.json").is_file():
+    if resumes(out, resume):
         prog = json.loads((state_dir / "progress.json").read_text())
         acc.load_state(str(state_dir / "accelerate"))
         start, seconds, tokens = prog["step"], prog["seconds"], prog["tokens"]
