@@ -68,12 +68,14 @@ def save_checkpoint(path: Path, model, tokenizer, encoder, codec_ref: dict, info
 
 
 def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float32, codec: str | None = None,
-                    base=None, decode: str | None = None) -> Bundle:
+                    base=None, decode: str | None = None, written: str | None = None) -> Bundle:
     """Load a stage checkpoint (or a shipped model directory in the same layout).
 
     `base`: for a delta checkpoint, the dense base model (default: the one delta.json names).
     `decode`: how a piece head's transcript is read ("greedy" | "lexicon"; default: the
-    checkpoint's speech_encoder.json)."""
+    checkpoint's speech_encoder.json); `written`: how heard words are written for the LLM
+    ("none" | "sentence" | "true_case", deeptalk/speech/written_form.py; default: the same file's
+    lexicon settings, else "true_case")."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
@@ -102,8 +104,11 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
     encoder = encoder.to(device).eval().tie(model.get_input_embeddings().weight, tokenizer)
     if decode == "lexicon":
         from deeptalk.speech.lexicon_decode import LexiconConfig, llm_scorer
+        from deeptalk.speech.written_form import turn_scorer
 
-        encoder.projector.use_lexicon(LexiconConfig(**enc_cfg.lexicon), llm_scorer(model, tokenizer))
+        lexicon = {**enc_cfg.lexicon, **({"written": written} if written is not None else {})}
+        encoder.projector.use_lexicon(LexiconConfig(**lexicon), llm_scorer(model, tokenizer),
+                                      turn_scorer(model, tokenizer))
     ref = json.loads((path / CODEC_FILE).read_text())
     codec_src = codec or (str(path / ref["path"]) if "path" in ref else ref["name"])
     info = json.loads((path / "stage.json").read_text()) if (path / "stage.json").is_file() else {}

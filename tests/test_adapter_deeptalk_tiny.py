@@ -213,6 +213,8 @@ def test_hearing_lexicon_needs_a_piece_head(tiny_checkpoint):
 
     with pytest.raises(UsageError, match="hearing must be 'greedy' or 'lexicon'"):
         DeepTalkAdapter(path=str(tiny_checkpoint), hearing="beam")
+    with pytest.raises(UsageError, match="written must be 'none', 'sentence' or 'true_case'"):
+        DeepTalkAdapter(path=str(tiny_checkpoint), written="title")
     with pytest.raises(UsageError, match="needs a piece head; this checkpoint's projector is 'mlp'"):
         DeepTalkAdapter(path=str(tiny_checkpoint), hearing="lexicon")
 
@@ -226,7 +228,7 @@ def test_a_piece_head_hears_in_words_with_hearing_lexicon(tiny_checkpoint, tmp_p
     from safetensors.torch import save_file
 
     from deeptalk.hearing import hearing_pieces
-    from deeptalk.speech.char_ctc import CharCTC
+    from deeptalk.speech.char_ctc import CharCTC, spelled
     from deeptalk.speech.encoder import SpeechEncoderConfig
     from deeptalk_eval.models.deeptalk import DeepTalkAdapter
 
@@ -241,7 +243,7 @@ def test_a_piece_head_hears_in_words_with_hearing_lexicon(tiny_checkpoint, tmp_p
     for hearing in ("greedy", "lexicon"):
         a = DeepTalkAdapter(path=str(ckpt), hearing=hearing, max_speech_steps=4)
         out = a.generate([Request("s2t", audio=question_audio, options=GenerationOptions(max_new_tokens=2))])[0]
-        heard[hearing] = out.extra["audio_flags"]["heard"].split()
+        heard[hearing] = spelled(out.extra["audio_flags"]["heard"]).split()  # the words, not their written form
         lexicon = a.bundle.encoder.projector.lexicon
         assert (lexicon is not None) == (hearing == "lexicon")
     assert set(heard["lexicon"]) <= set(lexicon.words)  # noise may hold no word at all

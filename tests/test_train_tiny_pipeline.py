@@ -138,6 +138,7 @@ def test_ctc_projector_recipe(tmp_path):
     from deeptalk.checkpoint import load_checkpoint
     from deeptalk.generate import SpeechGenerator
     from deeptalk.sequence import TEXT_MODALITY
+    from deeptalk.speech.char_ctc import spelled
     from deeptalk_common.tts import synthesize
 
     out = tmp_path / "run"
@@ -190,7 +191,7 @@ def test_ctc_projector_recipe(tmp_path):
     n = prompt.audio_flags["speech_positions"]
     slots = prompt.input_ids[0] == b.model.config.special_token_id("<|audio_in|>")
     assert int(slots.sum()) == n and "heard" in prompt.audio_flags
-    assert set(prompt.audio_flags["heard"].split()) <= set(b.encoder.projector.lexicon.words)
+    assert set(spelled(prompt.audio_flags["heard"]).split()) <= set(b.encoder.projector.lexicon.words)
     assert (prompt.token_modality[0] == TEXT_MODALITY).all()
     assert b.model.config.special_token_id("<|audio_in_end|>") not in prompt.input_ids[0].tolist()
     assert np.isfinite(gen.generate(prompt).steps)

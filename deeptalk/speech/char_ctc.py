@@ -68,17 +68,21 @@ class CharCTC(CTCProjector):
         self.chars = torch.nn.Linear(out_dim, 1 + units)
         del self.blank, self.token_bias, self.log_scale
         self.lexicon = None  # transcribe() greedily unless use_lexicon() was called
-        self.score_text = None
+        self.score_text = self.turn_score = None
 
-    def use_lexicon(self, config=None, score=None) -> CharCTC:
+    def use_lexicon(self, config=None, score=None, turn_score=None) -> CharCTC:
         """Transcribe by beam search over English words (deeptalk/speech/lexicon_decode.py),
-        the n best rescored by `score` (texts -> log-probabilities, e.g. the LLM's) when given."""
+        the n best rescored by `score` (texts -> log-probabilities, e.g. the LLM's) when given;
+        with `turn_score` (texts -> log-probabilities as a whole user turn) the words are then
+        written with the capitals and end mark it prefers (deeptalk/speech/written_form.py)."""
         from deeptalk.speech.lexicon_decode import LexiconDecoder
+        from deeptalk.speech.written_form import WrittenForm
 
         if self.bpe is None:
             raise ValueError("lexicon decoding needs a piece head (pieces: N); this head spells characters")
         self.lexicon = LexiconDecoder(self.spell_word, 1 + self.bpe.get_vocab_size(), ALPHABET.strip(), config)
-        self.score_text = score
+        self.written_form = WrittenForm(self.lexicon.config.written)
+        self.score_text, self.turn_score = score, turn_score
         return self
 
     def spell_word(self, word: str) -> list[int] | None:
@@ -117,7 +121,12 @@ class CharCTC(CTCProjector):
             ((lengths + self.stride - 1) // self.stride).tolist()
         if self.lexicon is not None:
             lp = logits.float().log_softmax(-1)
-            return [self.lexicon.decode(row[:n], self.score_text) for row, n in zip(lp, t_len)]
+            words = [self.lexicon.decode(row[:n], self.score_text) for row, n in zip(lp, t_len)]
+            if self.turn_score is None:
+                return words
+            from deeptalk.speech.written_form import written
+
+            return [written(w, self.turn_score, self.written_form) for w in words]
         runs = [[c for c, _ in _runs(row[:n].argmax(-1)) if c != 0] for row, n in zip(logits, t_len)]
         if self.bpe is not None:
             return [" ".join(self.bpe.decode([c - 1 for c in r]).split()) for r in runs]

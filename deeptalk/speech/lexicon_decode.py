@@ -34,6 +34,7 @@ class LexiconConfig:
     word_score: float = -4.0  # added per word: against inserting short frequent words
     nbest: int = 8  # distinct word sequences the LLM rescores
     alpha: float = 2.0  # the LLM's log-probability weight in the rescoring; 0 = the beam's best
+    written: str = "true_case"  # capitals and end mark chosen by the LLM (deeptalk/speech/written_form.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -63,12 +63,12 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                  routing_mode: str | None = None, first_chunk_frames: int = 2, chunk_frames: int = 10,
                  max_speech_steps: int = 400, batch_parallel: bool = False, codec: str | None = None,
                  loglikelihood_batch_size: int = 8, threads: int | None = None, cache: str | None = None,
-                 decode_threads: int | None = None, hearing: str | None = None):
+                 decode_threads: int | None = None, hearing: str | None = None, written: str | None = None):
         super().__init__(path=path, device=device, dtype=dtype, routing_mode=routing_mode,
                          first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
                          max_speech_steps=max_speech_steps, batch_parallel=batch_parallel, codec=codec,
                          loglikelihood_batch_size=loglikelihood_batch_size, threads=threads, cache=cache,
-                         decode_threads=decode_threads, hearing=hearing)
+                         decode_threads=decode_threads, hearing=hearing, written=written)
         from deeptalk.checkpoint import load_checkpoint
         from deeptalk.generate import SpeechGenerator, StreamConfig
 
@@ -86,8 +86,11 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             torch.set_num_threads(threads)
         if hearing not in (None, "greedy", "lexicon"):
             raise UsageError(f"deeptalk: model arg hearing must be 'greedy' or 'lexicon', got {hearing!r}")
+        if written not in (None, "none", "sentence", "true_case"):
+            raise UsageError(f"deeptalk: model arg written must be 'none', 'sentence' or 'true_case', got {written!r}")
         try:
-            self.bundle = load_checkpoint(ckpt, device=device, dtype=weights_dtype, codec=codec, decode=hearing)
+            self.bundle = load_checkpoint(ckpt, device=device, dtype=weights_dtype, codec=codec, decode=hearing,
+                                          written=written)
         except ValueError as e:  # hearing=lexicon for a checkpoint whose head cannot spell words
             if hearing is None:
                 raise
