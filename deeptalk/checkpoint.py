@@ -74,7 +74,7 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
     `base`: for a delta checkpoint, the dense base model (default: the one delta.json names).
     `decode`: how a piece head's transcript is read ("greedy" | "lexicon"; default: the
     checkpoint's speech_encoder.json); `written`: how heard words are written for the LLM
-    ("none" | "sentence" | "true_case", deeptalk/speech/written_form.py; default: the same file's
+    ("plain" | "sentence" | "true_case", deeptalk/speech/written_form.py; default: the same file's
     lexicon settings, else "true_case")."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer

@@ -40,7 +40,7 @@ def test_a_second_pass_reads_the_words_decided_before():
 
 def test_forms_and_errors():
     score = names_scorer({}, end=".")
-    assert written("hello there", score, WrittenForm(form="none")) == "hello there"
+    assert written("hello there", score, WrittenForm(form="plain")) == "hello there"
     assert written("hello there", score, WrittenForm(form="sentence")) == "Hello there."
     assert written("", score) == ""
     with pytest.raises(ValueError, match="written form must be one of"):
@@ -81,5 +81,5 @@ def test_a_piece_head_hands_over_the_written_form():
     assert h.transcribe(feats)[0] == "the sun is a star"
     h.use_lexicon(LexiconConfig(words=20_000), turn_score=lambda ts, whole=True: [float(t.endswith(".")) for t in ts])
     assert h.transcribe(feats)[0] == "The sun is a star."
-    h.use_lexicon(LexiconConfig(words=20_000, written="none"), turn_score=lambda ts, whole=True: [0.0] * len(ts))
+    h.use_lexicon(LexiconConfig(words=20_000, written="plain"), turn_score=lambda ts, whole=True: [0.0] * len(ts))
     assert h.transcribe(feats)[0] == "the sun is a star"

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import torch
 
 TurnScorer = Callable[..., list[float]]  # (texts, whole=True) -> log-probabilities
-FORMS = ("none", "sentence", "true_case")
+FORMS = ("plain", "sentence", "true_case")
 
 
 @dataclass
 class WrittenForm:
-    form: str = "true_case"  # "none": as heard; "sentence": first capital + end mark; "true_case": and names
+    form: str = "true_case"  # "plain": as heard; "sentence": first capital + end mark; "true_case": and names
     end_marks: tuple[str, ...] = ("?", ".", "")
     passes: int = 2
 
@@ -41,7 +41,7 @@ def written(text: str, score: TurnScorer, cfg: WrittenForm | None = None) -> str
     """`text` (lower-case words) in the written form the LLM finds likeliest as a user turn."""
     cfg = cfg or WrittenForm()
     words = text.split()
-    if cfg.form == "none" or not words:
+    if cfg.form == "plain" or not words:
         return text
     first = [_capital(words[0])] + words[1:]
     ends = [" ".join(first) + m for m in cfg.end_marks]
