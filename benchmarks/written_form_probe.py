@@ -48,7 +48,9 @@ def compare(written_qs: list[str], typed: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--form", default="true_case", choices=("plain", "sentence", "true_case"))
+    from deeptalk.speech.written_form import FORMS
+
+    ap.add_argument("--form", default="true_case", choices=FORMS)
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--written", type=Path, default=DATA / "general_knowledge_dev_written_form.jsonl")

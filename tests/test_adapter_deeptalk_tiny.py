@@ -213,7 +213,7 @@ def test_hearing_lexicon_needs_a_piece_head(tiny_checkpoint):
 
     with pytest.raises(UsageError, match="hearing must be 'greedy' or 'lexicon'"):
         DeepTalkAdapter(path=str(tiny_checkpoint), hearing="beam")
-    with pytest.raises(UsageError, match="written must be 'plain', 'sentence' or 'true_case'"):
+    with pytest.raises(UsageError, match="written must be one of plain, sentence, true_case"):
         DeepTalkAdapter(path=str(tiny_checkpoint), written="title")
     with pytest.raises(UsageError, match="needs a piece head; this checkpoint's projector is 'mlp'"):
         DeepTalkAdapter(path=str(tiny_checkpoint), hearing="lexicon")

@@ -140,19 +140,28 @@ class LexiconDecoder:
         return max(zip(hyps, lm), key=lambda h: h[0][1] + self.config.alpha * h[1])[0][0]
 
 
+def sequence_logprobs(model, head: list[int], bodies: list[list[int]]) -> list[float]:
+    """The causal LM's log-probability of each body's tokens after `head` (the same context for
+    every body; its own tokens are not counted), as one padded batch."""
+    ids = [head + b for b in bodies]
+    width = max(len(i) for i in ids)
+    device = model.get_input_embeddings().weight.device
+    batch = torch.tensor([i + [head[0]] * (width - len(i)) for i in ids], device=device)
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
+    with torch.no_grad():
+        logp = model(input_ids=batch, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+    tok = logp.gather(-1, batch[:, 1:, None])[..., 0]
+    counted = mask[:, 1:].clone()
+    counted[:, : len(head) - 1] = 0  # the head's own tokens: the same for every body
+    return (tok * counted).sum(-1).tolist()
+
+
 def llm_scorer(model, tokenizer) -> Scorer:
     """Texts -> the causal LM's log-probability of each (after its BOS, or EOS as a start)."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
-    @torch.no_grad()
     def score(texts: list[str]) -> list[float]:
-        ids = [[start] + tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
-        width = max(len(i) for i in ids)
-        device = model.get_input_embeddings().weight.device
-        batch = torch.tensor([i + [start] * (width - len(i)) for i in ids], device=device)
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
-        logits = model(input_ids=batch, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
-        tok_lp = logits.gather(-1, batch[:, 1:, None])[..., 0] * mask[:, 1:]
-        return tok_lp.sum(-1).tolist()
+        return sequence_logprobs(model, [start], [tokenizer(" " + t, add_special_tokens=False)["input_ids"]
+                                                  for t in texts])
 
     return score

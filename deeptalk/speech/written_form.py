@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+from deeptalk.speech.lexicon_decode import sequence_logprobs
 
 TurnScorer = Callable[..., list[float]]  # (texts, whole=True) -> log-probabilities
 FORMS = ("plain", "sentence", "true_case")
@@ -81,22 +81,9 @@ def turn_scorer(model, tokenizer) -> TurnScorer:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         head, tail = [start], [tokenizer.eos_token_id]
 
-    @torch.no_grad()
     def score(texts: list[str], whole: bool = True) -> list[float]:
         """`whole`: the turn ends after the text (its end counts); else the text is a turn's start."""
-        body = [tokenizer(" " + t, add_special_tokens=False)["input_ids"] + (tail if whole else []) for t in texts]
-        ids = [head + b for b in body]
-        width = max(len(i) for i in ids)
-        device = model.get_input_embeddings().weight.device
-        pad = head[0]
-        batch = torch.tensor([i + [pad] * (width - len(i)) for i in ids], device=device)
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
-        logp = model(input_ids=batch, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
-        tok = logp.gather(-1, batch[:, 1:, None])[..., 0]
-        # only the body's tokens count: the template's start is the same for every text
-        scored = torch.zeros_like(mask[:, 1:])
-        for r, b in enumerate(body):
-            scored[r, len(head) - 1 : len(head) - 1 + len(b)] = 1
-        return (tok * scored).sum(-1).tolist()
+        return sequence_logprobs(model, head, [tokenizer(" " + t, add_special_tokens=False)["input_ids"]
+                                               + (tail if whole else []) for t in texts])
 
     return score

@@ -86,8 +86,10 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             torch.set_num_threads(threads)
         if hearing not in (None, "greedy", "lexicon"):
             raise UsageError(f"deeptalk: model arg hearing must be 'greedy' or 'lexicon', got {hearing!r}")
-        if written not in (None, "plain", "sentence", "true_case"):
-            raise UsageError(f"deeptalk: model arg written must be 'plain', 'sentence' or 'true_case', got {written!r}")
+        from deeptalk.speech.written_form import FORMS
+
+        if written is not None and written not in FORMS:
+            raise UsageError(f"deeptalk: model arg written must be one of {', '.join(FORMS)}, got {written!r}")
         try:
             self.bundle = load_checkpoint(ckpt, device=device, dtype=weights_dtype, codec=codec, decode=hearing,
                                           written=written)
