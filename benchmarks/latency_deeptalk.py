@@ -65,7 +65,7 @@ def build(args):
         from deeptalk.checkpoint import load_checkpoint
 
         b = load_checkpoint(args.checkpoint, codec=None if args.codec == "offline" else args.codec,
-                            decode=args.hearing)
+                            decode=args.hearing, written=args.written)
         return b.model.eval(), b.tokenizer, b.encoder.eval(), b.codec
     if args.codec.startswith("random:"):
         from deeptalk.speech.codec_offline import OfflineCodec
@@ -241,6 +241,10 @@ def main(argv=None):
                     help="time a trained DeepTalk checkpoint (e.g. checkpoints/reference) instead of a fresh upcycle")
     ap.add_argument("--hearing", choices=("greedy", "lexicon"), default=None,
                     help="--checkpoint: how a piece head's transcript is read (default: the checkpoint's)")
+    from deeptalk.speech.written_form import FORMS
+
+    ap.add_argument("--written", choices=FORMS, default=None,
+                    help="--checkpoint with a lexicon: how heard words are written (default: the checkpoint's)")
     ap.add_argument("--routed", type=int, default=30)
     ap.add_argument("--shared", type=int, default=2)
     ap.add_argument("--top-k", type=int, default=6)
@@ -306,7 +310,7 @@ def main(argv=None):
     out = {
         "benchmark": "latency_deeptalk",
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-        "model": ({"checkpoint": args.checkpoint, "hearing": args.hearing, "top_k": model.config.num_experts_per_tok,
+        "model": ({"checkpoint": args.checkpoint, "hearing": args.hearing, "written": args.written, "top_k": model.config.num_experts_per_tok,
                    "routing_mode": model.config.routing_mode} if args.checkpoint else
                   {"base": args.base, "upcycle": {"routed": args.routed, "shared": args.shared, "top_k": args.top_k,
                                                   "calibrate_tokens": args.calibrate_tokens},

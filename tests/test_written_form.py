@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from deeptalk.speech.written_form import WrittenForm, turn_scorer, written
+from deeptalk.speech.written_form import WrittenForm, gains_by_rows, turn_scorer, written
 
 
 def names_scorer(names: dict[str, str | None], end: str = "?"):
@@ -61,6 +61,17 @@ def test_the_base_llm_writes_a_heard_question_as_typed():
     # a turn's start: "Paris" likelier than "paris" after "The capital of France is"
     low, cap = score(["The capital of France is paris", "The capital of France is Paris"], whole=False)
     assert cap > low
+    # the head read once and shared: the same numbers as one plain forward of the whole row
+    ids = score.head + score._ids("who wrote hamlet") + score.tail
+    with torch.no_grad():
+        lp = llm(input_ids=torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+    plain = float(lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][len(score.head) - 1:].sum())
+    assert score(["who wrote hamlet"])[0] == pytest.approx(plain, abs=1e-3)
+    # the cheap capital gains (one row, capitals of several tokens apart) = two rows a word
+    words = "When did the titanic sink near newfoundland".split()
+    todo = list(range(1, len(words)))
+    assert any(len(score._ids(w.capitalize())) > 1 for w in words)  # both kinds of capital are met
+    assert score.capital_gains(words, todo) == pytest.approx(gains_by_rows(score)(words, todo), abs=1e-3)
 
 
 def test_a_piece_head_hands_over_the_written_form():

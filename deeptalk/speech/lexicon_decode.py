@@ -13,6 +13,7 @@ sentence. Measured in docs/training.md "Hearing in words".
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Callable
@@ -140,20 +141,39 @@ class LexiconDecoder:
         return max(zip(hyps, lm), key=lambda h: h[0][1] + self.config.alpha * h[1])[0][0]
 
 
-def sequence_logprobs(model, head: list[int], bodies: list[list[int]]) -> list[float]:
-    """The causal LM's log-probability of each body's tokens after `head` (the same context for
-    every body; its own tokens are not counted), as one padded batch."""
-    ids = [head + b for b in bodies]
-    width = max(len(i) for i in ids)
+def read_head(model, head: list[int]):
+    """The keys and values of a context's tokens but its last (None for a one-token context):
+    read once, shared by every row that starts with the context."""
+    if len(head) < 2:
+        return None
     device = model.get_input_embeddings().weight.device
-    batch = torch.tensor([i + [head[0]] * (width - len(i)) for i in ids], device=device)
-    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids], device=device)
     with torch.no_grad():
-        logp = model(input_ids=batch, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
-    tok = logp.gather(-1, batch[:, 1:, None])[..., 0]
-    counted = mask[:, 1:].clone()
-    counted[:, : len(head) - 1] = 0  # the head's own tokens: the same for every body
-    return (tok * counted).sum(-1).tolist()
+        return model(input_ids=torch.tensor([head[:-1]], device=device), use_cache=True).past_key_values
+
+
+def next_token_logprobs(model, head: list[int], bodies: list[list[int]], head_past=None) -> torch.Tensor:
+    """[bodies, longest body, vocab]: the causal LM's log-probabilities of the token at each body
+    position, after `head` (the same context for every body: a chat template's start) and the
+    body's tokens before it. The head is read once (or given: `head_past`, from `read_head`),
+    its keys and values shared by the batch. Padded positions mean nothing."""
+    width = max(len(b) for b in bodies)
+    device = model.get_input_embeddings().weight.device
+    # the head's last token is read with the bodies: its logits predict each body's first token
+    batch = torch.tensor([head[-1:] + b + [head[-1]] * (width - len(b)) for b in bodies], device=device)
+    mask = torch.tensor([[1] * (len(head) + len(b)) + [0] * (width - len(b)) for b in bodies], device=device)
+    past = read_head(model, head) if head_past is None else copy.deepcopy(head_past)  # the forward extends it
+    if past is not None:
+        past.batch_repeat_interleave(len(bodies))
+    with torch.no_grad():
+        logits = model(input_ids=batch, attention_mask=mask, past_key_values=past, use_cache=past is not None).logits
+    return logits[:, :-1].float().log_softmax(-1).cpu()
+
+
+def sequence_logprobs(model, head: list[int], bodies: list[list[int]], head_past=None) -> list[float]:
+    """The causal LM's log-probability of each body's tokens after `head` (the same context for
+    every body; its own tokens are not counted), as one batch."""
+    logp = next_token_logprobs(model, head, bodies, head_past)
+    return [float(logp[k, torch.arange(len(b)), torch.tensor(b)].sum()) for k, b in enumerate(bodies)]
 
 
 def llm_scorer(model, tokenizer) -> Scorer:
