@@ -31,10 +31,12 @@ Scorer = Callable[[list[str]], list[float]]
 class LexiconConfig:
     words: int = 100_000  # wordfreq's most frequent English words that the head's pieces can spell
     beam: int = 32
+    # the weights: the best of a grid on the hearing corpus's dev utterances for the Whisper-base
+    # piece head (benchmarks/lexicon_sweep.py; never chosen on a question set)
     lm_weight: float = 0.3  # the unigram prior's weight in the beam
-    word_score: float = -4.0  # added per word: against inserting short frequent words
+    word_score: float = -2.0  # added per word: against inserting short frequent words
     nbest: int = 8  # distinct word sequences the LLM rescores
-    alpha: float = 2.0  # the LLM's log-probability weight in the rescoring; 0 = the beam's best
+    alpha: float = 1.0  # the LLM's log-probability weight in the rescoring; 0 = the beam's best
     written: str = "true_case"  # capitals and end mark chosen by the LLM (deeptalk/speech/written_form.py)
 
     def to_dict(self) -> dict:
