@@ -42,3 +42,25 @@ def test_the_stage_loop_steps_with_the_scheduled_rate(tmp_path, monkeypatch):
                        model, enc, rows, tok, tmp_path, seed=0, resume=False)
     assert seen == pytest.approx([1e-2, 1e-2, 1e-2, 0.75e-2, 0.5e-2])
     assert info["lr_decay_steps"] == 2 and info["lr_final_ratio"] == 0.5
+
+
+def test_a_batch_that_reaches_no_trained_part_is_an_idle_step_not_a_crash(tmp_path, monkeypatch):
+    """Stage 3 on the speech experts under per-token routing: text-only turns never reach them."""
+    model, enc = make()
+    enc.config = type("C", (), {"stride": 4})()
+    steps = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = [Example([3, 4, 5, 6], [3, 4, 5, 6], [0] * 4) for _ in range(4)]
+    tok = type("T", (), {"pad_token_id": 0, "eos_token_id": 0})()
+    info = train_stage(Accelerator(cpu=True), "3", {"lr": 1e-2, "batch_size": 2, "max_steps": 3, "routing": "modality",
+                                                    "train": ["speech_experts"]},
+                       model, enc, rows, tok, tmp_path, seed=0, resume=False)
+    assert info["steps"] == 3 and info["idle_steps"] == 3 and not steps
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    # the same turns train the shared experts: no idle step
+    info = train_stage(Accelerator(cpu=True), "3", {"lr": 1e-2, "batch_size": 2, "max_steps": 3, "routing": "modality",
+                                                    "train": ["shared_experts"]},
+                       model, enc, rows, tok, tmp_path / "shared", seed=0, resume=False)
+    assert info["idle_steps"] == 0 and len(steps) == 3

@@ -100,12 +100,12 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
     q = model.config.num_codebooks
 
     state_dir, csv_path = out / "state", out / "loss.csv"
-    start, seconds, tokens, seq_tokens = 0, 0.0, 0, 0
+    start, seconds, tokens, seq_tokens, idle = 0, 0.0, 0, 0, 0
     if resumes(out, resume):
         prog = json.loads((state_dir / "progress.json").read_text())
         acc.load_state(str(state_dir / "accelerate"))
         start, seconds, tokens = prog["step"], prog["seconds"], prog["tokens"]
-        seq_tokens = prog.get("seq_tokens", 0)
+        seq_tokens, idle = prog.get("seq_tokens", 0), prog.get("idle_steps", 0)
         acc.print(f"stage {stage}: resuming at step {start}")
         if acc.is_main_process and csv_path.is_file():  # drop rows logged after the checkpoint
             rows = list(csv.reader(csv_path.open()))
@@ -149,10 +149,19 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
             loss_t = loss_t + dcfg["weight"] * kl
         for g in opt.param_groups:  # from the step alone: a resumed stage continues the same schedule
             g["lr"] = lr_at(step)
-        acc.backward(loss_t)
-        if scfg.get("grad_clip"):
-            acc.clip_grad_norm_(params, float(scfg["grad_clip"]))
-        opt.step()
+        # a batch can reach none of the trained parameters (text turns only, when only the speech
+        # parts train): nothing to learn, no step. Under several processes all must step together:
+        # one whose batch is idle while another's is not joins with zero gradients
+        live = bool(acc.gather(torch.tensor([loss_t.requires_grad], device=acc.device)).any())
+        if live:
+            if not loss_t.requires_grad:
+                loss_t = loss_t + sum(p.sum() for p in params) * 0.0
+            acc.backward(loss_t)
+            if scfg.get("grad_clip"):
+                acc.clip_grad_norm_(params, float(scfg["grad_clip"]))
+            opt.step()
+        else:
+            idle += 1
         opt.zero_grad(set_to_none=True)
         # supervised tokens (labels) and every token the forward pass processed
         n_tok = int(acc.gather(torch.tensor([sum(e.tokens for e in batch_for(step))], device=acc.device)).sum())
@@ -174,7 +183,8 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
             acc.save_state(str(state_dir / "accelerate"))
             if acc.is_main_process:
                 (state_dir / "progress.json").write_text(json.dumps({"step": step + 1, "seconds": seconds,
-                                                                     "tokens": tokens, "seq_tokens": seq_tokens}))
+                                                                     "tokens": tokens, "seq_tokens": seq_tokens,
+                                                                     "idle_steps": idle}))
             acc.wait_for_everyone()
             t_last = time.monotonic()  # checkpoint writing is not training time
         if done:
@@ -187,6 +197,6 @@ def train_stage(acc, stage: str, scfg: dict, model, encoder, examples: list[Exam
             "seq_tokens_per_s": round(seq_tokens / seconds, 1) if seconds else None, "routing_mode_train": routing,
             "trainable_params": n_trainable, "world_size": world, "batch_size": bs, "lr": scfg["lr"],
             "lr_decay_steps": int(scfg.get("lr_decay_steps", 0)), "lr_final_ratio": float(scfg.get("lr_final_ratio", 0.1)),
-            "final_loss": loss if max_steps > start else None,
+            "final_loss": loss if max_steps > start else None, "idle_steps": idle,
             "distill": dcfg, "distill_examples": n_teachable if dcfg is not None else None,
             "lowrank_rank": lowrank_rank}
