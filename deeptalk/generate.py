@@ -37,7 +37,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from deeptalk.sequence import TEXT_MODALITY, build_prompt_ids, spoken_answer_modality, word_start_ids
+from deeptalk.sequence import (
+    TEXT_MODALITY,
+    build_prompt_ids,
+    speak_token_modality,
+    spoken_answer_modality,
+    word_start_ids,
+)
 
 Output = Literal["text", "speech", "both"]
 
@@ -163,8 +169,9 @@ class SpeechGenerator:
                 raise ValueError("a raw prompt is one complete text: no audio, system prompt or history")
             ids = self.tokenizer(text)["input_ids"] + ([self.cfg.special_token_id("<|speech_start|>")] if speak else [])
             dev = self.model.device
+            modality = [TEXT_MODALITY] * (len(ids) - speak) + ([speak_token_modality(self.cfg)] if speak else [])
             return Prompt(input_ids=torch.tensor([ids], device=dev),
-                          token_modality=torch.full((1, len(ids)), TEXT_MODALITY, device=dev), speech_embeds=None,
+                          token_modality=torch.tensor([modality], device=dev), speech_embeds=None,
                           rendered=text + ("<|speech_start|>" if speak else ""), speak=speak, t_start=t0)
         speech, flags, t_enc = None, {}, None
         if audio is not None:

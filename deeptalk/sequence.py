@@ -61,11 +61,22 @@ def build_prompt_ids(tokenizer, config, text: str | None, speech_positions: int 
         rendered = before + f"<|audio_in|>x{speech_positions}" + ("" if speech_as_text else "<|audio_in_end|>") + after
     else:
         ids += enc(rendered)
+    modality += [TEXT_MODALITY] * (len(ids) - len(modality))
     if speak:
         ids.append(config.special_token_id("<|speech_start|>"))
+        modality.append(speak_token_modality(config))
         rendered += "<|speech_start|>"
-    modality += [TEXT_MODALITY] * (len(ids) - len(modality))
     return ids, modality, rendered
+
+
+def speak_token_modality(config) -> int:
+    """The modality of `<|speech_start|>`: its logits pick the spoken answer's first text token.
+    Under answer_routing "both" it is the answer's first step (text experts and the speech experts
+    together): as a text position its output came from frozen parts alone in the stages that
+    train the speech side, so the answer's first word could never be learnt (the base wrote ":"
+    or "." there and the turn ended). Under "speech" it stays text: routing it to the speech
+    experts alone would take the text experts from the step that reads the whole request."""
+    return ANSWER_MODALITY if getattr(config, "answer_routing", "speech") == "both" else TEXT_MODALITY
 
 
 def spoken_answer_modality(config) -> int:

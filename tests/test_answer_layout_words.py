@@ -119,6 +119,40 @@ def test_example_labels_teach_the_next_word_where_the_text_holds(tokenizer, code
         spoken_answer_example(prompt, [0] * len(prompt), ANSWER, None, tokenizer, cfg)
 
 
+@pytest.mark.parametrize("answer_routing", ["both", "speech"])
+def test_the_answers_first_word_is_learnt_where_the_speech_side_trains(tokenizer, codec, answer_routing):
+    """<|speech_start|>'s logits pick the spoken answer's first token. Under answer_routing "both"
+    it is the answer's first step: the speech experts (what stages 2.1 and 3 train) reach it and
+    the first word can be learnt. Under "speech" it stays a text position: only the text side does."""
+    from deeptalk.sequence import ANSWER_MODALITY, TEXT_MODALITY, build_prompt_ids
+
+    torch.manual_seed(0)
+    cfg = tiny_config(tokenizer, codec)
+    cfg.answer_routing = answer_routing
+    ids, mod, _ = build_prompt_ids(tokenizer, cfg, "Say this: the sun is a star.", None, speak=True)
+    assert mod[-1] == (ANSWER_MODALITY if answer_routing == "both" else TEXT_MODALITY)
+    assert set(mod[:-1]) == {TEXT_MODALITY}
+    gen = SpeechGenerator(DeepTalkForCausalLM(cfg).eval(), tokenizer, codec=codec)
+    assert gen.prompt("Say this: the sun is a star.", speak=True).token_modality[0].tolist() == mod
+    assert gen.prompt("Say this:", speak=True, raw=True).token_modality[0, -1] == mod[-1]
+    ex = spoken_answer_example(ids, mod, "The sun is a star.", None, tokenizer, cfg, codec=codec)
+    model = DeepTalkForCausalLM(cfg)
+    moe = [layer.mlp for layer in model.model.layers if hasattr(layer.mlp, "experts")]
+    assert moe and cfg.speech_experts == [[0]] * len(moe)
+    for mlp in moe:  # speech experts that add something (a zeroed copy would not)
+        for p in mlp.experts[0].parameters():
+            torch.nn.init.normal_(p, std=0.2)
+    first = [-100] * len(ex.labels)
+    first[len(ids)] = ex.labels[len(ids)]  # the answer's first token, predicted at <|speech_start|>
+    n = len(ids) + 1  # the prompt and the answer's first step: nothing later reaches that prediction
+    out = model(input_ids=torch.tensor([ex.ids[:n]]), token_modality=torch.tensor([ex.modality[:n]]),
+                audio_codes=ex.audio[None, :, :n], labels=torch.tensor([first[:n]]))
+    out.loss.backward()
+    speech = [p.grad for mlp in moe for p in mlp.experts[0].parameters()]
+    reached = any(g is not None and g.abs().sum() > 0 for g in speech)
+    assert reached == (answer_routing == "both")
+
+
 def test_generator_writes_the_layout_it_was_taught(tokenizer, codec):
     """Replay: the heads pick what training teaches at every step (at held steps, anything), and
     the protocol rules turn that into exactly the training layout; the codes the codec hears are
