@@ -79,7 +79,7 @@ def gains_by_rows(score: TurnScorer) -> CapitalGains:
 
 class LLMTurnScorer:
     """A causal LM's log-probability of texts as a user turn: after its chat template's start
-    ("<|im_start|>user\n"), up to and including the turn's end; each word read with a leading
+    ("<|im_start|>user\\n"), up to and including the turn's end; each word read with a leading
     space, as a CTC head hands the words over. Without a chat template: BOS ... EOS."""
 
     def __init__(self, model, tokenizer):
@@ -130,6 +130,7 @@ class LLMTurnScorer:
             cap = float(logp[r, torch.arange(s, s + len(caps[i])), torch.tensor(caps[i])].sum())
             out.append(cap - own)
         return out
+
 
 def turn_scorer(model, tokenizer) -> LLMTurnScorer:
     """The causal LM as a turn scorer, with its cheap capital gains."""
