@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--lm-weights", type=_floats, default=[0.1, 0.3, 0.6, 1.0])
     ap.add_argument("--word-scores", type=_floats, default=[-6.0, -4.0, -2.0, 0.0])
     ap.add_argument("--alphas", type=_floats, default=[0.0, 1.0, 2.0, 3.0, 4.0])
+    ap.add_argument("--bonuses", type=_floats, default=[0.0], help="the LLM's per-word bonus in the rescoring")
     ap.add_argument("--nbest", type=int, default=8)
     ap.add_argument("--questions", default=str(ROOT / "benchmarks" / "data" / "general_knowledge_dev.jsonl"))
     ap.add_argument("--threads", type=int, default=1)
@@ -101,14 +102,16 @@ def main() -> None:
             lm_cache.update(zip(new, score(new)))
         return [lm_cache[t] for t in texts]
 
-    def decode_all(decoder, lp_list, alphas) -> dict[float, list[str]]:
-        out: dict[float, list[str]] = {al: [] for al in alphas}
+    def decode_all(decoder, lp_list, cells) -> dict[tuple[float, float], list[str]]:
+        """(alpha, bonus) -> each utterance's best sequence, rescored as LexiconDecoder.decode does."""
+        out: dict[tuple[float, float], list[str]] = {c: [] for c in cells}
         for lp in lp_list:
             hyps = decoder.nbest(lp) or [("", 0.0)]
             s = lm([t for t, _ in hyps]) if len(hyps) > 1 else [0.0]
-            for al in alphas:
-                best = max(zip(hyps, s), key=lambda h: h[0][1] + al * h[1])[0][0] if al else hyps[0][0]
-                out[al].append(best)
+            for al, bo in cells:
+                decoder.config.alpha, decoder.config.lm_word_bonus = al, bo
+                best = max(zip(hyps, s), key=lambda h: decoder.rescored(*h))[0][0] if al else hyps[0][0]
+                out[(al, bo)].append(best)
         return out
 
     rows = []
@@ -118,17 +121,18 @@ def main() -> None:
         dec = LexiconDecoder(head.spell_word, 1 + head.bpe.get_vocab_size(), ALPHABET.strip(),
                              LexiconConfig(lm_weight=lw, word_score=ws, nbest=a.nbest))
         decoders[(lw, ws)] = dec
-        for al, hyps in decode_all(dec, lps, a.alphas).items():
-            rows.append({"lm_weight": lw, "word_score": ws, "alpha": al,
+        for (al, bo), hyps in decode_all(dec, lps, list(itertools.product(a.alphas, a.bonuses))).items():
+            rows.append({"lm_weight": lw, "word_score": ws, "alpha": al, "lm_word_bonus": bo,
                          "dev_wer": round(corpus_wer(refs, [norm(h) for h in hyps]), 4)})
     sweep_s = time.monotonic() - t0
     best = min(rows, key=lambda r: r["dev_wer"])
     default = LexiconConfig()  # the weights in force when the sweep ran
-    current = next((r for r in rows if (r["lm_weight"], r["word_score"], r["alpha"]) ==
-                    (default.lm_weight, default.word_score, default.alpha)), best)
+    current = next((r for r in rows if (r["lm_weight"], r["word_score"], r["alpha"], r["lm_word_bonus"]) ==
+                    (default.lm_weight, default.word_score, default.alpha, default.lm_word_bonus)), best)
 
     def cell_hyps(r, lp_list):
-        return [norm(h) for h in decode_all(decoders[(r["lm_weight"], r["word_score"])], lp_list, [r["alpha"]])[r["alpha"]]]
+        cell = (r["alpha"], r["lm_word_bonus"])
+        return [norm(h) for h in decode_all(decoders[(r["lm_weight"], r["word_score"])], lp_list, [cell])[cell]]
 
     res = {"stage": str(a.stage), "whisper": cfg.whisper, "dev_utterances": len(refs), "nbest": a.nbest,
            "best": {**best, "ci95": bootstrap_ci(refs, cell_hyps(best, lps))},

@@ -37,6 +37,8 @@ class LexiconConfig:
     word_score: float = -2.0  # added per word: against inserting short frequent words
     nbest: int = 8  # distinct word sequences the LLM rescores
     alpha: float = 1.0  # the LLM's log-probability weight in the rescoring; 0 = the beam's best
+    lm_word_bonus: float = 3.0  # added to the LLM's log-probability per word: each word costs it
+    # nats, so without a bonus the rescoring prefers sequences that drop words ("who wrote christmas")
     written: str = "true_case"  # capitals and end mark chosen by the LLM (deeptalk/speech/written_form.py)
 
     def to_dict(self) -> dict:
@@ -140,7 +142,12 @@ class LexiconDecoder:
         if score is None or self.config.alpha == 0 or len(hyps) == 1:
             return hyps[0][0]
         lm = score([t for t, _ in hyps])
-        return max(zip(hyps, lm), key=lambda h: h[0][1] + self.config.alpha * h[1])[0][0]
+        return max(zip(hyps, lm), key=lambda h: self.rescored(h[0], h[1]))[0][0]
+
+    def rescored(self, hyp: tuple[str, float], lm_logprob: float) -> float:
+        """A hypothesis's (text, beam score) final score, given the LLM's log-probability of its text."""
+        text, beam = hyp
+        return beam + self.config.alpha * (lm_logprob + self.config.lm_word_bonus * len(text.split()))
 
 
 def read_head(model, head: list[int]):
