@@ -156,6 +156,24 @@ def test_describe_records_setup(adapter, monkeypatch):
     assert adapter.fingerprint() != before
 
 
+def test_the_fingerprint_follows_how_a_piece_head_is_read(adapter, monkeypatch):
+    """The lexicon decoder's weights and the written form change what is heard, defaults included
+    (a new default in the code must not reuse answers cached under the old one)."""
+    from types import SimpleNamespace
+
+    from deeptalk.speech.lexicon_decode import LexiconConfig
+
+    assert adapter.hearing_settings() is None and ":hearing=" not in adapter.fingerprint()
+    projector = adapter.bundle.encoder.projector
+    monkeypatch.setattr(projector, "lexicon", SimpleNamespace(config=LexiconConfig()), raising=False)
+    first = adapter.fingerprint()
+    assert ":hearing=" in first and adapter.describe()["hearing"]["written"] == "true_case"
+    monkeypatch.setattr(projector, "lexicon", SimpleNamespace(config=LexiconConfig(lm_word_bonus=0.0)), raising=False)
+    assert adapter.fingerprint() != first
+    monkeypatch.setattr(projector, "lexicon", SimpleNamespace(config=LexiconConfig(written="plain")), raising=False)
+    assert adapter.fingerprint() != first
+
+
 def test_the_fingerprint_follows_what_inference_reads(tiny_checkpoint, tmp_path):
     import json
     import shutil

@@ -134,10 +134,20 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         the codec lives outside the checkpoint, and a new decoder changes every spoken answer."""
         return hashlib.sha256(json.dumps(self.bundle.codec.describe(), sort_keys=True, default=str).encode()).hexdigest()
 
+    def hearing_settings(self) -> dict | None:
+        """How a piece head's transcript is read, in full (the lexicon decoder's weights and the
+        written form, defaults included): the code's defaults change what is heard as much as
+        a checkpoint's own settings do. None for a head read greedily or a frame projector."""
+        lexicon = getattr(self.bundle.encoder.projector, "lexicon", None)
+        return None if lexicon is None else lexicon.config.to_dict()
+
     def fingerprint(self) -> str:
         opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "threads", "loglikelihood_batch_size")}
+        hearing = self.hearing_settings()
+        heard = "" if hearing is None else \
+            f":hearing={hashlib.sha256(json.dumps(hearing, sort_keys=True).encode()).hexdigest()[:16]}"
         return (f"deeptalk:{self.checkpoint_sha256()[:16]}:codec={self.codec_sha256()[:16]}:{opts}"
-                f":routing={self.bundle.model.config.routing_mode}")
+                f":routing={self.bundle.model.config.routing_mode}{heard}")
 
     def describe(self) -> dict[str, Any]:
         m = self.bundle.model
@@ -156,6 +166,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             "first_chunk_frames": self.stream_config.first_chunk_frames,
             "chunk_frames": self.stream_config.chunk_frames,
             "speech_encoder": self.bundle.encoder.config.to_dict(),
+            "hearing": self.hearing_settings(),
             "codec": self.bundle.codec.describe(),
             "torch_threads": torch.get_num_threads(),
         }
