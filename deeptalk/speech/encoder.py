@@ -142,16 +142,21 @@ def num_positions(num_frames: int, stride: int) -> int:
     return math.ceil(num_frames / stride)
 
 
-def build_projector(config: SpeechEncoderConfig, whisper_encoder: nn.Module, ctc_vocab: torch.Tensor | None = None,
+def build_projector(config: SpeechEncoderConfig, whisper_encoder: nn.Module | int, ctc_vocab: torch.Tensor | None = None,
                     pieces: str | None = None) -> nn.Module:
     """The trainable half of the speech encoder, reading the Whisper encoder's features.
-    `ctc_vocab`: the LLM tokens a ctc head emits; `pieces`: the BPE a ctc_chars head spells in."""
-    width = whisper_encoder.ln_post.normalized_shape[0]
+    `whisper_encoder`: the encoder, or only its width where the features come ready-made (a
+    training pack); `ctc_vocab`: the LLM tokens a ctc head emits; `pieces`: the BPE a ctc_chars
+    head spells in."""
+    width = whisper_encoder if isinstance(whisper_encoder, int) else whisper_encoder.ln_post.normalized_shape[0]
     if config.projector in ("ctc", "ctc_chars"):
         from deeptalk.speech.char_ctc import CharCTC
         from deeptalk.speech.ctc_projector import CTCProjector
         from deeptalk.speech.whisper_top import WhisperTop
 
+        if config.tune_blocks and isinstance(whisper_encoder, int):
+            raise ValueError("SpeechEncoderConfig.tune_blocks trains copies of Whisper's last blocks: "
+                             "building the head needs the Whisper encoder, not only its width")
         top = WhisperTop(whisper_encoder, len(whisper_encoder.blocks) - config.tune_blocks) if config.tune_blocks else None
         if config.projector == "ctc_chars":
             if bool(config.pieces) != (pieces is not None):

@@ -179,6 +179,7 @@ def train(pack_dir: Path, out: Path, base: str | None = None, overrides: dict | 
 
     from deeptalk.checkpoint import ENCODER_CONFIG, ENCODER_FILE
     from deeptalk.delta import base_fingerprint, load_delta, save_delta
+    from deeptalk.speech.char_ctc import pieces_from_state
     from deeptalk.speech.encoder import SpeechEncoderConfig, build_projector
     from deeptalk.training.recipe import seed_everything
     from deeptalk.training.stage_loop import train_stage
@@ -198,7 +199,7 @@ def train(pack_dir: Path, out: Path, base: str | None = None, overrides: dict | 
     tokenizer = AutoTokenizer.from_pretrained(start)
     enc_cfg = SpeechEncoderConfig(**json.loads((start / ENCODER_CONFIG).read_text()))
     state = load_file(str(start / ENCODER_FILE))
-    projector = build_projector(enc_cfg, model.config.speech_encoder_dim, state.get("vocab"))
+    projector = build_projector(enc_cfg, model.config.speech_encoder_dim, state.get("vocab"), pieces_from_state(state))
     projector.load_state_dict(state)
     encoder = ProjectorOnly(projector, enc_cfg)
     examples = load_examples(pack_dir / "examples.safetensors")
