@@ -63,6 +63,8 @@ def export_checkpoint(stage_dir, out, dtype: str = "bfloat16", max_mb: float | N
         for ext in ("csv", "png"):
             if (stage / f"loss.{ext}").is_file():
                 shutil.copy(stage / f"loss.{ext}", tmp / f"loss-{stage.name}.{ext}")
+        if (stage / "hearing_curve.csv").is_file():  # a CTC stage 1 logs its dev WER, not a loss.csv
+            shutil.copy(stage / "hearing_curve.csv", tmp / f"hearing-{stage.name}.csv")
     ref = json.loads((stage_dir / "codec.json").read_text())
     if "path" in ref and (stage_dir / ref["path"]).is_file():  # a fitted codec travels along
         shutil.copy(stage_dir / ref["path"], tmp / ref["path"])

@@ -186,6 +186,9 @@ def test_the_fingerprint_follows_what_inference_reads(tiny_checkpoint, tmp_path)
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     before = sha(ckpt)
+    # the same files elsewhere are the same model: a moved checkpoint reuses its cached answers
+    assert DeepTalkAdapter(path=str(ckpt), max_speech_steps=12).fingerprint() == \
+        DeepTalkAdapter(path=str(tiny_checkpoint), max_speech_steps=12).fingerprint()
     (ckpt / "stage.json").write_text(json.dumps({"stage": "test", "done": True, "note": "a record"}))
     (ckpt / "loss.csv").write_text("step,loss\n1,2.0\n")
     assert sha(ckpt) == before   # training records are not the model

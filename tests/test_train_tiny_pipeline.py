@@ -177,6 +177,7 @@ def test_ctc_projector_recipe(tmp_path):
               "--export-dtype", "float32")
     assert p.returncode == 0, p.stderr[-3000:]
     shipped = load_checkpoint(tmp_path / "ship", base=build_base(load_recipe("tiny-ctc"))[0])
+    assert list(pd.read_csv(tmp_path / "ship" / "hearing-stage-1.csv")["step"]) == [0, 2, 3]  # stage 1's story
     b = load_checkpoint(out / "stage-3")
     with torch.no_grad():
         assert torch.equal(shipped.model(input_ids=ids).logits, b.model(input_ids=ids).logits)

@@ -142,7 +142,9 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         return None if lexicon is None else lexicon.config.to_dict()
 
     def fingerprint(self) -> str:
-        opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "threads", "loglikelihood_batch_size")}
+        # where the checkpoint lies is not what it is: its content is hashed, so a copy elsewhere reuses its answers
+        opts = {k: v for k, v in sorted(self.args.items())
+                if k not in ("path", "device", "threads", "loglikelihood_batch_size")}
         hearing = self.hearing_settings()
         heard = "" if hearing is None else \
             f":hearing={hashlib.sha256(json.dumps(hearing, sort_keys=True).encode()).hexdigest()[:16]}"

@@ -71,8 +71,10 @@ class Scoring:
                     channel_text = rec["transcripts"].get("speech")
                 else:
                     channel_text = resp.text if resp is not None else None
+                # a rescore whose log lost an output wav: the answer had audio, only its samples are gone
+                gone = resp is not None and resp.audio is None and bool((rec.get("output") or {}).get("audio"))
                 view = SampleView(doc=rec["doc"], response=resp, channel=spec.channel,
-                                  channel_text=channel_text, error=rec.get("error"))
+                                  channel_text=channel_text, error=rec.get("error"), audio_gone=gone)
                 try:
                     values = fn(view, ctx, **spec.args)
                 except Exception as e:

@@ -61,7 +61,8 @@ def _load_builtin_scorers() -> None:
     import importlib
 
     for mod in ("deeptalk_eval.scoring.scorers", "deeptalk_eval.scoring.latency", "deeptalk_eval.scoring.choice",
-                "deeptalk_eval.scoring.refusal", "deeptalk_eval.scoring.ifeval", "deeptalk_eval.scoring.judge"):
+                "deeptalk_eval.scoring.refusal", "deeptalk_eval.scoring.ifeval", "deeptalk_eval.scoring.judge",
+                "deeptalk_eval.scoring.duration"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
@@ -84,6 +85,9 @@ class SampleView:
     channel: str  # "text" | "speech"
     channel_text: str | None  # the text being scored (None: nothing produced)
     error: str | None = None
+    # the answer had audio whose samples are not here (a rescore from a log without its wav
+    # files): scorers that read samples say "not measured", never "no audio"
+    audio_gone: bool = False
 
 
 @dataclass
