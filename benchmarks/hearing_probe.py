@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init", type=Path, metavar="STATE", help="start from a saved projector's weights "
-                    "(state.pt or projector-*.pt) with a fresh optimiser and schedule, e.g. on more data")
+                    "(state.pt, projector-*.pt or a stage's speech_encoder.safetensors) with a fresh optimiser and "
+                    "schedule, e.g. on more data")
     ap.add_argument("--eval-only", type=Path, metavar="STATE", help="dev WER (overall and per voice) of a saved "
                     "projector (state.pt, projector-*.pt or a stage's speech_encoder.safetensors) into --out/dev_wer.json; no training")
     ap.add_argument("--questions", default=str(ROOT / "benchmarks" / "data" / "general_knowledge_dev.jsonl"),
@@ -116,8 +117,13 @@ def main() -> None:
         return
     proj = encoder.projector.tie(llm.get_input_embeddings().weight, tok)
     if a.init and not (a.resume and (a.out / "state.pt").is_file()):
-        state = torch.load(a.init, weights_only=False)
-        proj.load_state_dict(state.get("projector", state))
+        if a.init.suffix == ".safetensors":  # a stage's speech_encoder.safetensors: the projector's state
+            from safetensors.torch import load_file
+
+            proj.load_state_dict(load_file(a.init))
+        else:
+            state = torch.load(a.init, weights_only=False)
+            proj.load_state_dict(state.get("projector", state))
         print(f"init: projector weights from {a.init}", flush=True)
     cfg = HearingTrain(stride=a.stride, hidden=a.hidden, lr=a.lr, batch_size=a.batch_size, max_steps=a.max_steps, top_lr=a.top_lr,
                        max_seconds=a.max_minutes * 60, eval_every=a.eval_every, spec_augment=not a.no_spec_augment)
