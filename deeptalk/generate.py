@@ -62,6 +62,10 @@ class StreamConfig:
     decoder_left_context: int = 8  # frames of context re-decoded before each chunk
     decoder_lookahead: int = 1  # frames held back until their right context exists
     batch_parallel: bool = False  # the paper's trick: a text-only stream supplies the text tokens
+    # the same idea for any layout and batch: the text path answers first (the prompt without
+    # <|speech_start|>, text modality only), and the spoken answer writes those tokens in its own
+    # time (the words layout still holds each word for its audio) and speaks them
+    lead_text: bool = False
     # KV cache: "static" (preallocated, fixed shapes; faster per step here, see the benchmark)
     # or "dynamic" (grows; needed by batch_parallel)
     cache: str = "static"
@@ -238,6 +242,11 @@ class SpeechGenerator:
             raise ValueError("batch_parallel decoding answers one prompt at a time")
         if parallel and self.words_layout:
             raise ValueError("batch_parallel decoding follows a text-only answer; the 'words' layout holds the text")
+        lead = speak and cfg.lead_text
+        if lead and parallel:
+            raise ValueError("lead_text and batch_parallel both let the text path write the answer: choose one")
+        led = self._text_path_answers(prompts, cfg) if lead else None
+        taken = [0] * len(prompts)  # tokens of the text path's answer written so far, per row
         gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None and cfg.temperature > 0 else None
         model, dev, n, q = self.model, self.model.device, len(prompts), self.cfg.num_codebooks
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -270,10 +279,16 @@ class SpeechGenerator:
                         continue
                     if speak:
                         # once the text has ended nothing is drawn for it (a seeded sampler's stream stays the same)
-                        raw = None if answers[r].text_done else \
-                            int(self._pick(out.logits[text_row(r), -1] + text_bias, cfg, gen))
+                        if answers[r].text_done:
+                            raw = None
+                        elif led is not None:  # the text path's next token, offered until it is written
+                            raw = led[r][taken[r]] if taken[r] < len(led[r]) else self.tokenizer.eos_token_id
+                        else:
+                            raw = int(self._pick(out.logits[text_row(r), -1] + text_bias, cfg, gen))
                         column = self._pick(out.audio_logits[r, -1] + audio_bias, cfg, gen)  # [Q]
                         tok, column, finished = answers[r].step(s, raw, column, out.audio_logits[r, -1])
+                        if led is not None and raw is not None and tok == raw:
+                            taken[r] += 1
                     else:
                         tok, column = int(self._pick(out.logits[r, -1] + text_bias, cfg, gen)), None
                         finished = tok in self.stop_ids
@@ -302,6 +317,22 @@ class SpeechGenerator:
                     yield r, "stop", "max_steps" if speak else "max_new_tokens"
         finally:
             torch.set_num_threads(threads)
+
+    def _text_path_answers(self, prompts: Sequence[Prompt], cfg: StreamConfig) -> list[list[int]]:
+        """lead_text: each spoken prompt's answer on the text path (the prompt without its final
+        <|speech_start|>, greedy or as cfg samples), its stop token included where it stopped."""
+        from dataclasses import replace
+
+        start = self.cfg.special_token_id("<|speech_start|>")
+        if any(int(p.input_ids[0, -1]) != start for p in prompts):
+            raise ValueError("lead_text: a spoken prompt ends with <|speech_start|>")
+        texts = [replace(p, input_ids=p.input_ids[:, :-1], token_modality=p.token_modality[:, :-1], speak=False)
+                 for p in prompts]
+        rows: list[list[int]] = [[] for _ in prompts]
+        for r, tok, _ in self._decode(texts, "text", replace(cfg, lead_text=False)):
+            if r is not None and tok != "stop":
+                rows[r].append(int(tok))
+        return rows
 
     def _prefill_inputs(self, prompts: Sequence[Prompt], parallel: bool, pad: int):
         """(input_ids, token_modality, speech_embeds, attention_mask, position_ids) of the prefill.

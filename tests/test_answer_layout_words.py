@@ -232,3 +232,31 @@ def test_answer_layout_is_checked(tokenizer, codec):
     cfg.answer_layout = "interleaved"
     with pytest.raises(ValueError, match="answer_layout"):
         cfg.validate()
+
+
+def test_lead_text_speaks_what_the_text_path_writes(tokenizer, codec):
+    """lead_text: the spoken answer's text channel is the text path's answer to the same prompt,
+    token for token (the words layout still decides when each token is written), alone or in a
+    batch; without it the answer's own head writes (here: something else)."""
+    torch.manual_seed(0)
+    cfg = tiny_config(tokenizer, codec)
+    model = DeepTalkForCausalLM(cfg).eval()
+    # an audio head that ends each word at once and the answer after the text (a random one
+    # never picks the word end, so the text would be held to the cap)
+    head = torch.nn.Linear(cfg.hidden_size, cfg.audio_vocab_size)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-5.0)
+        head.bias[cfg.audio_pad_id], head.bias[cfg.audio_eos_id], head.bias[7] = 3.0, 2.0, 1.0
+    model.audio_head = head
+    g = SpeechGenerator(model, tokenizer, codec=codec)
+    sc = StreamConfig(max_new_tokens=12, max_speech_steps=200, lead_text=True)
+    prompts = [g.prompt(text=t, speak=True) for t in ("Say something.", "Name a colour.")]
+    written = [g.generate(g.prompt(text=t), "text", sc).text for t in ("Say something.", "Name a colour.")]
+    alone = [g.generate(p, "speech", sc) for p in prompts]
+    assert [r.text for r in alone] == written and all(r.stop_reason == "eos" for r in alone)
+    together = g.generate_batch(prompts, "speech", sc)
+    assert [r.text for r in together] == written
+    assert all(np.array_equal(a.codes, b.codes) for a, b in zip(alone, together))
+    own = g.generate(prompts[0], "speech", StreamConfig(max_new_tokens=12, max_speech_steps=200))
+    assert own.text != written[0]

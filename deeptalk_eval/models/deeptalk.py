@@ -63,12 +63,15 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                  routing_mode: str | None = None, first_chunk_frames: int = 2, chunk_frames: int = 10,
                  max_speech_steps: int = 400, batch_parallel: bool = False, codec: str | None = None,
                  loglikelihood_batch_size: int = 8, threads: int | None = None, cache: str | None = None,
-                 decode_threads: int | None = None, hearing: str | None = None, written: str | None = None):
+                 decode_threads: int | None = None, hearing: str | None = None, written: str | None = None,
+                 lead_text: bool = False):
+        # lead_text is recorded (and fingerprinted) only when on: answers cached before it existed stay valid
         super().__init__(path=path, device=device, dtype=dtype, routing_mode=routing_mode,
                          first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
                          max_speech_steps=max_speech_steps, batch_parallel=batch_parallel, codec=codec,
                          loglikelihood_batch_size=loglikelihood_batch_size, threads=threads, cache=cache,
-                         decode_threads=decode_threads, hearing=hearing, written=written)
+                         decode_threads=decode_threads, hearing=hearing, written=written,
+                         **({"lead_text": True} if lead_text else {}))
         from deeptalk.checkpoint import load_checkpoint
         from deeptalk.generate import SpeechGenerator, StreamConfig
 
@@ -77,7 +80,8 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             raise UsageError(
                 f"deeptalk: checkpoint directory {ckpt} does not exist"
                 + ("" if path else " (the reference checkpoint ships in the repository: is this a partial "
-                   "checkout? Or train one: `deeptalk-train --recipe reference --export checkpoints/reference`)"))
+                   "checkout? Or train one: `deeptalk-train --recipe reference-ctc --stages 1,assign,2.1,3 "
+                   "--export checkpoints/reference`)"))
         try:
             weights_dtype = torch_dtype(dtype, "model arg dtype")
         except ValueError as e:
@@ -104,7 +108,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             cache = "dynamic" if batch_parallel else "static"
         self.stream_config = StreamConfig(first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
                                           max_speech_steps=max_speech_steps, batch_parallel=batch_parallel,
-                                          cache=cache, decode_threads=decode_threads)
+                                          cache=cache, decode_threads=decode_threads, lead_text=lead_text)
         self.generator = SpeechGenerator(model, self.bundle.tokenizer, encoder=self.bundle.encoder,
                                          codec=self.bundle.codec)
 
