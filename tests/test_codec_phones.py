@@ -108,6 +108,9 @@ def test_spoken_answer_turns_from_phones(codec):
     tok = AutoTokenizer.from_pretrained(ref)
     config = DeepTalkConfig.from_pretrained(ref)
     config.num_codebooks, config.codebook_size = 1, codec.codebook_size
+    # the block layout routed to the speech side (the shipped reference writes words; its test is
+    # tests/test_answer_layout_words.py)
+    config.answer_layout, config.answer_routing = "block", "speech"
     texts = ["The bell rang twice.", "Snow fell on the quiet town."]
     codes = spoken_codes(codec, texts)
     assert [c.shape[1] for c in codes] == [codec.encode_text(t).shape[1] for t in texts]
