@@ -71,7 +71,7 @@ def main() -> None:
     from deeptalk.hearing import HearingData, build_hearing_data, question_features
     from deeptalk.speech.char_ctc import ALPHABET, pieces_from_state
     from deeptalk.speech.encoder import SpeechEncoder, SpeechEncoderConfig
-    from deeptalk.speech.lexicon_decode import LexiconConfig, LexiconDecoder, llm_scorer
+    from deeptalk.speech.lexicon_decode import LexiconConfig, LexiconDecoder, llm_scorer, rescored
     from deeptalk_common.base_llm import load_base_llm
 
     llm, tok = load_base_llm()
@@ -109,8 +109,7 @@ def main() -> None:
             hyps = decoder.nbest(lp) or [("", 0.0)]
             s = lm([t for t, _ in hyps]) if len(hyps) > 1 else [0.0]
             for al, bo in cells:
-                decoder.config.alpha, decoder.config.lm_word_bonus = al, bo
-                best = max(zip(hyps, s), key=lambda h: decoder.rescored(*h))[0][0] if al else hyps[0][0]
+                best = max(zip(hyps, s), key=lambda h: rescored(*h, al, bo))[0][0] if al else hyps[0][0]
                 out[(al, bo)].append(best)
         return out
 

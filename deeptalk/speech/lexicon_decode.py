@@ -145,9 +145,15 @@ class LexiconDecoder:
         return max(zip(hyps, lm), key=lambda h: self.rescored(h[0], h[1]))[0][0]
 
     def rescored(self, hyp: tuple[str, float], lm_logprob: float) -> float:
-        """A hypothesis's (text, beam score) final score, given the LLM's log-probability of its text."""
-        text, beam = hyp
-        return beam + self.config.alpha * (lm_logprob + self.config.lm_word_bonus * len(text.split()))
+        """A hypothesis's (text, beam score) final score under this decoder's weights."""
+        return rescored(hyp, lm_logprob, self.config.alpha, self.config.lm_word_bonus)
+
+
+def rescored(hyp: tuple[str, float], lm_logprob: float, alpha: float, lm_word_bonus: float) -> float:
+    """A hypothesis's (text, beam score) final score, given the LLM's log-probability of its text
+    (the weights as arguments: a sweep scores every cell without touching a decoder's config)."""
+    text, beam = hyp
+    return beam + alpha * (lm_logprob + lm_word_bonus * len(text.split()))
 
 
 def read_head(model, head: list[int]):
