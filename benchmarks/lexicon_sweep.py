@@ -113,6 +113,20 @@ def main() -> None:
                 out[(al, bo)].append(best)
         return out
 
+    def oracle_wer(decoder, lp_list) -> float:
+        """Corpus WER if each utterance took the best of its n best: what rescoring could reach."""
+        import jiwer
+
+        def errors(ref: str, hyp: str) -> int:
+            m = jiwer.process_words(ref, hyp)
+            return m.substitutions + m.deletions + m.insertions
+
+        errs = words = 0
+        for ref, lp in zip(refs, lp_list):
+            errs += min(errors(ref, norm(t) or "-") for t, _ in decoder.nbest(lp) or [("", 0.0)])
+            words += len(ref.split())
+        return errs / words
+
     rows = []
     grid = list(itertools.product(a.lm_weights, a.word_scores))
     decoders = {}
@@ -136,6 +150,7 @@ def main() -> None:
     res = {"stage": str(a.stage), "whisper": cfg.whisper, "dev_utterances": len(refs), "nbest": a.nbest,
            "best": {**best, "ci95": bootstrap_ci(refs, cell_hyps(best, lps))},
            "default": {**current, "ci95": bootstrap_ci(refs, cell_hyps(current, lps))},
+           "oracle_dev_wer": {f"{lw},{ws}": round(oracle_wer(d, lps), 4) for (lw, ws), d in decoders.items()},
            "sweep_seconds": round(sweep_s, 1), "threads": a.threads, "load_average": os.getloadavg(), "grid": rows}
     if a.questions:  # a check on the questions with the best and the default weights, not a choice
         q_rows = torch.load(question_features(Path(a.questions), encoder, tok), weights_only=False)

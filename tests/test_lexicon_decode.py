@@ -94,3 +94,33 @@ def test_transcribe_reads_words_once_a_lexicon_is_set(head):
     h.use_lexicon(LexiconConfig(words=20_000))
     out = h.transcribe(feats)[0]
     assert all(w in h.lexicon.words for w in out.split())
+
+
+def test_bodies_read_as_one_prefix_tree_score_as_each_alone():
+    """Tree attention (shared prefixes computed once) gives each body's numbers as a plain forward
+    of head + body alone, for bodies that share prefixes, repeat, nest, or share nothing."""
+    from deeptalk.speech.lexicon_decode import _prefix_tree, next_token_logprobs, read_head, sequence_logprobs
+    from deeptalk_common.base_llm import load_base_llm
+
+    llm, tok = load_base_llm()
+    llm.eval()
+    head = tok("<|im_start|>user\n", add_special_tokens=False)["input_ids"]
+    texts = ["the sun is a star", "the son is a star", "the sun is a star", "the sun", "a moon of mars"]
+    bodies = [tok(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
+    tokens, parents, at = _prefix_tree(head[-1], bodies)
+    assert len(tokens) < 1 + sum(len(b) for b in bodies)  # shared prefixes are one node
+    assert all(len(p) == len(b) for p, b in zip(at, bodies))
+    for past in (None, read_head(llm, head)):
+        logp = next_token_logprobs(llm, head, bodies, past)
+        seq = sequence_logprobs(llm, head, bodies, past)
+        for k, body in enumerate(bodies):
+            with torch.no_grad():
+                alone = llm(input_ids=torch.tensor([head + body])).logits[0].float().log_softmax(-1)
+            want = alone[len(head) - 1: len(head) - 1 + len(body)]
+            assert torch.allclose(logp[k, : len(body)], want, atol=2e-4)
+            assert seq[k] == pytest.approx(float(want[torch.arange(len(body)), torch.tensor(body)].sum()), abs=1e-3)
+    # a one-token head: no past, the tree alone
+    one = next_token_logprobs(llm, head[-1:], bodies[:2])
+    with torch.no_grad():
+        alone = llm(input_ids=torch.tensor([head[-1:] + bodies[1]])).logits[0].float().log_softmax(-1)
+    assert torch.allclose(one[1, : len(bodies[1])], alone[: len(bodies[1])], atol=2e-4)

@@ -166,22 +166,53 @@ def read_head(model, head: list[int]):
         return model(input_ids=torch.tensor([head[:-1]], device=device), use_cache=True).past_key_values
 
 
+def _prefix_tree(root: int, bodies: list[list[int]]) -> tuple[list[int], list[int], list[list[int]]]:
+    """The bodies as one token tree under `root` (node 0): each distinct prefix is one node.
+    Returns (each node's token, its parent (-1 for the root), each body's node per prefix length
+    0 .. len - 1, the root standing for the empty prefix)."""
+    tokens, parents, index = [root], [-1], {}
+    at: list[list[int]] = []
+    for body in bodies:
+        node, path = 0, [0]
+        for t in body:
+            node = index.setdefault((node, t), len(tokens))
+            if node == len(tokens):
+                tokens.append(t)
+                parents.append(path[-1])
+            path.append(node)
+        at.append(path[:-1])
+    return tokens, parents, at
+
+
 def next_token_logprobs(model, head: list[int], bodies: list[list[int]], head_past=None) -> torch.Tensor:
     """[bodies, longest body, vocab]: the causal LM's log-probabilities of the token at each body
     position, after `head` (the same context for every body: a chat template's start) and the
-    body's tokens before it. The head is read once (or given: `head_past`, from `read_head`),
-    its keys and values shared by the batch. Padded positions mean nothing."""
+    body's tokens before it. The head is read once (or given: `head_past`, from `read_head`).
+    The bodies are read as one prefix tree (tree attention: each node sees the head and its own
+    ancestors, at its depth's position), so a prefix they share is computed once: an n-best
+    list that differs in a word or two, or a sentence under three end marks, costs little more
+    than one of them. Padded positions mean nothing."""
     width = max(len(b) for b in bodies)
     device = model.get_input_embeddings().weight.device
-    # the head's last token is read with the bodies: its logits predict each body's first token
-    batch = torch.tensor([head[-1:] + b + [head[-1]] * (width - len(b)) for b in bodies], device=device)
-    mask = torch.tensor([[1] * (len(head) + len(b)) + [0] * (width - len(b)) for b in bodies], device=device)
+    # the head's last token is the tree's root: its logits predict each body's first token
+    tokens, parents, at = _prefix_tree(head[-1], bodies)
+    n, past_len = len(tokens), len(head) - 1
+    sees = torch.eye(n, dtype=torch.bool)  # each node sees itself and its ancestors
+    depth = [0] * n
+    for i in range(1, n):   # a parent is always numbered before its children
+        sees[i] |= sees[parents[i]]
+        depth[i] = depth[parents[i]] + 1
+    dtype = model.get_input_embeddings().weight.dtype
+    mask = torch.zeros(1, 1, n, past_len + n, dtype=dtype, device=device)
+    mask[0, 0, :, past_len:].masked_fill_(~sees.to(device), torch.finfo(dtype).min)
     past = read_head(model, head) if head_past is None else copy.deepcopy(head_past)  # the forward extends it
-    if past is not None:
-        past.batch_repeat_interleave(len(bodies))
     with torch.no_grad():
-        logits = model(input_ids=batch, attention_mask=mask, past_key_values=past, use_cache=past is not None).logits
-    return logits[:, :-1].float().log_softmax(-1).cpu()
+        logits = model(input_ids=torch.tensor([tokens], device=device), attention_mask=mask,
+                       position_ids=torch.tensor([[past_len + d for d in depth]], device=device),
+                       past_key_values=past, use_cache=past is not None).logits[0]
+    logp = logits.float().log_softmax(-1).cpu()
+    rows = torch.tensor([path + [0] * (width - len(path)) for path in at])
+    return logp[rows]
 
 
 def sequence_logprobs(model, head: list[int], bodies: list[list[int]], head_past=None) -> list[float]:
