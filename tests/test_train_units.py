@@ -22,7 +22,8 @@ def cfg(q=3, k=16):
 
 
 @pytest.mark.parametrize("name", ["tiny", "reference", "ablation-random", "ablation-pure", "ablation-dense",
-                                  "reference-distill", "reference-lowrank", "reference-phones"])
+                                  "reference-distill", "reference-lowrank", "reference-phones", "reference-ctc",
+                                  "reference-ctc-long"])
 def test_shipped_recipes_load(name):
     r = load_recipe(name)
     assert r["name"] == name and set(r["stages"]) <= set(STAGES)
@@ -164,3 +165,23 @@ def test_the_lowrank_recipe_shares_stages_1_to_2_1_and_keeps_shared_experts_froz
     assert r["stages"]["2.2"]["train"] == ["text_experts_lowrank"] and r["data"]["text_corpus_tokens"] > 0
     # the shared experts stay the base's in every stage: their bytes pay for the factors
     assert not any("shared_experts" in r["stages"][s].get("train", []) for s in ("2.1", "2.2", "3"))
+
+
+def test_stage_3_mix_draws_each_kind_as_asked():
+    from deeptalk.training.pipeline import joint_examples
+
+    pools = {"speaking": [f"s{i}" for i in range(10)], "text": ["t0", "t1", "t2"], "asr": ["a0", "a1", "a2", "a3"]}
+    # no mix: every speaking and text turn, as many ASR turns as speaking ones (here all 4)
+    assert joint_examples(pools, None, 0) == pools["speaking"] + pools["text"] + pools["asr"]
+    got = joint_examples(pools, {"speaking": 4, "text": 7, "asr": 2}, 0)
+    assert len(got) == 13
+    speak, text, asr = got[:4], got[4:11], got[11:]
+    assert len(set(speak)) == 4 and set(speak) <= set(pools["speaking"])   # drawn, no repeats
+    assert sorted(text[:6]) == sorted(pools["text"] * 2) and text[6] in pools["text"]  # two passes, then a draw
+    assert len(set(asr)) == 2 and set(asr) <= set(pools["asr"])
+    assert got == joint_examples(pools, {"speaking": 4, "text": 7, "asr": 2}, 0)  # seeded
+    assert joint_examples(pools, {"asr": 3}, 0)[0].startswith("a")  # a kind left out gives none
+    with pytest.raises(ValueError, match="unknown kind"):
+        joint_examples(pools, {"audio": 3}, 0)
+    with pytest.raises(ValueError, match="text: 2 turns asked, 0 built"):
+        joint_examples({**pools, "text": []}, {"text": 2}, 0)

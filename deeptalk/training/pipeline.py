@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -69,6 +70,27 @@ def speaking_examples(recipe: dict, data: dict, qa_set, codec, encoder, tokenize
                                                                            int(recipe["seed"]))
         ex += repeat_examples(texts, codes, tokenizer, config, int(recipe["seed"]), codec=codec)
     return ex
+
+
+def joint_examples(pools: dict[str, list], mix: dict | None, seed: int) -> list:
+    """Stage 3's turns. Without `mix`: every speaking and text turn, and as many ASR turns as
+    speaking ones. `mix: {speaking: N, text: N, asr: N}`: N turns of each kind, a seeded draw
+    without repeats while the kind has enough, whole passes then a draw when it has fewer
+    (a kind left out gives none): a speaking set grown by thousands of repeat sentences would
+    otherwise leave the stage's few ASR and text turns a few percent of its batches."""
+    if mix is None:
+        return pools["speaking"] + pools["text"] + pools["asr"][: len(pools["speaking"])]
+    bad = set(mix) - set(pools)
+    if bad:
+        raise ValueError(f"stage 3 mix: unknown kind(s) {sorted(bad)}; kinds are {sorted(pools)}")
+    rng = random.Random(seed + 3)
+    out = []
+    for kind in ("speaking", "text", "asr"):
+        n, pool = int(mix.get(kind, 0)), pools[kind]
+        if n < 0 or (n and not pool):
+            raise ValueError(f"stage 3 mix: {kind}: {n} turns asked, {len(pool)} built")
+        out += pool * (n // len(pool)) + rng.sample(pool, n % len(pool)) if n else []
+    return out
 
 
 def stage_done(path: Path) -> bool:
@@ -176,7 +198,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
                 asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config)
                 qa_ex = qa_ex or speaking_examples(recipe, data, qa_set, codec, encoder, tokenizer, model.config)
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
-                ex = qa_ex + text_ex + asr_ex[: len(qa_ex)]
+                ex = joint_examples({"speaking": qa_ex, "text": text_ex, "asr": asr_ex}, scfg.get("mix"), seed)
             acc.free_memory()  # forget the previous stage's prepared objects (save/load_state count them)
             if ex is None:
                 info = hearing_stage(recipe, scfg, encoder, tokenizer, path, seed, resume, acc)
