@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--alphas", type=_floats, default=[0.0, 1.0, 2.0, 3.0, 4.0])
     ap.add_argument("--bonuses", type=_floats, default=[0.0], help="the LLM's per-word bonus in the rescoring")
     ap.add_argument("--nbest", type=int, default=8)
+    ap.add_argument("--any-case", action="store_true", help="the LLM scores each word as itself or its capital")
     ap.add_argument("--questions", default=str(ROOT / "benchmarks" / "data" / "general_knowledge_dev.jsonl"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
@@ -93,7 +94,7 @@ def main() -> None:
     refs = [norm(r["text"]) or "-" for r in dev_rows]
     t0 = time.monotonic()
     lps = log_probs(dev_rows)
-    score = llm_scorer(llm, tok)
+    score = llm_scorer(llm, tok, any_case=a.any_case)
     lm_cache: dict[str, float] = {}
 
     def lm(texts: list[str]) -> list[float]:
@@ -148,6 +149,7 @@ def main() -> None:
         return [norm(h) for h in decode_all(decoders[(r["lm_weight"], r["word_score"])], lp_list, [cell])[cell]]
 
     res = {"stage": str(a.stage), "whisper": cfg.whisper, "dev_utterances": len(refs), "nbest": a.nbest,
+           "any_case": a.any_case,
            "best": {**best, "ci95": bootstrap_ci(refs, cell_hyps(best, lps))},
            "default": {**current, "ci95": bootstrap_ci(refs, cell_hyps(current, lps))},
            "oracle_dev_wer": {f"{lw},{ws}": round(oracle_wer(d, lps), 4) for (lw, ws), d in decoders.items()},

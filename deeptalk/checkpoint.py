@@ -107,7 +107,8 @@ def load_checkpoint(path, device: str = "cpu", dtype: torch.dtype = torch.float3
         from deeptalk.speech.written_form import turn_scorer
 
         lexicon = {**enc_cfg.lexicon, **({"written": written} if written is not None else {})}
-        encoder.projector.use_lexicon(LexiconConfig(**lexicon), llm_scorer(model, tokenizer),
+        cfg = LexiconConfig(**lexicon)
+        encoder.projector.use_lexicon(cfg, llm_scorer(model, tokenizer, any_case=cfg.any_case),
                                       turn_scorer(model, tokenizer))
     ref = json.loads((path / CODEC_FILE).read_text())
     codec_src = codec or (str(path / ref["path"]) if "path" in ref else ref["name"])

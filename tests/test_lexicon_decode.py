@@ -124,3 +124,29 @@ def test_bodies_read_as_one_prefix_tree_score_as_each_alone():
     with torch.no_grad():
         alone = llm(input_ids=torch.tensor([head[-1:] + bodies[1]])).logits[0].float().log_softmax(-1)
     assert torch.allclose(one[1, : len(bodies[1])], alone[: len(bodies[1])], atol=2e-4)
+
+
+def test_any_case_scores_each_word_as_itself_or_its_capital():
+    """A piece head hears no case: with any_case the LLM reads "chile" as "chile" or "Chile"."""
+    import math
+
+    from deeptalk.speech.lexicon_decode import sequence_logprobs
+    from deeptalk_common.base_llm import load_base_llm
+
+    llm, tok = load_base_llm()
+    llm.eval()
+    plain, cased = llm_scorer(llm, tok), llm_scorer(llm, tok, any_case=True)
+    texts = ["what is the capital of chill", "what is the capital of chile"]
+    assert plain(texts)[0] > plain(texts)[1]  # in lower case the name loses
+    assert cased(texts)[1] > cased(texts)[0]  # as itself or its capital it wins
+    assert all(c >= p for c, p in zip(cased(texts), plain(texts)))
+    # the number is the sum over words of log(p(word) + p(Word)) after the words before as heard
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    words, want = "the sun of paris".split(), 0.0
+    for i, w in enumerate(words):
+        before = tok(" " + " ".join(words[:i]), add_special_tokens=False)["input_ids"] if i else []
+        rows = [before + tok(" " + v, add_special_tokens=False)["input_ids"] for v in (w, w.capitalize())]
+        lp = sequence_logprobs(llm, [start], rows)
+        head = sequence_logprobs(llm, [start], [before])[0] if before else 0.0
+        want += math.log(math.exp(lp[0] - head) + math.exp(lp[1] - head))
+    assert cased(["the sun of paris"])[0] == pytest.approx(want, abs=2e-3)

@@ -40,6 +40,7 @@ class LexiconConfig:
     lm_word_bonus: float = 3.0  # added to the LLM's log-probability per word: each word costs it
     # nats, so without a bonus the rescoring prefers sequences that drop words ("who wrote christmas")
     written: str = "true_case"  # capitals and end mark chosen by the LLM (deeptalk/speech/written_form.py)
+    any_case: bool = False  # the LLM scores each heard word as itself or its capital, whichever (llm_scorer)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,12 +223,52 @@ def sequence_logprobs(model, head: list[int], bodies: list[list[int]], head_past
     return [float(logp[k, torch.arange(len(b)), torch.tensor(b)].sum()) for k, b in enumerate(bodies)]
 
 
-def llm_scorer(model, tokenizer) -> Scorer:
-    """Texts -> the causal LM's log-probability of each (after its BOS, or EOS as a start)."""
+def llm_scorer(model, tokenizer, any_case: bool = False) -> Scorer:
+    """Texts -> the causal LM's log-probability of each (after its BOS, or EOS as a start).
+
+    `any_case`: each word counts as itself or its capital form, whichever way it is written
+    (log(p(word) + p(Word)) given the words before as heard): a piece head cannot hear case,
+    and in lower case a name is a rare word ("what is the capital of chill" scores above
+    "... of chile" for SmolLM2-135M, not above "... of Chile"). Every word's capital shares the
+    row of the sentence up to it (one prefix tree), so it costs a few tokens a word."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
+    def ids(text: str) -> list[int]:
+        return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+
     def score(texts: list[str]) -> list[float]:
-        return sequence_logprobs(model, [start], [tokenizer(" " + t, add_special_tokens=False)["input_ids"]
-                                                  for t in texts])
+        if not any_case:
+            return sequence_logprobs(model, [start], [ids(t) for t in texts])
+        bodies: list[list[int]] = []
+        plans = []   # per text: its row, then per word (start, lower ids, capital's row or None, capital ids)
+        for t in texts:
+            words = t.split()
+            lower = [ids(w) for w in words]
+            row, flat = len(bodies), [x for w in lower for x in w]
+            bodies.append(flat)
+            plan, at = [], 0
+            for w, low in zip(words, lower):
+                cap = ids(w[:1].upper() + w[1:])
+                cap_row = None if cap == low else row if len(cap) == 1 else len(bodies)
+                if cap_row is not None and cap_row != row:
+                    bodies.append(flat[:at] + cap)
+                plan.append((at, low, cap_row, cap))
+                at += len(low)
+            plans.append((row, plan))
+        if not bodies or not any(bodies):
+            return [0.0] * len(texts)
+        logp = next_token_logprobs(model, [start], [b or [start] for b in bodies])
+
+        def span(r: int, at: int, toks: list[int]) -> torch.Tensor:
+            return logp[r, torch.arange(at, at + len(toks)), torch.tensor(toks)].sum()
+
+        out = []
+        for row, plan in plans:
+            total = torch.zeros(())
+            for at, low, cap_row, cap in plan:
+                own = span(row, at, low)
+                total = total + (own if cap_row is None else torch.logaddexp(own, span(cap_row, at, cap)))
+            out.append(float(total))
+        return out
 
     return score
