@@ -320,3 +320,38 @@ def test_a_snapshot_of_a_running_stage_is_the_model_its_state_holds(tmp_path):
     a, b = (load_file(str(d / "model.safetensors")) for d in (snap, out / "stage-2.1"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_checkpoint(snap).model.config.routing_mode == load_checkpoint(out / "stage-2.1").model.config.routing_mode
+
+
+def test_transcription_turns_and_the_stage_3_mix(tmp_path):
+    """data.asr_corpus adds hearing-corpus sentences to the ASR set, data.asr_instructions words
+    its turns several ways, and stage 3 takes the turns `mix` asks for, here with the shared
+    experts (the text side's always-on part) training beside the speech side under distillation."""
+    from deeptalk.training.recipe import load_recipe
+
+    recipe = tmp_path / "mix.yaml"
+    wordings = ["Transcribe what was said.", "Type out what you hear."]
+    recipe.write_text(yaml.safe_dump({
+        "extends": "tiny-ctc", "name": "tiny-mix",
+        "data": {"asr_corpus": 3, "asr_instructions": wordings},
+        "stages": {"3": {"train": ["speech_experts", "audio", "shared_experts"], "max_steps": 2,
+                         "mix": {"speaking": 2, "text": 1, "asr": 5},
+                         "distill": {"weight": 1.0, "temperature": 1.0}}}}))
+    out = tmp_path / "run"
+    p = train("--recipe", str(recipe), "--output", str(out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads((out / "stage-3" / "stage.json").read_text())
+    assert info["examples"] == 2 + 1 + 5 and info["steps"] == 2
+    assert info["distill"]["weight"] == 1.0 and info["distill_examples"] >= 1
+    ours = json.loads((out / "summary.json").read_text())["data"]["asr"]
+    assert len(ours["spec"]["sentences"]) == load_recipe("tiny-ctc")["data"]["asr"] + 3  # three corpus sentences more
+    # every turn asks with one of the wordings, and each wording is asked
+    from deeptalk.checkpoint import load_checkpoint
+    from deeptalk.training.examples import asr_examples
+    from deeptalk.training.recipe_data import build_data
+
+    b = load_checkpoint(out / "stage-3", decode="greedy")
+    data = build_data(load_recipe(str(recipe)))
+    asked = [b.tokenizer.decode(e.ids) for e in asr_examples(data["asr"], b.encoder, b.tokenizer, b.model.config,
+                                                              wordings, 0)]
+    assert all(sum(w in t for w in wordings) == 1 for t in asked)
+    assert all(any(w in t for t in asked) for w in wordings)

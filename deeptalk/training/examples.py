@@ -52,10 +52,16 @@ def _spoken_items(item_set, encoder, desc: str):
         yield item, feats, p
 
 
-def asr_examples(asr_set, encoder, tokenizer, config) -> list[Example]:
+def asr_examples(asr_set, encoder, tokenizer, config, instructions: list[str] | None = None,
+                 seed: int = 0) -> list[Example]:
+    """Transcription turns: the instruction, the speech, the transcript. `instructions`: a seeded
+    choice among several wordings per turn (default: ASR_INSTRUCTION alone), so that a model
+    learns to transcribe when asked, not when asked in one sentence."""
+    wordings = list(instructions or [ASR_INSTRUCTION])
+    rng = random.Random(seed + 17)
     out = []
     for item, feats, p in _spoken_items(asr_set, encoder, "whisper features (asr)"):
-        ids, mod, _ = build_prompt_ids(tokenizer, config, ASR_INSTRUCTION, p, speak=False,
+        ids, mod, _ = build_prompt_ids(tokenizer, config, rng.choice(wordings), p, speak=False,
                                        speech_as_text=encoder.reads_as_text)
         ans = _answer_ids(tokenizer, item["text"]) + [tokenizer.eos_token_id]
         out.append(Example(ids + ans, [-100] * len(ids) + ans, mod + [TEXT_MODALITY] * len(ans), feats))

@@ -184,7 +184,8 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
             if stage == "1" and encoder.reads_as_text:
                 ex = None  # CTC on the hearing corpus (deeptalk/hearing.py), the LLM untouched
             elif stage == "1":
-                asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config)
+                asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config,
+                                               recipe["data"].get("asr_instructions"), seed)
                 ex = asr_ex
             elif stage == "2.1":
                 qa_ex = qa_ex or speaking_examples(recipe, data, qa_set, codec, encoder, tokenizer, model.config)
@@ -195,7 +196,8 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
                 corpus = int(recipe["data"].get("text_corpus_tokens", 0))
                 ex = text_ex + (corpus_examples(tokenizer, corpus) if corpus else [])
             else:
-                asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config)
+                asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config,
+                                               recipe["data"].get("asr_instructions"), seed)
                 qa_ex = qa_ex or speaking_examples(recipe, data, qa_set, codec, encoder, tokenizer, model.config)
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
                 ex = joint_examples({"speaking": qa_ex, "text": text_ex, "asr": asr_ex}, scfg.get("mix"), seed)

@@ -39,6 +39,10 @@ def build_data(recipe: dict) -> dict:
     # ASR sentences: questions not used for spoken QA, then answer sentences (natural text)
     asr_sents = [q["question"] for q in questions[n_qa:]][: n_asr // 2]
     asr_sents += [s for s in (D.first_sentences(a, 20) for a in answers) if s][: n_asr - len(asr_sents)]
+    if d.get("asr_corpus"):  # more, and more varied, sentences to transcribe: the hearing corpus's
+        from deeptalk.hearing_corpus import hearing_sentences
+
+        asr_sents += hearing_sentences(int(d["asr_corpus"]), seed + 31)
     asr = D.build_asr_set(asr_sents, d["voices"], seed)
     # "repeat this sentence" turns for stage 2.1: sentences no evaluation text holds (the hearing corpus's sources)
     repeat = []
