@@ -38,6 +38,30 @@ sys.path.insert(0, str(ROOT))
 
 TEMPLATES = ("Repeat this sentence exactly, and say nothing else: {text}", "Say this: {text}",
              "Read this aloud: {text}", "Please say the following sentence: {text}")
+LIST_TEMPLATES = ("Say these words: {text}", "Read this list aloud: {text}", "Please say each of these words: {text}")
+
+
+def word_lists(sentences: list[str], n: int, per_list: int, seed: int) -> list[str]:
+    """`n` lists of `per_list` distinct words drawn from `sentences` (spelling kept, so names keep
+    their capitals), each type once before any repeats: the words a sentence dilutes with "the"
+    and "of", most of them seen once or never by a stage 2.1, given whole turns of their own.
+    Words as common as "have" or more (wordfreq Zipf >= 5.5) and shorter than 3 letters are left out."""
+    import random
+
+    import wordfreq
+
+    seen, types = set(), []
+    for s in sentences:
+        for w in s.replace(",", " ").replace(".", " ").replace(";", " ").replace(":", " ").replace("?", " ").split():
+            key = w.lower()
+            if len(w) >= 3 and w.isalpha() and key not in seen and wordfreq.zipf_frequency(key, "en") < 5.5:
+                seen.add(key)
+                types.append(w)
+    rng = random.Random(seed)
+    rng.shuffle(types)
+    need = n * per_list
+    pool = (types * (need // max(1, len(types)) + 1))[:need]
+    return [", ".join(pool[k * per_list:(k + 1) * per_list]) + "." for k in range(n)]
 
 
 def with_codec_heads(model, codec, answer_routing: str | None = None, answer_layout: str | None = None):
@@ -161,6 +185,10 @@ def main() -> int:
     ap.add_argument("--sentences", type=int, help="instead of --pairs (a codec that reads text: phones): this many "
                                                   "hearing-corpus sentences to train on")
     ap.add_argument("--dev-sentences", type=int, default=70, help="with --sentences: held-out sentences")
+    ap.add_argument("--word-lists", type=int, default=0, help="with --sentences: add N turns that say a list of "
+                    "words (8 each) drawn from other corpus sentences than the training and dev ones")
+    ap.add_argument("--keep-heads", action="store_true", help="train the checkpoint's own audio rows on (its codec "
+                    "must be --codec); otherwise they start afresh")
     ap.add_argument("--train-utterances", type=int, default=None, help="use only the first N training utterances")
     ap.add_argument("--steps-per-point", type=int, default=100)
     ap.add_argument("--points", type=int, default=5)
@@ -209,7 +237,13 @@ def main() -> int:
     if codec.num_codebooks != 1:
         raise SystemExit("this probe speaks units: --codec must be a one-codebook codec (units)")
     inference_routing = bundle.model.config.routing_mode
-    model = with_codec_heads(bundle.model, codec, a.answer_routing, a.answer_layout)
+    if a.keep_heads:
+        if (bundle.model.config.num_codebooks, bundle.model.config.codebook_size) != (codec.num_codebooks,
+                                                                                        codec.codebook_size):
+            raise SystemExit(f"--keep-heads: {a.checkpoint}'s audio rows do not fit {a.codec}")
+        model = bundle.model
+    else:
+        model = with_codec_heads(bundle.model, codec, a.answer_routing, a.answer_layout)
     if a.audio_init == "symbols":
         from deeptalk.audio_rows import init_audio_rows_from_symbols
 
@@ -218,8 +252,10 @@ def main() -> int:
     if a.sentences:
         from deeptalk.hearing_corpus import hearing_sentences
 
-        texts = hearing_sentences(a.sentences + a.dev_sentences, a.seed)
-        train, dev = {"texts": texts[: a.sentences]}, {"texts": texts[a.sentences:]}
+        extra = 4 * a.word_lists   # sentences whose words make the lists (8 words from ~2 sentences' worth)
+        texts = hearing_sentences(a.sentences + a.dev_sentences + extra, a.seed)
+        train, dev = {"texts": texts[: a.sentences]}, {"texts": texts[a.sentences: a.sentences + a.dev_sentences]}
+        lists = word_lists(texts[a.sentences + a.dev_sentences:], a.word_lists, 8, a.seed) if a.word_lists else []
     elif a.pairs:
         files = sorted(Path(a.pairs).glob("pairs-*.npz"))
         parts = [load_pairs(f) for f in files]
@@ -237,6 +273,9 @@ def main() -> int:
             raise SystemExit(f"--sentences needs a codec that reads text (phones); {a.codec} does not")
     examples = repeat_examples(train["texts"], [u[None] for u in train["units"]], bundle.tokenizer, model.config,
                                a.seed, TEMPLATES, codec=codec)
+    if a.sentences and lists:
+        examples += repeat_examples(lists, [codec.encode_text(t)[0][None] for t in lists], bundle.tokenizer,
+                                    model.config, a.seed + 1, LIST_TEMPLATES, codec=codec)
     dev_examples = repeat_examples(dev["texts"], [u[None] for u in dev["units"]], bundle.tokenizer, model.config,
                                    a.seed, TEMPLATES[:1], codec=codec)
     asr = normalizer = None
@@ -275,7 +314,8 @@ def main() -> int:
                                           "answer_routing": model.config.answer_routing,
                                           "answer_layout": model.config.answer_layout,
                                           "train_routing": a.train_routing or "masked",
-                                          "audio_init": a.audio_init,
+                                          "audio_init": a.audio_init, "word_lists": a.word_lists,
+                                          "keep_heads": a.keep_heads,
                                           "lr": a.lr, "lr_decay_steps": a.lr_decay_steps, "batch": a.batch, "seed": a.seed, "cap_factor": a.cap_factor,
                                           "train_turns": len(examples), "points": curve}, indent=1) + "\n")
         print(json.dumps(row), flush=True)
