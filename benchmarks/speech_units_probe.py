@@ -38,30 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 TEMPLATES = ("Repeat this sentence exactly, and say nothing else: {text}", "Say this: {text}",
              "Read this aloud: {text}", "Please say the following sentence: {text}")
-LIST_TEMPLATES = ("Say these words: {text}", "Read this list aloud: {text}", "Please say each of these words: {text}")
 
-
-def word_lists(sentences: list[str], n: int, per_list: int, seed: int) -> list[str]:
-    """`n` lists of `per_list` distinct words drawn from `sentences` (spelling kept, so names keep
-    their capitals), each type once before any repeats: the words a sentence dilutes with "the"
-    and "of", most of them seen once or never by a stage 2.1, given whole turns of their own.
-    Words as common as "have" or more (wordfreq Zipf >= 5.5) and shorter than 3 letters are left out."""
-    import random
-
-    import wordfreq
-
-    seen, types = set(), []
-    for s in sentences:
-        for w in s.replace(",", " ").replace(".", " ").replace(";", " ").replace(":", " ").replace("?", " ").split():
-            key = w.lower()
-            if len(w) >= 3 and w.isalpha() and key not in seen and wordfreq.zipf_frequency(key, "en") < 5.5:
-                seen.add(key)
-                types.append(w)
-    rng = random.Random(seed)
-    rng.shuffle(types)
-    need = n * per_list
-    pool = (types * (need // max(1, len(types)) + 1))[:need]
-    return [", ".join(pool[k * per_list:(k + 1) * per_list]) + "." for k in range(n)]
 
 
 def with_codec_heads(model, codec, answer_routing: str | None = None, answer_layout: str | None = None):
@@ -223,7 +200,7 @@ def main() -> int:
     from deeptalk.checkpoint import load_checkpoint
     from deeptalk.speech.codec_loader import load_codec
     from deeptalk.speech.unit_pairs import load_pairs
-    from deeptalk.training.examples import repeat_examples
+    from deeptalk.training.examples import WORD_LIST_TEMPLATES, repeat_examples
     from deeptalk.training.stage_loop import train_stage
 
     if a.rescore_with:
@@ -250,7 +227,7 @@ def main() -> int:
         print(f"audio rows of {init_audio_rows_from_symbols(model, bundle.tokenizer, getattr(codec, 'symbols', {}))}"
               " codes from their symbols", flush=True)
     if a.sentences:
-        from deeptalk.hearing_corpus import hearing_sentences
+        from deeptalk.hearing_corpus import hearing_sentences, word_lists
 
         extra = 4 * a.word_lists   # sentences whose words make the lists (8 words from ~2 sentences' worth)
         texts = hearing_sentences(a.sentences + a.dev_sentences + extra, a.seed)
@@ -275,7 +252,7 @@ def main() -> int:
                                a.seed, TEMPLATES, codec=codec)
     if a.sentences and lists:
         examples += repeat_examples(lists, [codec.encode_text(t)[0][None] for t in lists], bundle.tokenizer,
-                                    model.config, a.seed + 1, LIST_TEMPLATES, codec=codec)
+                                    model.config, a.seed + 1, WORD_LIST_TEMPLATES, codec=codec)
     dev_examples = repeat_examples(dev["texts"], [u[None] for u in dev["units"]], bundle.tokenizer, model.config,
                                    a.seed, TEMPLATES[:1], codec=codec)
     asr = normalizer = None

@@ -132,3 +132,24 @@ def hearing_sentences(n: int, seed: int, sources: tuple[str, ...] = ("wordnet", 
     if len(keep) < n:
         raise CorpusError(f"asked for {n} hearing sentences, the sources hold {len(keep)}")
     return keep[:n]
+
+
+def word_lists(sentences: list[str], n: int, per_list: int, seed: int) -> list[str]:
+    """`n` lists of `per_list` distinct words drawn from `sentences` (spelling kept, so names keep
+    their capitals), each type once before any repeats: the words a sentence dilutes with "the"
+    and "of", most of them seen once or never by a stage 2.1, given whole turns of their own.
+    Words as common as "have" or more (wordfreq Zipf >= 5.5) and shorter than 3 letters are left out."""
+    import wordfreq
+
+    seen, types = set(), []
+    for s in sentences:
+        for w in re.split(r"[\s,.;:?!]+", s):
+            key = w.lower()
+            if len(w) >= 3 and w.isalpha() and key not in seen and wordfreq.zipf_frequency(key, "en") < 5.5:
+                seen.add(key)
+                types.append(w)
+    rng = random.Random(seed)
+    rng.shuffle(types)
+    need = n * per_list
+    pool = (types * (need // max(1, len(types)) + 1))[:need]
+    return [", ".join(pool[k * per_list:(k + 1) * per_list]) + "." for k in range(n)]

@@ -211,7 +211,8 @@ def test_ctc_projector_recipe(tmp_path):
 
 def test_phone_units_recipe(tmp_path):
     """tiny with phone units in the "words" layout: spoken answers' codes come from their text, word
-    by word (no synthesis), stage 2.1 adds written questions and "repeat this sentence" turns, and
+    by word (no synthesis), stage 2.1 adds written questions, "repeat this sentence" turns and
+    lists of words to say, and
     the checkpoint speaks through Piper."""
     import numpy as np
 
@@ -222,14 +223,15 @@ def test_phone_units_recipe(tmp_path):
     recipe = tmp_path / "tiny-phones.yaml"
     recipe.write_text(yaml.safe_dump({"extends": "tiny", "name": "tiny-phones", "codec": "phones",
                                       "answer_routing": "both", "answer_layout": "words",
-                                      "inference_routing": "modality", "data": {"repeat": 6, "qa_written": True},
+                                      "inference_routing": "modality",
+                                      "data": {"repeat": 6, "word_lists": 3, "qa_written": True},
                                       "stages": {"2.1": {"routing": "modality"}}}))
     out = tmp_path / "run"
     p = train("--recipe", str(recipe), "--output", str(out))
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((out / "stage-3" / "codec.json").read_text()) == {"name": "phones"}
     info = json.loads((out / "stage-2.1" / "stage.json").read_text())
-    assert info["examples"] == 4 * 2 + 6           # spoken + written questions, repeat turns
+    assert info["examples"] == 4 * 2 + 6 + 3       # spoken + written questions, repeat turns, word lists
     assert info["routing_mode_train"] == "modality"
     b = load_checkpoint(out / "stage-3")
     assert isinstance(b.codec, PhoneCodec) and b.model.config.num_codebooks == 1
@@ -253,7 +255,8 @@ def test_a_stage_travels_and_the_run_goes_on(tmp_path):
 
     recipe = tmp_path / "tiny-phones.yaml"
     spec = {"extends": "tiny", "name": "tiny-phones", "codec": "phones", "answer_routing": "both",
-            "answer_layout": "words", "inference_routing": "modality", "data": {"repeat": 6, "qa_written": True},
+            "answer_layout": "words", "inference_routing": "modality",
+                                      "data": {"repeat": 6, "word_lists": 3, "qa_written": True},
             "stages": {"2.1": {"routing": "modality"}}}
     recipe.write_text(yaml.safe_dump(spec))
     run, pack, result = tmp_path / "run", tmp_path / "pack", tmp_path / "result"

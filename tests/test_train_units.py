@@ -185,3 +185,20 @@ def test_stage_3_mix_draws_each_kind_as_asked():
         joint_examples(pools, {"audio": 3}, 0)
     with pytest.raises(ValueError, match="text: 2 turns asked, 0 built"):
         joint_examples({**pools, "text": []}, {"text": 2}, 0)
+
+
+def test_word_lists_say_each_rarer_word_once_before_any_repeats():
+    import wordfreq
+
+    from deeptalk.hearing_corpus import word_lists
+
+    sents = ["The Zambezi flows past Livingstone into the Indian Ocean.", "A carburetor mixes air and fuel.",
+             "He said it was the same as the one before."]
+    lists = word_lists(sents, 3, 4, seed=0)
+    assert lists == word_lists(sents, 3, 4, seed=0) and len(lists) == 3
+    words = [w for lst in lists for w in lst.rstrip(".").split(", ")]
+    assert len(words) == 12
+    first = words[:10]   # ten kept types: every one once, then the draw starts over
+    assert len(set(w.lower() for w in first)) == 10 and "Zambezi" in first and "Livingstone" in first
+    assert all(wordfreq.zipf_frequency(w.lower(), "en") < 5.5 and len(w) >= 3 for w in words)
+    assert not {"the", "was", "said", "same"} & {w.lower() for w in words}

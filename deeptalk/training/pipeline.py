@@ -21,6 +21,7 @@ from deeptalk.training.build import (
     upcycled_model,
 )
 from deeptalk.training.examples import (
+    WORD_LIST_TEMPLATES,
     asr_examples,
     corpus_examples,
     qa_examples,
@@ -69,6 +70,11 @@ def speaking_examples(recipe: dict, data: dict, qa_set, codec, encoder, tokenize
         codes = None if config.answer_layout == "words" else spoken_codes(codec, texts, d.get("answer_voice", "piper:joe"),
                                                                            int(recipe["seed"]))
         ex += repeat_examples(texts, codes, tokenizer, config, int(recipe["seed"]), codec=codec)
+    lists = data.get("word_lists") or []
+    if lists:   # `data.word_lists`: turns that say lists of content words (the words layout reads them)
+        if config.answer_layout != "words":
+            raise ValueError("data.word_lists needs answer_layout: words (the codec reads each word)")
+        ex += repeat_examples(lists, None, tokenizer, config, int(recipe["seed"]) + 1, WORD_LIST_TEMPLATES, codec=codec)
     return ex
 
 
