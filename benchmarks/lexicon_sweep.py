@@ -103,11 +103,21 @@ def main() -> None:
             lm_cache.update(zip(new, score(new)))
         return [lm_cache[t] for t in texts]
 
+    nbest_cache: dict[tuple[int, int], list] = {}
+
+    def nbest(decoder, lp) -> list[tuple[str, float]]:
+        """The decoder's n best for one utterance, searched once (the decoders and log-probs live
+        to the end, so their ids are keys)."""
+        key = (id(decoder), id(lp))
+        if key not in nbest_cache:
+            nbest_cache[key] = decoder.nbest(lp) or [("", 0.0)]
+        return nbest_cache[key]
+
     def decode_all(decoder, lp_list, cells) -> dict[tuple[float, float], list[str]]:
         """(alpha, bonus) -> each utterance's best sequence, rescored as LexiconDecoder.decode does."""
         out: dict[tuple[float, float], list[str]] = {c: [] for c in cells}
         for lp in lp_list:
-            hyps = decoder.nbest(lp) or [("", 0.0)]
+            hyps = nbest(decoder, lp)
             s = lm([t for t, _ in hyps]) if len(hyps) > 1 else [0.0]
             for al, bo in cells:
                 best = max(zip(hyps, s), key=lambda h: rescored(*h, al, bo))[0][0] if al else hyps[0][0]
@@ -124,7 +134,7 @@ def main() -> None:
 
         errs = words = 0
         for ref, lp in zip(refs, lp_list):
-            errs += min(errors(ref, norm(t) or "-") for t, _ in decoder.nbest(lp) or [("", 0.0)])
+            errs += min(errors(ref, norm(t) or "-") for t, _ in nbest(decoder, lp))
             words += len(ref.split())
         return errs / words
 

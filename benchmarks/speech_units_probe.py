@@ -40,7 +40,6 @@ TEMPLATES = ("Repeat this sentence exactly, and say nothing else: {text}", "Say 
              "Read this aloud: {text}", "Please say the following sentence: {text}")
 
 
-
 def with_codec_heads(model, codec, answer_routing: str | None = None, answer_layout: str | None = None):
     """The same model with fresh audio embeddings and heads sized for `codec` (every other weight kept)."""
     from deeptalk.modeling import DeepTalkForCausalLM

@@ -148,6 +148,8 @@ def word_lists(sentences: list[str], n: int, per_list: int, seed: int) -> list[s
             if len(w) >= 3 and w.isalpha() and key not in seen and wordfreq.zipf_frequency(key, "en") < 5.5:
                 seen.add(key)
                 types.append(w)
+    if n and not types:
+        raise CorpusError(f"word lists: no word of the {len(sentences)} sentences qualifies")
     rng = random.Random(seed)
     rng.shuffle(types)
     need = n * per_list

@@ -150,3 +150,17 @@ def test_any_case_scores_each_word_as_itself_or_its_capital():
         head = sequence_logprobs(llm, [start], [before])[0] if before else 0.0
         want += math.log(math.exp(lp[0] - head) + math.exp(lp[1] - head))
     assert cased(["the sun of paris"])[0] == pytest.approx(want, abs=2e-3)
+
+
+def test_an_empty_text_scores_zero_beside_others():
+    """A hypothesis with no words (an utterance heard as nothing) costs nothing and changes no other
+    row's score, in both scorers."""
+    from deeptalk_common.base_llm import load_base_llm
+
+    llm, tok = load_base_llm()
+    for any_case in (False, True):
+        score = llm_scorer(llm.eval(), tok, any_case=any_case)
+        alone = score(["the sun is a star"])[0]
+        empty, other = score(["", "the sun is a star"])
+        assert empty == 0.0 and other == pytest.approx(alone, abs=1e-3)
+        assert score([""]) == [0.0]

@@ -202,3 +202,11 @@ def test_word_lists_say_each_rarer_word_once_before_any_repeats():
     assert len(set(w.lower() for w in first)) == 10 and "Zambezi" in first and "Livingstone" in first
     assert all(wordfreq.zipf_frequency(w.lower(), "en") < 5.5 and len(w) >= 3 for w in words)
     assert not {"the", "was", "said", "same"} & {w.lower() for w in words}
+
+
+def test_word_lists_from_sentences_without_a_word_to_list_say_so():
+    from deeptalk.hearing_corpus import CorpusError, word_lists
+
+    with pytest.raises(CorpusError, match="no word of the 1 sentences qualifies"):
+        word_lists(["It is as it was."], 2, 4, seed=0)
+    assert word_lists(["It is as it was."], 0, 4, seed=0) == []

@@ -212,7 +212,7 @@ def next_token_logprobs(model, head: list[int], bodies: list[list[int]], head_pa
                        position_ids=torch.tensor([[past_len + d for d in depth]], device=device),
                        past_key_values=past, use_cache=past is not None).logits[0]
     logp = logits.float().log_softmax(-1).cpu()
-    rows = torch.tensor([path + [0] * (width - len(path)) for path in at])
+    rows = torch.tensor([path + [0] * (width - len(path)) for path in at], dtype=torch.long)
     return logp[rows]
 
 
@@ -220,7 +220,7 @@ def sequence_logprobs(model, head: list[int], bodies: list[list[int]], head_past
     """The causal LM's log-probability of each body's tokens after `head` (the same context for
     every body; its own tokens are not counted), as one batch."""
     logp = next_token_logprobs(model, head, bodies, head_past)
-    return [float(logp[k, torch.arange(len(b)), torch.tensor(b)].sum()) for k, b in enumerate(bodies)]
+    return [float(logp[k, torch.arange(len(b)), torch.tensor(b, dtype=torch.long)].sum()) for k, b in enumerate(bodies)]
 
 
 def llm_scorer(model, tokenizer, any_case: bool = False) -> Scorer:
@@ -233,8 +233,8 @@ def llm_scorer(model, tokenizer, any_case: bool = False) -> Scorer:
     row of the sentence up to it (one prefix tree), so it costs a few tokens a word."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
 
-    def ids(text: str) -> list[int]:
-        return tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    def ids(text: str) -> list[int]:  # no words, no tokens (not the token of a lone space)
+        return tokenizer(" " + text, add_special_tokens=False)["input_ids"] if text.strip() else []
 
     def score(texts: list[str]) -> list[float]:
         if not any_case:
@@ -255,9 +255,7 @@ def llm_scorer(model, tokenizer, any_case: bool = False) -> Scorer:
                 plan.append((at, low, cap_row, cap))
                 at += len(low)
             plans.append((row, plan))
-        if not bodies or not any(bodies):
-            return [0.0] * len(texts)
-        logp = next_token_logprobs(model, [start], [b or [start] for b in bodies])
+        logp = next_token_logprobs(model, [start], bodies)
 
         def span(r: int, at: int, toks: list[int]) -> torch.Tensor:
             return logp[r, torch.arange(at, at + len(toks)), torch.tensor(toks)].sum()

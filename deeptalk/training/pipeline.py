@@ -166,6 +166,9 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
     recipe_reading(encoder, recipe)
 
     asr_ex = qa_ex = text_ex = None
+
+    def asr_turns() -> list:
+        return asr_examples(data["asr"], encoder, tokenizer, model.config, recipe["data"].get("asr_instructions"), seed)
     summary = {"recipe": recipe["name"], "recipe_hash": recipe_hash(recipe), "seed": seed, "stages": {},
                "data": manifests, "base": base_name}
     for stage in order:
@@ -190,8 +193,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
             if stage == "1" and encoder.reads_as_text:
                 ex = None  # CTC on the hearing corpus (deeptalk/hearing.py), the LLM untouched
             elif stage == "1":
-                asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config,
-                                               recipe["data"].get("asr_instructions"), seed)
+                asr_ex = asr_ex or asr_turns()
                 ex = asr_ex
             elif stage == "2.1":
                 qa_ex = qa_ex or speaking_examples(recipe, data, qa_set, codec, encoder, tokenizer, model.config)
@@ -202,8 +204,7 @@ def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hoo
                 corpus = int(recipe["data"].get("text_corpus_tokens", 0))
                 ex = text_ex + (corpus_examples(tokenizer, corpus) if corpus else [])
             else:
-                asr_ex = asr_ex or asr_examples(data["asr"], encoder, tokenizer, model.config,
-                                               recipe["data"].get("asr_instructions"), seed)
+                asr_ex = asr_ex or asr_turns()
                 qa_ex = qa_ex or speaking_examples(recipe, data, qa_set, codec, encoder, tokenizer, model.config)
                 text_ex = text_ex or text_examples(data["text"], tokenizer, model.config)
                 ex = joint_examples({"speaking": qa_ex, "text": text_ex, "asr": asr_ex}, scfg.get("mix"), seed)
