@@ -37,6 +37,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from deeptalk.heard_memo import HeardMemo
 from deeptalk.sequence import (
     TEXT_MODALITY,
     build_prompt_ids,
@@ -157,13 +158,15 @@ class SpeechGenerator:
     # -- prompts ------------------------------------------------------------------
     def prompt(self, text: str | None = None, audio: np.ndarray | None = None, sample_rate: int | None = None,
                system: str | None = None, history: Sequence[tuple[str, str]] = (), speak: bool = False,
-               name: str = "audio", t_start: float | None = None, raw: bool = False) -> Prompt:
+               name: str = "audio", t_start: float | None = None, raw: bool = False,
+               memo: HeardMemo | None = None) -> Prompt:
         """Chat-template the request; a spoken turn becomes <|audio_in|> x P + <|audio_in_end|>.
 
         `raw`: `text` is a complete prompt (an lm-eval few-shot context), tokenised as the base
         LLM's own scoring does (special tokens added, no template); text only.
 
         `history` is (role, text) pairs. With both `text` and `audio`, the text follows the audio.
+        `memo`: audio heard before is not heard again (batch evaluation; never for latency).
         """
         t0 = time.monotonic() if t_start is None else t_start
         if text is None and audio is None:
@@ -181,12 +184,20 @@ class SpeechGenerator:
         if audio is not None:
             if self.encoder is None:
                 raise ValueError("this generator has no speech encoder: cannot take audio input")
-            with torch.no_grad():
-                speech, prepared, heard = self.encoder.encode_heard(audio, sample_rate, name=name)
-            flags = {"clipped": prepared.clipped, "silent": prepared.silent, "truncated": prepared.truncated,
-                     "speech_positions": int(speech.shape[0])}
-            if heard is not None:  # what a CTC projector heard, for the sample log
-                flags["heard"] = self.decode_text(heard)
+            key = None if memo is None else memo.key(audio, sample_rate)
+            kept = None if key is None else memo.get(key)
+            if kept is None:
+                with torch.no_grad():
+                    speech, prepared, heard = self.encoder.encode_heard(audio, sample_rate, name=name)
+                flags = {"clipped": prepared.clipped, "silent": prepared.silent, "truncated": prepared.truncated,
+                         "speech_positions": int(speech.shape[0])}
+                if heard is not None:  # what a CTC projector heard, for the sample log
+                    flags["heard"] = self.decode_text(heard)
+                if key is not None:
+                    memo.put(key, (speech, flags))
+            else:
+                speech, flags = kept
+            flags = dict(flags)
             t_enc = time.monotonic()
         p = int(speech.shape[0]) if speech is not None else None
         ids, modality, rendered = build_prompt_ids(self.tokenizer, self.cfg, text, p, speak, system, history,

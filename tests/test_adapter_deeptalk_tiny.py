@@ -270,3 +270,43 @@ def test_a_piece_head_hears_in_words_with_hearing_lexicon(tiny_checkpoint, tmp_p
     assert set(heard["lexicon"]) <= set(lexicon.words)  # noise may hold no word at all
     assert heard["greedy"] and not set(heard["greedy"]) <= set(lexicon.words)  # a random head spells no words
     assert json.loads((ckpt / "speech_encoder.json").read_text())["decode"] == "greedy"
+
+
+def test_generate_hears_each_input_once_and_stream_always_hears(adapter, question_audio, monkeypatch):
+    """Batch evaluation hears a question once for all its tasks (same answers as hearing it
+    again); stream(), which latency measures, hears every time."""
+    from deeptalk.heard_memo import HeardMemo
+    from deeptalk_eval.api import collect_stream
+
+    enc = adapter.bundle.encoder
+    calls = []
+    real = enc.encode_heard
+    monkeypatch.setattr(enc, "encode_heard", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(adapter, "heard_memo", HeardMemo())
+    opts = GenerationOptions(max_new_tokens=4)
+    s2t = Request("s2t", audio=question_audio, options=opts)
+    first = adapter.generate([s2t])[0]
+    again = adapter.generate([s2t, Request("s2s", audio=question_audio, options=opts, output_modality="speech")])
+    assert len(calls) == 1 and adapter.heard_memo.hits == 2
+    assert (again[0].text, again[0].extra["audio_flags"]) == (first.text, first.extra["audio_flags"])
+    streamed = [collect_stream(adapter.stream(s2t)) for _ in range(2)]
+    assert len(calls) == 3 and all(s.text == first.text for s in streamed)
+    louder = Request("louder", audio=Audio(question_audio.samples * 0.5, question_audio.sample_rate), options=opts)
+    adapter.generate([louder])
+    assert len(calls) == 4  # other samples: heard anew
+
+
+def test_heard_memo_forgets_the_least_recently_used():
+    from deeptalk.heard_memo import HeardMemo
+
+    x = np.zeros(8, np.float32)
+    keys = {HeardMemo.key(x, 16000), HeardMemo.key(x, 22050), HeardMemo.key(x.astype(np.float64), 16000),
+            HeardMemo.key(x[:4], 16000)}
+    assert len(keys) == 4  # rate, dtype and length are part of what was heard
+    memo = HeardMemo(max_items=2)
+    memo.put("a", (1,))
+    memo.put("b", (2,))
+    assert memo.get("a") == (1,)
+    memo.put("c", (3,))  # "b" was used least recently
+    assert memo.get("b") is None and memo.get("a") == (1,) and memo.get("c") == (3,) and len(memo) == 2
+    assert (memo.hits, memo.misses) == (3, 1)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deeptalk.heard_memo import HeardMemo
 from deeptalk_common.dtypes import torch_dtype
 from deeptalk_eval.api import (
     Audio,
@@ -111,6 +112,9 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                                           cache=cache, decode_threads=decode_threads, lead_text=lead_text)
         self.generator = SpeechGenerator(model, self.bundle.tokenizer, encoder=self.bundle.encoder,
                                          codec=self.bundle.codec)
+        # generate() hears each distinct audio input once (S2T, S2S and a control share their
+        # questions); stream() always hears: it is what latency measures
+        self.heard_memo = HeardMemo()
 
         # lm-eval's conventions for text scoring, shared with the base-LLM baseline: same
         # tokenisation and windows, so retention compares like with like
@@ -188,7 +192,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         return replace(self.stream_config, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
                        top_p=o.top_p, seed=o.seed, max_speech_steps=steps)
 
-    def _prompt(self, request: Request, t_start: float):
+    def _prompt(self, request: Request, t_start: float, memo: HeardMemo | None = None):
         if request.text is None and request.audio is None:
             raise UnsupportedRequest(f"request {request.id}: neither text nor audio")
         history = []
@@ -203,17 +207,20 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                 text=request.text, audio=None if audio is None else audio.samples,
                 sample_rate=None if audio is None else audio.sample_rate, system=request.system,
                 history=history, speak=speak, name=f"request {request.id} audio", t_start=t_start,
-                raw=request.raw_prompt)
+                raw=request.raw_prompt, memo=memo)
         except ValueError as e:  # bad audio (empty, NaN, ...): a clear per-request error
             raise UnsupportedRequest(str(e)) from None
 
     def stream(self, request: Request) -> Iterator[StreamEvent]:
         """Text deltas (cut at a stop string), audio chunks, the generator's marks; the end's
         info: prompt, tokens (text, steps, audio_frames), stop_reason, audio_flags."""
+        return self._stream(request)
+
+    def _stream(self, request: Request, memo: HeardMemo | None = None) -> Iterator[StreamEvent]:
         if request.output_modality not in OUTPUTS:
             raise UnsupportedRequest(f"request {request.id}: unknown output modality {request.output_modality!r}")
         t0 = time.monotonic()
-        prompt = self._prompt(request, t0)
+        prompt = self._prompt(request, t0, memo)
         shown = StopCut(request.options.stop)
         for ev in self.generator.stream(prompt, OUTPUTS[request.output_modality], self._config(request)):
             if ev.kind == "text":
@@ -240,7 +247,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             return self._generate_batch(requests)
         out = []
         for r in requests:
-            resp = collect_stream(self.stream(r))
+            resp = collect_stream(self._stream(r, self.heard_memo))
             if r.output_modality in ("speech", "both") and resp.audio is None:
                 resp.audio = Audio(np.zeros(0, np.float32), self.bundle.codec.sample_rate)
             out.append(resp)
@@ -259,7 +266,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             groups.setdefault(key, (r.output_modality, cfg, []))[2].append(i)
         for output, cfg, idx in groups.values():
             t0 = time.monotonic()
-            prompts = [self._prompt(requests[i], t0) for i in idx]
+            prompts = [self._prompt(requests[i], t0, self.heard_memo) for i in idx]
             results = self.generator.generate_batch(prompts, OUTPUTS[output], cfg)
             for i, p, res in zip(idx, prompts, results):
                 shown = StopCut(requests[i].options.stop)  # the text exactly as stream() shows it
