@@ -1,6 +1,6 @@
 """Ship a trained stage as a small checkpoint: the model as a delta over its base LLM.
 
-    deeptalk-train --recipe reference-ctc --stages "" --output runs/reference-ctc --export checkpoints/reference
+    deeptalk-train --recipe reference --stages "" --output runs/reference --export checkpoints/reference
 
 The exported directory has the layout `checkpoint.load_checkpoint` reads (tokenizer, projector,
 encoder config, codec reference, stage.json, the assignment and its heatmap, loss curves)

@@ -1,6 +1,6 @@
 """The staged trainer (`deeptalk-train`), on accelerate: the same command on a CPU or many GPUs.
 
-    deeptalk-train --recipe tiny|reference|PATH [--stages 1,assign,2.1,2.2,3] [--output DIR]
+    deeptalk-train --recipe tiny|reference|PATH [--stages 1,assign,2.1,3] [--output DIR]
                    [--resume] [--hook "CMD {stage} {checkpoint}"] [--export DIR]
     accelerate launch --multi_gpu --num_processes 2 -m deeptalk.train --recipe tiny ...   # 2 CPU processes
     (accelerate 1.15's `launch --cpu --num_processes 2` starts one process: it needs mpirun)
@@ -12,7 +12,8 @@ Stages (the paper's):
             routing "masked": text experts unreachable and frozen
     2.2     text experts on text instructions; speech experts unreachable and frozen
     3       joint: every expert, audio tensors and projector, unmasked routing
-A recipe stage may list what it trains (`train: [speech_experts, audio, ...]`, see
+Without `--stages`, every stage the recipe sets runs (a recipe leaves an inherited stage out
+with `"2.2": null`). A recipe stage may list what it trains (`train: [speech_experts, audio, ...]`, see
 TRAIN_GROUPS); the defaults above are the paper's. `text_experts_lowrank` with `lowrank_rank: r`
 trains the text experts as W + B A (deeptalk/lowrank.py), merged when the stage ends, so the
 shipped delta stores thin factors for them. `--export DIR` writes the last finished
@@ -40,13 +41,14 @@ from pathlib import Path
 
 from deeptalk.training.build import build_base
 from deeptalk.training.pipeline import run, stage_done
-from deeptalk.training.recipe import STAGES, load_recipe
+from deeptalk.training.recipe import STAGES, load_recipe, recipe_stages
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="deeptalk-train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", default="reference", help="tiny | reference | path to a recipe YAML")
-    ap.add_argument("--stages", default=",".join(STAGES), help=f"comma list out of {','.join(STAGES)}")
+    ap.add_argument("--stages", default=None,
+                    help=f"comma list out of {','.join(STAGES)} (default: every stage the recipe sets)")
     ap.add_argument("--output", default=None, help="output dir (default runs/<recipe>)")
     ap.add_argument("--resume", action="store_true", help="skip finished stages, continue the running one")
     ap.add_argument("--hook", default=None, help="shell command after each stage ({stage} {checkpoint} {output})")
@@ -57,10 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     recipe = load_recipe(a.recipe)
-    stages = [s.strip() for s in a.stages.split(",") if s.strip()]
+    if a.stages is None:
+        stages = recipe_stages(recipe)
+    else:
+        stages = [s.strip() for s in a.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad:
         ap.error(f"unknown stage(s) {bad}; stages are {','.join(STAGES)}")
+    left_out = [s for s in stages if s not in recipe_stages(recipe)]
+    if left_out:
+        ap.error(f"recipe {recipe['name']!r} sets no stage {', '.join(left_out)} ({recipe['_path']})")
     out = Path(a.output or Path("runs") / recipe["name"])
     if stages:
         summary = run(recipe, out, stages, resume=a.resume, hook=a.hook)

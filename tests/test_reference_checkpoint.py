@@ -38,6 +38,22 @@ def test_text_experts_are_the_base_llms_own():
     assert all(s["done"] for s in stages.values()) and {s["recipe"] for s in stages.values()} == {"reference-ctc"}
 
 
+def test_recipe_reference_is_what_trained_the_shipped_checkpoint():
+    """`deeptalk-train --recipe reference` reproduces the checkpoint: the recipe it recorded is
+    the named one's, stage for stage, and the stages it ran are the ones the recipe sets."""
+    import yaml
+
+    from deeptalk.training.recipe import load_recipe, recipe_stages
+
+    shipped = yaml.safe_load((REF / "recipe.yaml").read_text())
+    ref = load_recipe("reference")
+    stages = recipe_stages(ref)
+    assert {"stage-" + s for s in stages} == set(json.loads((REF / "training.json").read_text()))
+    assert {s: shipped["stages"][s] for s in stages} == {s: ref["stages"][s] for s in stages}
+    ignored = ("name", "extends", "stages", "_path")
+    assert {k: v for k, v in shipped.items() if k not in ignored} == {k: v for k, v in ref.items() if k not in ignored}
+
+
 @pytest.fixture(scope="module")
 def bundle():
     from deeptalk.checkpoint import load_checkpoint

@@ -21,7 +21,7 @@ def cfg(q=3, k=16):
                           num_codebooks=q, codebook_size=k, base_vocab_size=100, special_tokens=list(SPECIAL_TOKENS))
 
 
-@pytest.mark.parametrize("name", ["tiny", "reference", "ablation-random", "ablation-pure", "ablation-dense",
+@pytest.mark.parametrize("name", ["tiny", "reference", "reference-mlp-rvq", "ablation-random", "ablation-pure", "ablation-dense",
                                   "reference-distill", "reference-lowrank", "reference-phones", "reference-ctc",
                                   "reference-ctc-long"])
 def test_shipped_recipes_load(name):
@@ -30,7 +30,7 @@ def test_shipped_recipes_load(name):
 
 
 def test_ablations_change_one_thing_and_share_data_and_budget():
-    ref = load_recipe("reference")
+    ref = load_recipe("reference-mlp-rvq")
     for name, changed in (("ablation-random", {"stages"}), ("ablation-pure", {"stages", "inference_routing"}),
                           ("ablation-dense", {"stages", "inference_routing", "upcycle"})):
         r = load_recipe(name)
@@ -65,6 +65,22 @@ def test_recipe_errors_name_the_problem(tmp_path):
                                    "data": {}, "stages": {"4": {}}}))
     with pytest.raises(ValueError, match="unknown stage"):
         load_recipe(str(bad))
+
+
+def test_a_recipe_runs_the_stages_it_sets(tmp_path, capsys):
+    from deeptalk.train import main
+    from deeptalk.training.recipe import recipe_stages
+
+    # "2.2": null leaves an inherited stage out of the default run
+    assert recipe_stages(load_recipe("reference-ctc")) == ["1", "assign", "2.1", "3"]
+    assert recipe_stages(load_recipe("tiny")) == list(STAGES)
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"extends": "tiny", "name": "child", "stages": {"2.2": None, "3": None}}))
+    assert recipe_stages(load_recipe(str(child))) == ["1", "assign", "2.1"]
+    with pytest.raises(SystemExit) as e:  # asking for a stage it leaves out: a usage error before any work
+        main(["--recipe", str(child), "--stages", "2.1,3", "--output", str(tmp_path / "out")])
+    assert e.value.code == 2 and "recipe 'child' sets no stage 3" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("n_text,t", [(3, 10), (15, 4), (1, 1)])
@@ -122,7 +138,7 @@ def test_first_sentences_keeps_whole_sentences():
 
 
 def test_the_distill_probe_changes_only_stage_2_2():
-    ref, probe = load_recipe("reference"), load_recipe("reference-distill")
+    ref, probe = load_recipe("reference-mlp-rvq"), load_recipe("reference-distill")
     assert probe["stages"]["2.2"]["distill"] == {"weight": 1.0, "temperature": 1.0}
     assert {k: v for k, v in probe["stages"]["2.2"].items() if k not in ("distill", "lr")} == \
         {k: v for k, v in ref["stages"]["2.2"].items() if k != "lr"}
@@ -148,7 +164,7 @@ def test_corpus_rows_are_calibration_prose_for_language_modelling():
 
 
 def test_the_phones_recipe_changes_the_speaking_side_only():
-    ref, r = load_recipe("reference"), load_recipe("reference-phones")
+    ref, r = load_recipe("reference-mlp-rvq"), load_recipe("reference-phones")
     assert r["codec"] == "phones" and r["answer_routing"] == "both" and r["answer_layout"] == "words"
     assert r["stages"]["1"] == ref["stages"]["1"] and r["stages"]["2.2"] == ref["stages"]["2.2"]
     # 2.1 trains what the reference's 2.1 trains, at the rate the probe chose (docs/training.md)
@@ -160,7 +176,7 @@ def test_the_phones_recipe_changes_the_speaking_side_only():
 
 
 def test_the_lowrank_recipe_shares_stages_1_to_2_1_and_keeps_shared_experts_frozen():
-    ref, r = load_recipe("reference"), load_recipe("reference-lowrank")
+    ref, r = load_recipe("reference-mlp-rvq"), load_recipe("reference-lowrank")
     assert all(r["stages"][s] == ref["stages"][s] for s in ("1", "assign", "2.1"))
     assert r["stages"]["2.2"]["train"] == ["text_experts_lowrank"] and r["data"]["text_corpus_tokens"] > 0
     # the shared experts stay the base's in every stage: their bytes pay for the factors

@@ -54,6 +54,12 @@ def load_recipe(name_or_path: str, _seen: tuple = ()) -> dict:
     return recipe
 
 
+def recipe_stages(recipe: dict) -> list[str]:
+    """The stages a recipe runs, in order: those it sets (`"2.2": null` leaves an inherited
+    stage out), so `deeptalk-train --recipe NAME` alone runs the whole recipe."""
+    return [s for s in STAGES if recipe["stages"].get(s) is not None]
+
+
 def recipe_hash(recipe: dict) -> str:
     clean = {k: v for k, v in recipe.items() if not k.startswith("_")}
     return hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()[:16]

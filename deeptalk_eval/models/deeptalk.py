@@ -81,7 +81,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             raise UsageError(
                 f"deeptalk: checkpoint directory {ckpt} does not exist"
                 + ("" if path else " (the reference checkpoint ships in the repository: is this a partial "
-                   "checkout? Or train one: `deeptalk-train --recipe reference-ctc --stages 1,assign,2.1,3 "
+                   "checkout? Or train one: `deeptalk-train --recipe reference "
                    "--export checkpoints/reference`)"))
         try:
             weights_dtype = torch_dtype(dtype, "model arg dtype")
