@@ -75,6 +75,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="LLM judge for judged tasks (VoiceBench's open-ended sets): openai:MODEL (an "
                         "OpenAI-compatible server, DEEPTALK_JUDGE_BASE_URL), hf:NAME_OR_PATH, or module:Class; "
                         "wins over a task's `judge:` scorer arg. None by default: such tasks refuse to run without one")
+    p.add_argument("--processes", type=_positive_int, default=1, metavar="N",
+                   help="spread the run over N local processes, each a shard of the samples on its share of the "
+                        "cores, merged into one results file; streaming (latency) tasks then run alone on every "
+                        "core (default 1; see docs/harness.md)")
+    p.add_argument("--run-stamp", help=argparse.SUPPRESS)  # --processes' children: the results file's stamp
+    p.add_argument("--stream-tasks", choices=["only", "skip"], help=argparse.SUPPRESS)  # and their share of tasks
     p.add_argument("--no-shared-cache", action="store_true",
                    help="compute every transcript afresh and store none (also DEEPTALK_NO_SHARED_CACHE=1); "
                         "see docs/harness.md")
@@ -123,7 +129,8 @@ def options_from_args(args: argparse.Namespace):
         output_dir=args.output_dir, log_samples=args.log_samples or bool(args.shard) or shard_from_env() is not None,
         batch_size=args.batch_size, shard=parse_shard(args.shard) or shard_from_env(), stage=args.stage,
         online=args.online, asr=args.asr, asr_batch_size=args.asr_batch_size, device=args.device, retry_failed=args.retry_failed,
-        progress=not args.no_progress, shared_cache=not args.no_shared_cache, judge=args.judge)
+        progress=not args.no_progress, shared_cache=not args.no_shared_cache, judge=args.judge,
+        stamp=args.run_stamp, stream_tasks=args.stream_tasks)
 
 
 def offline_by_default(online: bool) -> None:
@@ -161,7 +168,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not (args.model or args.model_path):
             raise UsageError("--model NAME or --model-path module:Class is required")
         plan = prepare(opts)  # everything that can be wrong with the input, before running
-        result = run(plan)
+        if args.processes > 1:
+            if opts.shard:
+                raise UsageError("--processes runs the shards itself: drop --shard (or WORLD_SIZE)")
+            from deeptalk_eval.run.local_processes import run_in_processes
+
+            streaming = any(t.kind == "stream" for t in plan.tasks)
+            result = run_in_processes(args.argv, opts, args.processes, streaming=streaming,
+                                      others=any(t.kind != "stream" for t in plan.tasks))
+        else:
+            result = run(plan)
     from deeptalk_eval.run_report import after_run  # pandas: only once there is something to report
 
     print(summary_table(result.results))
@@ -307,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0] in ("leaderboard", "regress"):
             return cmd_delegate(argv[0], argv[1:])
         args = build_parser().parse_args(argv)
+        args.argv = argv
         handler = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "merge": cmd_merge}
         return handler[args.command](args)
     except UsageError as e:  # every user mistake, and only those (see deeptalk_eval.errors)

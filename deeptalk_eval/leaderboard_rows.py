@@ -135,6 +135,8 @@ def read_row(path: Path) -> Row | None:
     if not isinstance(data, dict) or "results" not in data:
         print(f"leaderboard: skipped {path}: not a results file (no 'results' key)", file=sys.stderr)
         return None
+    if isinstance(data.get("config"), dict) and data["config"].get("part_of"):
+        return None  # one child of a `--processes` run, merged into the file it names
     if isinstance(data.get("config"), dict) and data["config"].get("shard"):
         print(f"leaderboard: skipped {path}: one shard of a run (combine shards with `deeptalk-eval merge`)",
               file=sys.stderr)

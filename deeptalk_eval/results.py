@@ -88,15 +88,21 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# a shard's results file, or one child's of a `--processes` run: part of a run, not a run
+PART_OF_A_RUN = re.compile(r"_(shard\d+of\d+|stream)$")
+
+
 def latest_results(folder: Path) -> Path:
-    """The newest results JSON in a model folder, or in an output folder (timestamps sort as text)."""
+    """The newest results JSON in a model folder, or in an output folder (timestamps sort as
+    text); a whole run's, while there is one."""
     files = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
     if not files:  # an output folder: the newest run of any model
         files = sorted((p for p in folder.glob("*/*.json") if not p.name.startswith(".")),
                        key=lambda p: p.name)
     if not files:
         raise UsageError(f"{folder}: no results file")
-    return files[-1]
+    whole = [p for p in files if not PART_OF_A_RUN.search(p.stem)]
+    return (whole or files)[-1]
 
 
 def timestamp() -> str:

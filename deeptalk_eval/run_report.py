@@ -95,6 +95,9 @@ def regress_command(results_path: Path) -> str:
 
 def after_run(results: dict, results_path: Path, results_dir: Path) -> str:
     """The text printed after a run's summary table."""
+    part_of = (results.get("config") or {}).get("part_of")
+    if part_of:
+        return f"\nOne part of a --processes run, merged into {results_path.parent / part_of}."
     shard = (results.get("config") or {}).get("shard")
     if shard:
         return (f"\nThis is shard {shard[0]}/{shard[1]}: merge the shards (`deeptalk-eval merge`) for headline "

@@ -226,6 +226,57 @@ def test_shards_merge_to_the_unsharded_figures(cli, scripted, test_tasks, tmp_pa
     assert cli("merge", tmp_path / "m3.json", shard_files[0], shard_files[0], shard_files[1])[0] == 2
 
 
+def test_processes_give_the_one_process_figures(cli, scripted, test_tasks, tmp_path):
+    """--processes 2: two shard children and the streaming task alone, merged into one results
+    file named like a plain run's, with the plain run's figures; the same command again
+    answers from the cache."""
+    common = ["--tasks", "echo_qa,echo_fast,echo_stream", "--limit", "9", "--model-args", "fail_ids=q07",
+              "--log-samples"]
+    assert cli(*base_args(scripted, test_tasks, tmp_path / "one", *common))[0] == 0
+    one = results_of(tmp_path / "one")
+    code, out, err = cli(*base_args(scripted, test_tasks, tmp_path / "two", *common, "--processes", "2"))
+    assert code == 0, err
+    (merged,) = [p for p in (tmp_path / "two").glob("*/*.json") if "_" not in p.stem.rpartition(".")[2]]
+    two = dict(json.loads(merged.read_text()), _path=merged)  # named like a plain run's results
+    assert f"results: {merged}" in out and "echo_qa" in out  # the summary table of the whole
+    assert json.dumps(metrics_identity(two)) == json.dumps(metrics_identity(one))
+    assert calls(two) == calls(one) and two["config"]["shard"] is None
+    assert two["run"]["processes"] == 2 and len(two["run"]["shard_seconds"]) == 3
+    assert set(two["run"]["seconds"]) >= {"echo_qa", "echo_fast", "echo_stream", "model_load", "total"}
+    stamp = two["_path"].stem
+    children = sorted(p.name for p in two["_path"].parent.glob(f"{stamp}_*.json"))
+    assert children == [f"{stamp}_shard0of2.json", f"{stamp}_shard1of2.json", f"{stamp}_stream.json"]
+    streamed = json.loads((two["_path"].parent / f"{stamp}_stream.json").read_text())
+    assert list(streamed["results"]) == ["echo_stream"] and streamed["config"]["shard"] is None
+    for t in ("echo_qa", "echo_stream"):  # the samples in dataset order, in the merged run's folder
+        recs = [json.loads(x) for x in (two["_path"].parent / two["samples_files"][t]).read_text().splitlines()]
+        assert [r["index"] for r in recs] == list(range(9))
+    from deeptalk_eval.results import latest_results
+
+    assert latest_results(merged.parent) == merged  # what regress and the leaderboard take: the whole run
+    again = cli(*base_args(scripted, test_tasks, tmp_path / "two", *common, "--processes", "2"))
+    assert again[0] == 0
+    (latest,) = [p for p in (tmp_path / "two").glob("*/*.json") if p != merged and "_" not in p.stem.rpartition(".")[2]]
+    assert json.loads(latest.read_text())["run"]["model_calls"] == 9  # only the stream task measures again
+
+
+def test_lm_eval_tasks_are_dealt_round_the_shards():
+    from types import SimpleNamespace
+
+    from deeptalk_eval.run.loop import lm_eval_shard
+
+    tasks = [SimpleNamespace(name=n, kind=k) for n, k in
+             (("qa", "generate"), ("mmlu", "lm_eval"), ("bbh", "lm_eval"), ("mc", "lm_eval"), ("tts", "generate"))]
+    assert [lm_eval_shard(tasks, t, 2) for t in tasks if t.kind == "lm_eval"] == [0, 1, 0]
+    assert {lm_eval_shard(tasks, t, 1) for t in tasks if t.kind == "lm_eval"} == {0}
+
+
+def test_processes_refuse_a_shard(cli, scripted, test_tasks, tmp_path):
+    code, _, err = cli(*base_args(scripted, test_tasks, tmp_path, "--tasks", "echo_fast", "--processes", "2",
+                                  "--shard", "0/2"))
+    assert code == 2 and "--processes runs the shards itself" in err
+
+
 def test_accelerate_env_picks_the_shard(cli, scripted, test_tasks, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

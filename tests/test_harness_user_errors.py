@@ -128,6 +128,16 @@ def test_glm4voice_without_a_server(tmp_path):
     assert not list(tmp_path.glob("*/*.json"))  # stopped before the first sample
 
 
+def test_a_child_run_s_user_error_is_the_run_s(tmp_path):
+    """--processes: the server is missing in every child; the parent says it once, exit 2."""
+    port = free_port()
+    proc = run_subprocess("--model", "glm4voice", "--model-args", f"url=http://127.0.0.1:{port}",
+                          "--tasks", "spoken_qa", "--limit", "2", "--output-dir", tmp_path, "--no-progress",
+                          "--processes", "2")
+    assert_user_error(proc, f"http://127.0.0.1:{port}/generate_stream", "model_server.py", "url=")
+    assert not [p for p in tmp_path.glob("*/*.json")]
+
+
 def test_glm4voice_without_a_url(tmp_path):
     proc = run_subprocess("--model", "glm4voice", "--tasks", "spoken_qa", "--limit", "1", "--output-dir", tmp_path)
     assert_user_error(proc, "no model server URL", "url=http://HOST:10000")

@@ -75,9 +75,12 @@ def run(plan: Plan) -> RunResult:
     opts = plan.options
     set_seeds(opts.seed)
     model_dir = opts.output_dir / safe_name(opts.model_label)
-    stamp = timestamp() + (f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else "")
+    stamp = ((opts.stamp or timestamp()) + ("_stream" if opts.stream_tasks == "only" else "")
+             + (f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else ""))
     run_dir = model_dir / stamp
     results = results_skeleton(opts, plan.tasks, plan.index)
+    if opts.stamp:  # one part of a `--processes` run: its merged file is the run's row
+        results["config"]["part_of"] = f"{opts.stamp}.json"
     t_start = time.monotonic()
     model = plan.model_cls(**opts.model_args)  # the arguments were checked against its signature
     try:
@@ -113,8 +116,9 @@ def run(plan: Plan) -> RunResult:
             elif missing:
                 out = TaskOutcome(task.name, f"skipped: capability {missing} missing")
             elif task.kind == "lm_eval":
-                if opts.shard and opts.shard[0] != 0:
-                    out = TaskOutcome(task.name, "skipped: lm_eval tasks run on shard 0 only")
+                home = lm_eval_shard(plan.tasks, task, opts.shard[1]) if opts.shard else 0
+                if opts.shard and opts.shard[0] != home:
+                    out = TaskOutcome(task.name, f"skipped: lm_eval tasks run whole, this one on shard {home}")
                 else:
                     out = run_lm_eval_task(task, model, answers.fingerprint, opts)
             else:
@@ -146,6 +150,12 @@ def run(plan: Plan) -> RunResult:
         run_dir.rmdir()
     measurement_file.unlink(missing_ok=True)
     return RunResult(results, path, exit_code(outcomes), outcomes)
+
+
+def lm_eval_shard(tasks: list[TaskConfig], task: TaskConfig, n: int) -> int:
+    """The shard that runs an lm_eval task whole: they are dealt round the shards in the
+    plan's order, so that side-by-side shards share them (MMLU on one, BBH on another)."""
+    return [t.name for t in tasks if t.kind == "lm_eval"].index(task.name) % n
 
 
 def filled(results: dict[str, Any], outcomes: list[TaskOutcome], seconds: dict[str, float], t_start: float,

@@ -13,16 +13,29 @@ from deeptalk_eval.run.outcome import RunResult
 from deeptalk_eval.task_config import MetricSpec, config_sha256
 
 
-def merge(out_path: str | Path, inputs: list[str | Path]) -> RunResult:
-    """Combine the results of shard runs (with their sample logs) into one results file."""
+def check_shards(parts: list[dict]) -> None:
+    """Each set of shards (the inputs split n ways, per n) is whole, 0..n-1 once each; runs
+    split differently (`--processes`: the latency tasks alone, unsharded) share no task."""
+    shards = [tuple(p["config"].get("shard") or (0, 1)) for p in parts]
+    for n in sorted({s[1] for s in shards}):
+        if sorted(s[0] for s in shards if s[1] == n) != list(range(n)):
+            raise UsageError(f"merge: inputs are shards {shards}; need each of 0..n-1 exactly once")
+    owner: dict[str, int] = {}
+    for p, (_, n) in zip(parts, shards):
+        for t in p["configs"]:
+            if owner.setdefault(t, n) != n:
+                raise UsageError(f"merge: task {t!r} is in runs split {owner[t]} and {n} ways: "
+                                 f"merge the shards of one run")
+
+
+def merge(out_path: str | Path, inputs: list[str | Path], run_info: dict | None = None) -> RunResult:
+    """Combine the results of shard runs (with their sample logs) into one results file.
+    `run_info` joins the merged `run` record (`--processes`: its wall time and cores)."""
     parts = [read_results(p) for p in inputs]
     if len(parts) < 1:
         raise UsageError("merge needs at least one input results file")
     first = parts[0]
-    shards = [tuple(p["config"].get("shard") or (0, 1)) for p in parts]
-    n = {s[1] for s in shards}
-    if len(n) != 1 or sorted(s[0] for s in shards) != list(range(next(iter(n)))):
-        raise UsageError(f"merge: inputs are shards {shards}; need each of 0..n-1 exactly once")
+    check_shards(parts)
     for p in parts[1:]:
         for key in ("model", "model_args", "seed", "limit"):
             if p["config"].get(key) != first["config"].get(key):
@@ -40,19 +53,35 @@ def merge(out_path: str | Path, inputs: list[str | Path]) -> RunResult:
     merged = {k: v for k, v in first.items() if k != "_path"}
     merged.update({"results": {}, "samples_files": {}, "status": {}, "merged_from": [p["_path"] for p in parts]})
     merged["config"] = dict(first["config"], shard=None)
+    merged["config"].pop("part_of", None)
+    sizes = {t: b for p in parts for t, b in (p["config"].get("batch_sizes") or {}).items()}
+    if sizes:
+        merged["config"]["batch_sizes"] = sizes
     merged["configs"] = {t: c for p in parts for t, c in p["configs"].items()}
     runs = [p.get("run") or {} for p in parts]
     merged["run"] = {"model_calls": sum(r.get("model_calls", 0) for r in runs),
                      "cache_hits": sum(r.get("cache_hits", 0) for r in runs),
                      "shard_seconds": [r.get("seconds") for r in runs],  # shards run side by side
                      "shard_shared_cache": [r.get("shared_cache") for r in runs]}
+    # shards run side by side: a task's time is its slowest shard's
+    per_task: dict[str, float] = {}
+    for r in runs:
+        for k, v in (r.get("seconds") or {}).items():
+            if k != "total" and isinstance(v, (int, float)):
+                per_task[k] = max(per_task.get(k, 0.0), v)
+    merged["run"]["seconds"] = per_task
+    if run_info:
+        if "total_seconds" in run_info:
+            per_task["total"] = run_info["total_seconds"]
+        merged["run"].update({k: v for k, v in run_info.items() if k != "total_seconds"})
+    merged["run"]["finished"] = all(r.get("finished", True) for r in runs)
     run_dir = out_path.with_suffix("")
     tasks = list(dict.fromkeys(t for p in parts for t in p["configs"]))
     for t in tasks:
         statuses = [p["status"].get(t) for p in parts if t in p.get("status", {})]
         logged = [p for p in parts if t in p.get("samples_files", {})]
         if not logged:
-            # lm_eval tasks run whole on shard 0; anything else without logs cannot be merged.
+            # lm_eval tasks run whole on one shard; anything else without logs cannot be merged.
             done = [p for p in parts if t in p["results"]]
             if done and all(s.startswith("skipped") or s == "ok" for s in statuses):
                 merged["results"][t] = done[0]["results"][t]

@@ -32,6 +32,10 @@ class RunOptions:
     progress: bool = True
     shared_cache: bool = True  # False (--no-shared-cache): transcripts computed, not stored
     judge: str | None = None  # --judge: the LLM judge of judged scorers (scoring.judge)
+    # set by `--processes` for its child runs: the results file's time stamp, and whether
+    # this run takes only the streaming (latency) tasks ("only") or all but them ("skip")
+    stamp: str | None = None
+    stream_tasks: str | None = None
 
     @property
     def uses_shared_cache(self) -> bool:

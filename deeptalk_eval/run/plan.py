@@ -59,6 +59,8 @@ def prepare(opts: RunOptions) -> Plan:
     opts = replace(opts, model_args=bind_model_args(model_cls, opts.model_args, opts.model_label))
     index = TaskIndex.scan(opts.include_paths)
     tasks = [index.load(name) for name in index.resolve(opts.tasks)]
+    if opts.stream_tasks is not None:  # one of `--processes`' child runs
+        tasks = [t for t in tasks if (t.kind == "stream") == (opts.stream_tasks == "only")]
     docs: dict[str, list[dict[str, Any]]] = {}
     for task in tasks:
         for spec in task.scorers:

@@ -1,0 +1,129 @@
+"""`--processes N`: one evaluation spread over this machine's cores, as N shard runs merged.
+
+A spoken answer is decoded one small step at a time: a second torch thread in the same process
+buys little (T2S on the shipped reference, 24 items, 2 cores: 46.6 s with 2 threads, 50.7 s
+with 1), while two processes on one core each answer twice the questions at once
+(docs/harness.md "Processes"). So each child is `deeptalk-eval ... --shard i/N` pinned to its
+share of the cores, with that many torch threads; the streaming (latency) tasks then run in
+one more child alone on every core, since a time to first audio measured beside another
+process's decoding is not the model's. The parent merges the children's results into one
+results file, named like a plain run's, and the samples in dataset order: the figures are an
+unsharded run's (`deeptalk_eval.run.merge`).
+
+Each child writes its own results file and log (`<stamp>_shard<i>of<N>.{json,log}` beside the
+merged file) and shares the response cache, so a killed run resumes with the same command.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from deeptalk_eval.errors import UsageError
+from deeptalk_eval.results import safe_name, timestamp
+from deeptalk_eval.run.merge import merge
+from deeptalk_eval.run.options import RunOptions
+from deeptalk_eval.run.outcome import RunResult
+
+USAGE_PREFIX = "deeptalk-eval: error: "
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """argv less `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
+def core_groups(n: int) -> list[list[int]]:
+    """The cores this process may use, dealt into n groups (every child gets at least one)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return [cores[i::n] or [cores[i % len(cores)]] for i in range(n)]
+
+
+def _show(pipe, log: Path) -> None:
+    """A child's stderr (its progress bars) on ours and in its log; its one-line user error
+    is left to the parent, which says it once for the whole run."""
+    with log.open("ab") as f:
+        for chunk in iter(lambda: pipe.read1(65536), b""):
+            f.write(chunk)
+            f.flush()
+            text = chunk.decode(errors="replace")
+            sys.stderr.write("".join(x for x in text.splitlines(keepends=True) if not x.startswith(USAGE_PREFIX)))
+            sys.stderr.flush()
+
+
+def _start(argv: list[str], cores: list[int], log: Path, progress: bool) -> tuple[subprocess.Popen, Path, bool]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(len(cores)), MKL_NUM_THREADS=str(len(cores)))
+    pin = (lambda: os.sched_setaffinity(0, cores)) if hasattr(os, "sched_setaffinity") else None
+    with log.open("ab") as f:  # the child keeps its own descriptor
+        p = subprocess.Popen([sys.executable, "-m", "deeptalk_eval", *argv], env=env, preexec_fn=pin, stdout=f,
+                             stderr=subprocess.PIPE if progress else subprocess.STDOUT)
+    if progress:
+        threading.Thread(target=_show, args=(p.stderr, log), daemon=True).start()
+    return p, log, progress
+
+
+def _wait(children: list[tuple[subprocess.Popen, Path, bool]]) -> None:
+    """Wait for every child; a user mistake in one stops the others and becomes this run's."""
+    try:
+        while True:
+            for p, log, _ in children:
+                if p.poll() == 2:
+                    for q, _, _ in children:
+                        if q.poll() is None:
+                            q.terminate()
+                    time.sleep(0.2)  # what it printed last reaches its log
+                    lines = [x for x in log.read_text(errors="replace").splitlines() if x.startswith(USAGE_PREFIX)]
+                    raise UsageError(lines[-1][len(USAGE_PREFIX):] if lines else f"a child run failed: see {log}")
+            if all(p.poll() is not None for p, _, _ in children):
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for p, _, _ in children:
+            p.wait()
+        raise
+    for p, log, shown in children:
+        if p.returncode not in (0, 1):  # a bug in a child: its traceback is in its log
+            if not shown:
+                print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
+            raise RuntimeError(f"a child run exited with {p.returncode}: its log is {log}")
+
+
+def run_in_processes(argv: list[str], opts: RunOptions, n: int, streaming: bool, others: bool) -> RunResult:
+    """`argv`: the run's command line. `streaming` / `others`: whether the run has streaming
+    tasks / other tasks (from the parent's checked plan)."""
+    stamp, t0 = timestamp(), time.monotonic()
+    folder = opts.output_dir / safe_name(opts.model_label)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = without_option(without_option(argv, "--processes"), "--shard")
+    base = ["run", *(base[1:] if base[:1] == ["run"] else base), "--run-stamp", stamp]
+    results: list[Path] = []
+    groups = core_groups(n)
+    if others:
+        children = []
+        for i, cores in enumerate(groups):
+            child = [*base, "--stream-tasks", "skip", "--shard", f"{i}/{n}"] + ([] if i == 0 else ["--no-progress"])
+            log = folder / f"{stamp}_shard{i}of{n}.log"
+            children.append(_start(child, cores, log, progress=i == 0 and opts.progress))
+            results.append(folder / f"{stamp}_shard{i}of{n}.json")
+        _wait(children)
+    if streaming:  # alone on every core the shards had
+        log = folder / f"{stamp}_stream.log"
+        every = sorted({c for g in groups for c in g})
+        _wait([_start([*base, "--stream-tasks", "only", "--log-samples"], every, log, opts.progress)])
+        results.insert(0, folder / f"{stamp}_stream.json")  # first, as a plain run does them
+    missing = [str(p) for p in results if not p.is_file()]
+    if missing:
+        raise RuntimeError(f"child runs ended without their results files: {missing}")
+    return merge(folder / f"{stamp}.json", results, run_info={
+        "processes": n, "cores": groups, "total_seconds": round(time.monotonic() - t0, 2)})
