@@ -59,7 +59,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-samples", action="store_true", help="write per-sample JSONL and audio files")
     p.add_argument("--batch-size", type=int, default=None,
                    help="requests decoded together (default: the model's own batch for greedy requests, "
-                        "e.g. 8 for deeptalk, whose batched greedy answers equal one-by-one ones; else 1)")
+                        "e.g. 16 for deeptalk, whose batched greedy answers equal one-by-one ones; else 1)")
     p.add_argument("--shard", help="i/n: run only shard i of n (see `deeptalk-eval merge`)")
     p.add_argument("--stage", help="a training-stage tag recorded in results (e.g. stage2.1)")
     p.add_argument("--rescore", metavar="RESULTS", help="recompute metrics from a run's sample logs; no model")

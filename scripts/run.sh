@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job. Sets up .venv (idempotent) and runs deeptalk-eval with the documented
-# defaults --model deeptalk --tasks all --log-samples, each kept unless the arguments name
-# that option; every other argument is passed on:
+# defaults --model deeptalk --tasks all --log-samples --processes <cores, at most 4>, each
+# kept unless the arguments name that option (--processes also yields to --shard and
+# --device); every other argument is passed on:
 #   scripts/run.sh                          = deeptalk-eval --model deeptalk --tasks all --log-samples
 #   scripts/run.sh --limit 30               = ... --model deeptalk --tasks all --log-samples --limit 30
 #   scripts/run.sh --model cascade --tasks spoken_qa
@@ -40,6 +41,14 @@ if [ "$passthrough" = false ]; then
   fi
   if ! has_arg --tasks "$@"; then defaults+=(--tasks all); fi
   if ! has_arg --log-samples "$@"; then defaults+=(--log-samples); fi
+  # one process per core (at most 4) on a CPU: a spoken answer decodes one small step at a time,
+  # so a second process answers more than a second thread does (docs/harness.md "Processes").
+  # nproc counts the cores this job may use (taskset, OMP_NUM_THREADS).
+  if ! has_arg --processes "$@" && ! has_arg --shard "$@" && ! has_arg --device "$@"; then
+    cores=$(nproc 2>/dev/null || echo 1)
+    if [ "$cores" -gt 4 ]; then cores=4; fi
+    if [ "$cores" -gt 1 ]; then defaults+=(--processes "$cores"); fi
+  fi
   # the defaults go first (the command reads as documented); an explicit `run` stays in front
   if [ "${1-}" = run ]; then
     shift

@@ -27,9 +27,10 @@ def script_copy(root: Path, with_checkpoint: bool) -> Path:
     return root / "scripts" / "run.sh"
 
 
-def final_command(script: Path, *args: str) -> tuple[list[str], str]:
-    """(the arguments run.sh would hand deeptalk-eval, its stderr)."""
-    env = dict(os.environ, DEEPTALK_RUN_PRINT="1")
+def final_command(script: Path, *args: str, cores: int = 1) -> tuple[list[str], str]:
+    """(the arguments run.sh would hand deeptalk-eval, its stderr), as if `cores` cores were
+    free (nproc honours OMP_NUM_THREADS)."""
+    env = dict(os.environ, DEEPTALK_RUN_PRINT="1", OMP_NUM_THREADS=str(cores))
     proc = subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=env, timeout=30)
     assert proc.returncode == 0, proc.stderr
     words = shlex.split(proc.stdout)
@@ -55,6 +56,17 @@ def run_sh(tmp_path) -> Path:
 ])
 def test_defaults_stay_unless_named(run_sh, args, expected):
     assert final_command(run_sh, *args)[0] == expected
+
+
+@pytest.mark.parametrize("cores, args, expected", [
+    (2, [], DEFAULTS + ["--processes", "2"]),
+    (16, ["--limit", "30"], DEFAULTS + ["--processes", "4", "--limit", "30"]),
+    (2, ["--processes", "1"], DEFAULTS + ["--processes", "1"]),
+    (2, ["--shard", "0/2"], DEFAULTS + ["--shard", "0/2"]),
+    (2, ["--device=cuda"], DEFAULTS + ["--device=cuda"]),
+])
+def test_one_process_per_core_unless_named(run_sh, cores, args, expected):
+    assert final_command(run_sh, *args, cores=cores)[0] == expected
 
 
 @pytest.mark.parametrize("args", [

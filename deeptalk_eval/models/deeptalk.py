@@ -56,9 +56,10 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
     name = "deeptalk"
     capabilities = Capabilities(text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True,
                                 loglikelihood=True)
-    # greedy rows decoded together give the one-by-one answers, 1.65x faster on spoken answers
-    # (benchmarks/results/batched_decoding.json); gk_dev_t2t: 200 of 200 answers identical (docs/harness.md)
-    greedy_batch_size = 8
+    # greedy rows decoded together give the one-by-one answers, 1.65x faster on spoken answers at 8
+    # (benchmarks/results/batched_decoding.json; gk_dev_t2t: 200 of 200 answers identical) and
+    # 1.3-1.5x faster again at 16, the same 32 of 32 spoken answers (batch_size_t2s.json)
+    greedy_batch_size = 16
 
     def __init__(self, path: str | None = None, device: str = "cpu", dtype: str = "float32",
                  routing_mode: str | None = None, first_chunk_frames: int = 2, chunk_frames: int = 10,
