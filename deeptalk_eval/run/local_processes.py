@@ -2,8 +2,9 @@
 
 A spoken answer is decoded one small step at a time: a second torch thread in the same process
 buys little (T2S on the shipped reference, 32 answers, 2 cores: 71.0 s with 2 threads, 73.1 s
-with 1), while two processes on one core each took 47.3 s (docs/harness.md "Processes"). So each child is `deeptalk-eval ... --shard i/N` pinned to its
-share of the cores, with that many torch threads; the streaming (latency) tasks then run in
+with 1), while two processes on one core each took 47.3 s (docs/harness.md "Processes"). So
+each child is `deeptalk-eval ... --shard i/N` pinned to its share of the cores, with that
+many torch threads; the streaming (latency) tasks then run in
 one more child alone on every core, since a time to first audio measured beside another
 process's decoding is not the model's. The parent merges the children's results into one
 results file, named like a plain run's, and the samples in dataset order: the figures are an
