@@ -1,7 +1,7 @@
 """What taking experts out of the text path costs, and what a linear repair could give back.
 
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_path_split.py \
-        --stage runs/reference/stage-assign --out benchmarks/results/text_path_split.json
+        --stage runs/reference-mlp-rvq/stage-assign --out benchmarks/results/text_path_split.json
 
 On a stage checkpoint after `assign` (its text experts are still the base LLM's neurons),
 under per-token modality routing (text tokens reach every text expert, never a speech one),
@@ -79,7 +79,7 @@ def apply_repair(model, solution: dict[int, tuple], rank: int | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--stage", default="runs/reference/stage-assign")
+    ap.add_argument("--stage", default="runs/reference-mlp-rvq/stage-assign")
     ap.add_argument("--calibrate-tokens", type=int, default=16384)
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--ridge", type=float, default=1e-3)

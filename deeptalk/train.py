@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 
 from deeptalk.training.build import build_base
-from deeptalk.training.pipeline import run, stage_done
+from deeptalk.training.pipeline import RecipeMismatch, run, stage_done
 from deeptalk.training.recipe import STAGES, load_recipe, recipe_stages
 
 
@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"recipe {recipe['name']!r} sets no stage {', '.join(left_out)} ({recipe['_path']})")
     out = Path(a.output or Path("runs") / recipe["name"])
     if stages:
-        summary = run(recipe, out, stages, resume=a.resume, hook=a.hook)
+        try:
+            summary = run(recipe, out, stages, resume=a.resume, hook=a.hook)
+        except RecipeMismatch as e:
+            ap.error(str(e))
         print(json.dumps({s: {k: v.get(k) for k in ("steps", "tokens_per_s", "final_loss", "wall_seconds") if k in v}
                           for s, v in summary["stages"].items()}, indent=1))
     if a.export:

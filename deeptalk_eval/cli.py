@@ -23,7 +23,12 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose mistakes are UsageErrors: one line, not a usage screen."""
+    """argparse whose mistakes are UsageErrors: one line, not a usage screen. Options are
+    spelled in full (no prefixes): `--processes` hands the command line on to its children."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
@@ -171,10 +176,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.processes > 1:
             if opts.shard:
                 raise UsageError("--processes runs the shards itself: drop --shard (or WORLD_SIZE)")
-            from deeptalk_eval.run.local_processes import run_in_processes
+            from deeptalk_eval.run.local_processes import run_in_processes, without_option
 
             streaming = any(t.kind == "stream" for t in plan.tasks)
-            result = run_in_processes(args.argv, opts, args.processes, streaming=streaming,
+            argv = args.argv
+            if args.retention_tasks:  # written once, here: the children read them
+                argv = [*without_option(without_option(argv, "--retention-tasks"), "--tasks"), "--tasks", args.tasks,
+                        "--include-path", str(args.include_path[-1])]
+            result = run_in_processes(argv, opts, args.processes, streaming=streaming,
                                       others=any(t.kind != "stream" for t in plan.tasks))
         else:
             result = run(plan)

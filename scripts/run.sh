@@ -41,13 +41,22 @@ if [ "$passthrough" = false ]; then
   fi
   if ! has_arg --tasks "$@"; then defaults+=(--tasks all); fi
   if ! has_arg --log-samples "$@"; then defaults+=(--log-samples); fi
-  # one process per core (at most 4) on a CPU: a spoken answer decodes one small step at a time,
-  # so a second process answers more than a second thread does (docs/harness.md "Processes").
-  # nproc counts the cores this job may use (taskset, OMP_NUM_THREADS).
-  if ! has_arg --processes "$@" && ! has_arg --shard "$@" && ! has_arg --device "$@"; then
-    cores=$(nproc 2>/dev/null || echo 1)
-    if [ "$cores" -gt 4 ]; then cores=4; fi
-    if [ "$cores" -gt 1 ]; then defaults+=(--processes "$cores"); fi
+  # one process per core on a CPU: a spoken answer decodes one small step at a time, so a
+  # second process answers more than a second thread does (docs/harness.md "Processes"). nproc
+  # counts the cores this job may use (taskset, OMP_NUM_THREADS); at most 4, and one per 6 GB
+  # of available memory (each loads its own model: 5.5 GB at peak for deeptalk). Not on a GPU
+  # (--device, device= in --model-args) nor under accelerate / torchrun (WORLD_SIZE).
+  on_gpu=false
+  for a in "$@"; do
+    case "$a" in *device=cuda* | *device=mps*) on_gpu=true ;; esac
+  done
+  if ! has_arg --processes "$@" && ! has_arg --shard "$@" && ! has_arg --device "$@" \
+    && [ "$on_gpu" = false ] && [ "${WORLD_SIZE:-1}" -le 1 ]; then
+    n=$(nproc 2>/dev/null || echo 1)
+    mem_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo 2>/dev/null || true)
+    if [ -n "$mem_kb" ] && [ "$n" -gt $((mem_kb / 6291456)) ]; then n=$((mem_kb / 6291456)); fi
+    if [ "$n" -gt 4 ]; then n=4; fi
+    if [ "$n" -gt 1 ]; then defaults+=(--processes "$n"); fi
   fi
   # the defaults go first (the command reads as documented); an explicit `run` stays in front
   if [ "${1-}" = run ]; then

@@ -230,10 +230,11 @@ def test_processes_give_the_one_process_figures(cli, scripted, test_tasks, tmp_p
     """--processes 2: two shard children and the streaming task alone, merged into one results
     file named like a plain run's, with the plain run's figures; the same command again
     answers from the cache."""
-    common = ["--tasks", "echo_qa,echo_fast,echo_stream", "--limit", "9", "--model-args", "fail_ids=q07",
-              "--log-samples"]
+    common = ["--tasks", "echo_qa,echo_fast,echo_stream,text_retention_factoid_mc,text_retention_heldout_text",
+              "--limit", "9", "--model-args", "fail_ids=q07", "--log-samples"]
     assert cli(*base_args(scripted, test_tasks, tmp_path / "one", *common))[0] == 0
     one = results_of(tmp_path / "one")
+    assert one["results"]["text_retention_factoid_mc"]["acc"] is not None
     code, out, err = cli(*base_args(scripted, test_tasks, tmp_path / "two", *common, "--processes", "2"))
     assert code == 0, err
     (merged,) = [p for p in (tmp_path / "two").glob("*/*.json") if "_" not in p.stem.rpartition(".")[2]]
@@ -241,8 +242,12 @@ def test_processes_give_the_one_process_figures(cli, scripted, test_tasks, tmp_p
     assert f"results: {merged}" in out and "echo_qa" in out  # the summary table of the whole
     assert json.dumps(metrics_identity(two)) == json.dumps(metrics_identity(one))
     assert calls(two) == calls(one) and two["config"]["shard"] is None
+    for key in ("groups", "versions", "asr"):  # the whole run's, not one child's
+        assert two[key] == one[key], key
+    assert set(two["status"].values()) == {"ok"}
     assert two["run"]["processes"] == 2 and len(two["run"]["shard_seconds"]) == 3
-    assert set(two["run"]["seconds"]) >= {"echo_qa", "echo_fast", "echo_stream", "model_load", "total"}
+    assert set(two["run"]["seconds"]) >= {"echo_qa", "echo_fast", "echo_stream", "model_load", "total",
+                                          "text_retention_factoid_mc", "text_retention_heldout_text"}
     stamp = two["_path"].stem
     children = sorted(p.name for p in two["_path"].parent.glob(f"{stamp}_*.json"))
     assert children == [f"{stamp}_shard0of2.json", f"{stamp}_shard1of2.json", f"{stamp}_stream.json"]
@@ -258,6 +263,8 @@ def test_processes_give_the_one_process_figures(cli, scripted, test_tasks, tmp_p
     assert again[0] == 0
     (latest,) = [p for p in (tmp_path / "two").glob("*/*.json") if p != merged and "_" not in p.stem.rpartition(".")[2]]
     assert json.loads(latest.read_text())["run"]["model_calls"] == 9  # only the stream task measures again
+    assert json.loads(latest.read_text())["results"]["text_retention_factoid_mc"] == two["results"][
+        "text_retention_factoid_mc"]
 
 
 def test_lm_eval_tasks_are_dealt_round_the_shards():

@@ -83,6 +83,29 @@ def test_a_recipe_runs_the_stages_it_sets(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_resume_goes_on_only_with_the_recipe_that_trained_the_run(tmp_path, capsys):
+    import json
+
+    from deeptalk.train import main
+    from deeptalk.training.pipeline import check_resumable
+
+    out = tmp_path / "out"
+    (out / "stage-1").mkdir(parents=True)
+    (out / "stage-1" / "stage.json").write_text(json.dumps({"done": True, "recipe": "reference"}))
+    ref = load_recipe("reference-mlp-rvq")
+    (out / "recipe.yaml").write_text(yaml.safe_dump({**{k: v for k, v in ref.items() if k != "_path"},
+                                                     "name": "reference"}))
+    with pytest.raises(SystemExit) as e:  # the old design's folder under its old name
+        main(["--recipe", "reference", "--stages", "1,assign", "--output", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "trained by recipe 'reference', which differs from 'reference' in" in err
+    assert "speech_encoder" in err and "codec" in err
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["codec"] == "offline"  # nothing written
+    longer = {**ref, "stages": {**ref["stages"], "2.1": {**ref["stages"]["2.1"], "max_steps": 999}}}
+    check_resumable(longer, out, ["1", "assign", "2.1"], True)  # a stage not finished may change
+    check_resumable(load_recipe("reference"), out, ["1"], False)  # not resuming: nothing to check
+
+
 @pytest.mark.parametrize("n_text,t", [(3, 10), (15, 4), (1, 1)])
 def test_answer_steps_layout(n_text, t):
     c = cfg()

@@ -104,8 +104,37 @@ def stage_done(path: Path) -> bool:
     return p.is_file() and json.loads(p.read_text()).get("done", False)
 
 
+class RecipeMismatch(ValueError):
+    """--resume asked to go on from stages another recipe trained."""
+
+
+def check_resumable(recipe: dict, output: Path, stages: list[str], resume: bool) -> None:
+    """A resumed run skips its finished stages: only if the recipe that trained them (the run's
+    recipe.yaml) is this one, up to the settings of stages not yet finished (a budget may grow
+    mid-run). Another design's folder, or a renamed recipe, is not continued silently."""
+    if not resume or not (output / "recipe.yaml").is_file():
+        return
+    finished = [s for s in stages if stage_done(output / f"stage-{s}")]
+    if not finished:
+        return
+    before = yaml.safe_load((output / "recipe.yaml").read_text()) or {}
+
+    def design(r: dict) -> dict:
+        out = {k: v for k, v in r.items() if k not in ("name", "extends", "hook", "stages") and not k.startswith("_")}
+        return {**out, "stages": {s: (r.get("stages") or {}).get(s) for s in finished}}
+
+    was, now = design(before), design(recipe)
+    changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    if changed:
+        raise RecipeMismatch(f"{output} was trained by recipe {before.get('name')!r}, which differs from "
+                             f"{recipe['name']!r} in {', '.join(changed)}: --resume goes on with the recipe that "
+                             f"trained its finished stages ({', '.join(finished)}); train into another --output")
+
+
 def run(recipe: dict, output: Path, stages: list[str], resume: bool = False, hook: str | None = None) -> dict:
     from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    check_resumable(recipe, output, stages, resume)
 
     acc = Accelerator(cpu=not torch.cuda.is_available(),
                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])

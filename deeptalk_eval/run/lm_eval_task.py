@@ -20,7 +20,9 @@ def run_lm_eval_task(task: TaskConfig, model: SpokenModel, fingerprint: str, opt
 
     # v2: adapters feed lm-eval contexts untemplated (raw_prompt); v1 caches hold templated answers
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    cache_prefix = opts.output_dir / ".cache" / f"lm_eval_v{LM_EVAL_CACHE_VERSION}_{key}"
+    # one file per task: `--processes` runs different lm_eval tasks side by side, and lm-eval's
+    # SQLite cache is not for concurrent writers
+    cache_prefix = opts.output_dir / ".cache" / f"lm_eval_v{LM_EVAL_CACHE_VERSION}_{key}_{task.name}"
     try:
         metrics, records, info = run_lm_eval(task, model, seed=opts.seed, limit=opts.limit,
                                              cache_path=str(cache_prefix))

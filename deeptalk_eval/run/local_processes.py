@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from deeptalk_eval.errors import UsageError
@@ -45,8 +46,12 @@ def without_option(argv: list[str], name: str) -> list[str]:
 
 
 def core_groups(n: int) -> list[list[int]]:
-    """The cores this process may use, dealt into n groups (every child gets at least one)."""
+    """The cores this process may use (its affinity, no more than OMP_NUM_THREADS when that is
+    set), dealt into n groups; every child gets at least one."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if limit.isdigit() and 0 < int(limit) < len(cores):
+        cores = cores[: int(limit)]
     return [cores[i::n] or [cores[i % len(cores)]] for i in range(n)]
 
 
@@ -62,41 +67,62 @@ def _show(pipe, log: Path) -> None:
             sys.stderr.flush()
 
 
-def _start(argv: list[str], cores: list[int], log: Path, progress: bool) -> tuple[subprocess.Popen, Path, bool]:
+@dataclass
+class Child:
+    proc: subprocess.Popen
+    log: Path
+    results: Path  # the results file it writes when it finishes (exit 0 or 1)
+    shown: bool  # its stderr reaches ours
+
+    def crashed(self) -> bool:
+        rc = self.proc.poll()
+        return rc is not None and rc != 2 and (rc not in (0, 1) or not self.results.is_file())
+
+
+def _start(argv: list[str], cores: list[int], log: Path, results: Path, progress: bool) -> Child:
     env = dict(os.environ, OMP_NUM_THREADS=str(len(cores)), MKL_NUM_THREADS=str(len(cores)))
-    pin = (lambda: os.sched_setaffinity(0, cores)) if hasattr(os, "sched_setaffinity") else None
     with log.open("ab") as f:  # the child keeps its own descriptor
-        p = subprocess.Popen([sys.executable, "-m", "deeptalk_eval", *argv], env=env, preexec_fn=pin, stdout=f,
+        p = subprocess.Popen([sys.executable, "-m", "deeptalk_eval", *argv, "--processes", "1"], env=env, stdout=f,
                              stderr=subprocess.PIPE if progress else subprocess.STDOUT)
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(p.pid, cores)
+        except ProcessLookupError:  # it ended already: _wait reads how
+            pass
     if progress:
         threading.Thread(target=_show, args=(p.stderr, log), daemon=True).start()
-    return p, log, progress
+    return Child(p, log, results, progress)
 
 
-def _wait(children: list[tuple[subprocess.Popen, Path, bool]]) -> None:
-    """Wait for every child; a user mistake in one stops the others and becomes this run's."""
+def _stop(children: list[Child]) -> None:
+    for c in children:
+        if c.proc.poll() is None:
+            c.proc.terminate()
+    for c in children:
+        c.proc.wait()
+
+
+def _wait(children: list[Child]) -> int:
+    """Wait for every child and return the highest exit status (0 or 1). A user mistake in one
+    stops the others and becomes this run's one line; so does a crash, with its log's tail."""
     try:
         while True:
-            for p, log, _ in children:
-                if p.poll() == 2:
-                    for q, _, _ in children:
-                        if q.poll() is None:
-                            q.terminate()
-                    time.sleep(0.2)  # what it printed last reaches its log
-                    lines = [x for x in log.read_text(errors="replace").splitlines() if x.startswith(USAGE_PREFIX)]
-                    raise UsageError(lines[-1][len(USAGE_PREFIX):] if lines else f"a child run failed: see {log}")
-            if all(p.poll() is not None for p, _, _ in children):
-                break
+            for c in children:
+                if c.proc.poll() == 2:
+                    _stop(children)
+                    lines = [x for x in c.log.read_text(errors="replace").splitlines() if x.startswith(USAGE_PREFIX)]
+                    raise UsageError(lines[-1][len(USAGE_PREFIX):] if lines else f"a child run failed: see {c.log}")
+                if c.crashed():  # a bug: its traceback is in its log
+                    _stop(children)
+                    if not c.shown:
+                        print("\n".join(c.log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
+                    raise RuntimeError(f"a child run exited with {c.proc.returncode}: its log is {c.log}")
+            if all(c.proc.poll() is not None for c in children):
+                return max(c.proc.returncode for c in children)
             time.sleep(0.2)
     except KeyboardInterrupt:
-        for p, _, _ in children:
-            p.wait()
+        _stop(children)
         raise
-    for p, log, shown in children:
-        if p.returncode not in (0, 1):  # a bug in a child: its traceback is in its log
-            if not shown:
-                print("\n".join(log.read_text(errors="replace").splitlines()[-30:]), file=sys.stderr)
-            raise RuntimeError(f"a child run exited with {p.returncode}: its log is {log}")
 
 
 def run_in_processes(argv: list[str], opts: RunOptions, n: int, streaming: bool, others: bool) -> RunResult:
@@ -108,22 +134,23 @@ def run_in_processes(argv: list[str], opts: RunOptions, n: int, streaming: bool,
     base = without_option(without_option(argv, "--processes"), "--shard")
     base = ["run", *(base[1:] if base[:1] == ["run"] else base), "--run-stamp", stamp]
     results: list[Path] = []
+    code = 0
     groups = core_groups(n)
     if others:
         children = []
         for i, cores in enumerate(groups):
             child = [*base, "--stream-tasks", "skip", "--shard", f"{i}/{n}"] + ([] if i == 0 else ["--no-progress"])
-            log = folder / f"{stamp}_shard{i}of{n}.log"
-            children.append(_start(child, cores, log, progress=i == 0 and opts.progress))
-            results.append(folder / f"{stamp}_shard{i}of{n}.json")
-        _wait(children)
+            out = folder / f"{stamp}_shard{i}of{n}.json"
+            children.append(_start(child, cores, out.with_suffix(".log"), out, progress=i == 0 and opts.progress))
+            results.append(out)
+        code = _wait(children)
     if streaming:  # alone on every core the shards had
-        log = folder / f"{stamp}_stream.log"
+        out = folder / f"{stamp}_stream.json"
         every = sorted({c for g in groups for c in g})
-        _wait([_start([*base, "--stream-tasks", "only", "--log-samples"], every, log, opts.progress)])
-        results.insert(0, folder / f"{stamp}_stream.json")  # first, as a plain run does them
-    missing = [str(p) for p in results if not p.is_file()]
-    if missing:
-        raise RuntimeError(f"child runs ended without their results files: {missing}")
-    return merge(folder / f"{stamp}.json", results, run_info={
+        code = max(code, _wait([_start([*base, "--stream-tasks", "only", "--log-samples"], every,
+                                       out.with_suffix(".log"), out, opts.progress)]))
+        results.insert(0, out)  # first, as a plain run does them
+    result = merge(folder / f"{stamp}.json", results, run_info={
         "processes": n, "cores": groups, "total_seconds": round(time.monotonic() - t0, 2)})
+    result.exit_code = max(result.exit_code, code)
+    return result

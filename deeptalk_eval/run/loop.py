@@ -47,8 +47,9 @@ from deeptalk_eval.task_config import TaskConfig
 PROGRESS_FILE = "progress.json"
 
 
-def results_skeleton(opts: RunOptions, plan_tasks: list[TaskConfig], index: TaskIndex) -> dict[str, Any]:
-    names = [t.name for t in plan_tasks]
+def results_skeleton(opts: RunOptions, plan_tasks: list[TaskConfig], index: TaskIndex,
+                     named: list[str] | None = None) -> dict[str, Any]:
+    names = named or [t.name for t in plan_tasks]
     groups = {g: [t for t in members if t in names] for g, members in index.all_groups().items()}
     return {
         "results": {},
@@ -78,7 +79,7 @@ def run(plan: Plan) -> RunResult:
     stamp = ((opts.stamp or timestamp()) + ("_stream" if opts.stream_tasks == "only" else "")
              + (f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else ""))
     run_dir = model_dir / stamp
-    results = results_skeleton(opts, plan.tasks, plan.index)
+    results = results_skeleton(opts, plan.tasks, plan.index, plan.named)
     if opts.stamp:  # one part of a `--processes` run: its merged file is the run's row
         results["config"]["part_of"] = f"{opts.stamp}.json"
     t_start = time.monotonic()

@@ -12,6 +12,9 @@ from deeptalk_eval.run.options import check_writable
 from deeptalk_eval.run.outcome import RunResult
 from deeptalk_eval.task_config import MetricSpec, config_sha256
 
+# the status an lm_eval task has in the shards that left it to another
+LM_EVAL_ELSEWHERE = "skipped: lm_eval tasks run whole"
+
 
 def check_shards(parts: list[dict]) -> None:
     """Each set of shards (the inputs split n ways, per n) is whole, 0..n-1 once each; runs
@@ -41,23 +44,38 @@ def merge(out_path: str | Path, inputs: list[str | Path], run_info: dict | None 
             if p["config"].get(key) != first["config"].get(key):
                 raise UsageError(f"merge: {p['_path']} has {key}={p['config'].get(key)!r}, "
                                  f"{first['_path']} has {first['config'].get(key)!r}")
+    holder: dict[str, dict] = {}
+    for p in parts:
         for t, c in p["configs"].items():
+            ref = holder.setdefault(t, p)
             # hashed from the recorded fields, so results files older than `config_sha256` compare too
-            if t in first["configs"] and config_sha256(c["config"]) != config_sha256(
-                    first["configs"][t]["config"]):
-                raise UsageError(f"merge: task {t!r} differs between {first['_path']} and {p['_path']}")
+            if config_sha256(c["config"]) != config_sha256(ref["configs"][t]["config"]):
+                raise UsageError(f"merge: task {t!r} differs between {ref['_path']} and {p['_path']}")
     out_path = Path(out_path)
     if out_path.suffix != ".json":
         out_path = out_path / safe_name(first["config"]["model"]) / f"{timestamp()}_merged.json"
     check_writable(out_path.parent)
-    merged = {k: v for k, v in first.items() if k != "_path"}
+    # the header (environment, model, ASR) of the part that planned the most tasks; what each
+    # part knows of its own tasks (groups, versions, scoring) from every part
+    header = max(parts, key=lambda p: len(p["configs"]))
+    merged = {k: v for k, v in header.items() if k != "_path"}
     merged.update({"results": {}, "samples_files": {}, "status": {}, "merged_from": [p["_path"] for p in parts]})
-    merged["config"] = dict(first["config"], shard=None)
+    merged["config"] = dict(header["config"], shard=None)
     merged["config"].pop("part_of", None)
     sizes = {t: b for p in parts for t, b in (p["config"].get("batch_sizes") or {}).items()}
     if sizes:
         merged["config"]["batch_sizes"] = sizes
     merged["configs"] = {t: c for p in parts for t, c in p["configs"].items()}
+    merged["versions"] = {t: v for p in parts for t, v in (p.get("versions") or {}).items()}
+    groups: dict[str, list[str]] = {}
+    for p in parts:
+        for g, members in (p.get("groups") or {}).items():
+            groups.setdefault(g, []).extend(m for m in members if m not in groups.get(g, []))
+    merged["groups"] = groups
+    info = {t: v for p in parts for t, v in (p.get("scoring_info") or {}).items()}
+    if info:
+        merged["scoring_info"] = info
+    merged["asr"] = next((p["asr"] for p in parts if p.get("asr")), None)
     runs = [p.get("run") or {} for p in parts]
     merged["run"] = {"model_calls": sum(r.get("model_calls", 0) for r in runs),
                      "cache_hits": sum(r.get("cache_hits", 0) for r in runs),
@@ -78,16 +96,27 @@ def merge(out_path: str | Path, inputs: list[str | Path], run_info: dict | None 
     run_dir = out_path.with_suffix("")
     tasks = list(dict.fromkeys(t for p in parts for t in p["configs"]))
     for t in tasks:
-        statuses = [p["status"].get(t) for p in parts if t in p.get("status", {})]
-        logged = [p for p in parts if t in p.get("samples_files", {})]
-        if not logged:
-            # lm_eval tasks run whole on one shard; anything else without logs cannot be merged.
-            done = [p for p in parts if t in p["results"]]
-            if done and all(s.startswith("skipped") or s == "ok" for s in statuses):
-                merged["results"][t] = done[0]["results"][t]
-                merged["status"][t] = "ok"
-            else:
-                merged["status"][t] = next((s for s in statuses if s != "ok"), "error: no sample logs to merge")
+        owners = [p for p in parts if t in p["configs"]]
+        statuses = [p["status"][t] for p in owners if p.get("status", {}).get(t)]
+        errors = [s for s in statuses if s.startswith("error")]
+        if errors:  # as in one run: a task that failed in a shard failed
+            merged["status"][t] = errors[0]
+            continue
+        if merged["configs"][t]["config"].get("kind") == "lm_eval":
+            # run whole by one shard: its figures as they are (its samples hold no metric specs)
+            done = [p for p in owners if t in p["results"]]
+            if not done:
+                merged["status"][t] = next((s for s in statuses if not s.startswith(LM_EVAL_ELSEWHERE)),
+                                           "error: no shard ran it")
+                continue
+            merged["results"][t], merged["status"][t] = done[0]["results"][t], "ok"
+            if t in done[0].get("samples_files", {}):
+                records = read_samples(Path(done[0]["_path"]).parent / done[0]["samples_files"][t])
+                merged["samples_files"][t] = _write_task_samples(run_dir, out_path, t, records)
+            continue
+        logged = [p for p in owners if t in p.get("samples_files", {})]
+        if not logged:  # skipped everywhere (online-only, a capability the model lacks)
+            merged["status"][t] = next((s for s in statuses if s != "ok"), "error: no sample logs to merge")
             continue
         records, seen = [], {}
         for p in logged:
@@ -106,9 +135,15 @@ def merge(out_path: str | Path, inputs: list[str | Path], run_info: dict | None 
         specs = [MetricSpec(**m) for m in (merged["configs"][t]["config"].get("metrics") or [])]
         merged["results"][t] = aggregate_task(specs, records)
         merged["status"][t] = "ok"
-        f = run_dir / f"samples_{safe_name(t)}.jsonl"
-        write_samples(f, records)
-        merged["samples_files"][t] = str(f.relative_to(out_path.parent))
+        merged["samples_files"][t] = _write_task_samples(run_dir, out_path, t, records)
     path = write_results(out_path, merged)
-    code = 1 if any(s.startswith("error") for s in merged["status"].values()) else 0
-    return RunResult(merged, path, code, [])
+    # as one run's exit status: 1 when a task failed, or every sample of one did
+    failed = any(s.startswith("error") for s in merged["status"].values()) or any(
+        m.get("samples") and m.get("failed") == m.get("samples") for m in merged["results"].values())
+    return RunResult(merged, path, 1 if failed else 0, [])
+
+
+def _write_task_samples(run_dir: Path, out_path: Path, task: str, records: list[dict]) -> str:
+    f = run_dir / f"samples_{safe_name(task)}.jsonl"
+    write_samples(f, records)
+    return str(f.relative_to(out_path.parent))

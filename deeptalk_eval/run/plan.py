@@ -3,7 +3,7 @@ task files, data files, scorer names, output folder) is found before anything ru
 raised as `UsageError` (or its subclass `TaskConfigError`): the CLI's exit status 2."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from deeptalk_eval.errors import UsageError
@@ -26,6 +26,9 @@ class Plan:
     docs: dict[str, list[dict[str, Any]]]
     model_cls: type
     index: TaskIndex
+    # every task the command names: a `--processes` child runs some of them, and its results
+    # file lists the groups of all (so that every part's groups are the whole run's)
+    named: list[str] = field(default_factory=list)
 
 
 def online_only(task: TaskConfig, opts: RunOptions) -> bool:
@@ -59,6 +62,7 @@ def prepare(opts: RunOptions) -> Plan:
     opts = replace(opts, model_args=bind_model_args(model_cls, opts.model_args, opts.model_label))
     index = TaskIndex.scan(opts.include_paths)
     tasks = [index.load(name) for name in index.resolve(opts.tasks)]
+    named = [t.name for t in tasks]
     if opts.stream_tasks is not None:  # one of `--processes`' child runs
         tasks = [t for t in tasks if (t.kind == "stream") == (opts.stream_tasks == "only")]
     docs: dict[str, list[dict[str, Any]]] = {}
@@ -75,7 +79,7 @@ def prepare(opts: RunOptions) -> Plan:
         if task.kind != "lm_eval" and not online_only(task, opts):
             docs[task.name] = load_docs(task, online=opts.online)
     check_writable(opts.output_dir / safe_name(opts.model_label))
-    return Plan(opts, tasks, docs, model_cls, index)
+    return Plan(opts, tasks, docs, model_cls, index, named)
 
 
 def preflight_scorers(task: TaskConfig, opts: RunOptions) -> None:
