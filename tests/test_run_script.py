@@ -58,28 +58,28 @@ def test_defaults_stay_unless_named(run_sh, args, expected):
     assert final_command(run_sh, *args)[0] == expected
 
 
-def processes(cores: int) -> list[str]:
-    """What run.sh adds for `cores` free cores here: one process per core, at most 4 and one
-    per 6 GB of available memory."""
-    kb = next(int(x.split()[1]) for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemAvailable"))
-    n = min(cores, 4, kb // 6291456)
-    return ["--processes", str(n)] if n > 1 else []
+GB = 1048576  # kB
 
 
-@pytest.mark.parametrize("cores, args, expected", [
-    (2, [], DEFAULTS + processes(2)),
-    (16, ["--limit", "30"], DEFAULTS + processes(16) + ["--limit", "30"]),
-    (2, ["--processes", "1"], DEFAULTS + ["--processes", "1"]),
-    (2, ["--shard", "0/2"], DEFAULTS + ["--shard", "0/2"]),
-    (2, ["--device=cuda"], DEFAULTS + ["--device=cuda"]),
-    (2, ["--model-args", "device=cuda,dtype=bfloat16"], DEFAULTS + ["--model-args", "device=cuda,dtype=bfloat16"]),
+@pytest.mark.parametrize("cores, mem_gb, args, expected", [
+    (2, 24, [], DEFAULTS + ["--processes", "2"]),
+    (16, 64, ["--limit", "30"], DEFAULTS + ["--processes", "4", "--limit", "30"]),
+    (16, 20, [], DEFAULTS + ["--processes", "3"]),  # one per 6 GB available
+    (2, 8, [], DEFAULTS),
+    (1, 24, [], DEFAULTS),
+    (2, 24, ["--processes", "1"], DEFAULTS + ["--processes", "1"]),
+    (2, 24, ["--shard", "0/2"], DEFAULTS + ["--shard", "0/2"]),
+    (2, 24, ["--device=cuda"], DEFAULTS + ["--device=cuda"]),
+    (2, 24, ["--model-args", "device=cuda,dtype=bfloat16"], DEFAULTS + ["--model-args", "device=cuda,dtype=bfloat16"]),
 ])
-def test_one_process_per_core_unless_named(run_sh, cores, args, expected):
+def test_one_process_per_core_unless_named(run_sh, monkeypatch, cores, mem_gb, args, expected):
+    monkeypatch.setenv("DEEPTALK_RUN_MEM_KB", str(mem_gb * GB))
     assert final_command(run_sh, *args, cores=cores)[0] == expected
 
 
 def test_no_processes_under_accelerate(run_sh, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("DEEPTALK_RUN_MEM_KB", str(24 * GB))
     assert final_command(run_sh, cores=2)[0] == DEFAULTS
 
 
