@@ -9,7 +9,7 @@ from deeptalk_eval.aggregate import aggregate_task
 from deeptalk_eval.errors import UsageError
 from deeptalk_eval.results import read_results, read_samples, safe_name, timestamp, write_results, write_samples
 from deeptalk_eval.run.options import check_writable
-from deeptalk_eval.run.outcome import RunResult
+from deeptalk_eval.run.outcome import RunResult, TaskOutcome, exit_code
 from deeptalk_eval.task_config import MetricSpec, config_sha256
 
 # the status an lm_eval task has in the shards that left it to another
@@ -137,10 +137,9 @@ def merge(out_path: str | Path, inputs: list[str | Path], run_info: dict | None 
         merged["status"][t] = "ok"
         merged["samples_files"][t] = _write_task_samples(run_dir, out_path, t, records)
     path = write_results(out_path, merged)
-    # as one run's exit status: 1 when a task failed, or every sample of one did
-    failed = any(s.startswith("error") for s in merged["status"].values()) or any(
-        m.get("samples") and m.get("failed") == m.get("samples") for m in merged["results"].values())
-    return RunResult(merged, path, 1 if failed else 0, [])
+    # one run's exit status, by the same rule
+    outcomes = [TaskOutcome(t, s, merged["results"].get(t, {})) for t, s in merged["status"].items()]
+    return RunResult(merged, path, exit_code(outcomes), [])
 
 
 def _write_task_samples(run_dir: Path, out_path: Path, task: str, records: list[dict]) -> str:
