@@ -35,7 +35,7 @@ def test_text_experts_are_the_base_llms_own():
     # reference-ctc leaves stage 2.2 out: its text experts are the base's own, nothing to restore
     stages = json.loads((REF / "training.json").read_text())
     assert set(stages) == {"stage-1", "stage-assign", "stage-2.1", "stage-3"}
-    assert all(s["done"] for s in stages.values()) and {s["recipe"] for s in stages.values()} == {"reference-ctc"}
+    assert all(s["done"] for s in stages.values()) and {s["recipe"] for s in stages.values()} == {"reference-ctc-long"}
 
 
 def test_recipe_reference_is_what_trained_the_shipped_checkpoint():
