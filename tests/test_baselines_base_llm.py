@@ -78,6 +78,28 @@ def test_rolling_loglikelihood_matches_lm_eval_with_left_truncation(loaded):
     assert not math.isclose(full[0], short[0], abs_tol=1e-3)
 
 
+def test_one_token_options_after_one_context_share_a_row(loaded):
+    """A multiple-choice question's options " A" ... " D" after the same context: one model row
+    for the four, the same scores as lm-eval's HFLM and as each asked alone."""
+    model, tok = loaded
+    ctx = "Question: Which planet is known as the red planet?\nA. Venus\nB. Mars\nC. Jupiter\nD. Saturn\nAnswer:"
+    pairs = [(ctx, f" {c}") for c in "ABCD"] + [("The capital of France is", " Paris")]
+    assert all(len(tok.encode(c, add_special_tokens=False)) == 1 for _, c in pairs[:4])
+    rows = []
+    hook = model.register_forward_hook(lambda m, args, kw, out: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        shared = BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=8).loglikelihood(pairs)
+    finally:
+        hook.remove()
+    assert rows == [2]                       # the four options in one row, Paris in the other
+    alone = [BaseLLM(model=model, tokenizer=tok).loglikelihood([p])[0] for p in pairs]
+    ref = _hflm(model, tok).loglikelihood(_instances("loglikelihood", pairs), disable_tqdm=True)
+    assert [a for a, _ in shared] == pytest.approx([a for a, _ in alone], abs=1e-4)
+    assert [a for a, _ in shared] == pytest.approx([a for a, _ in ref], abs=1e-3)
+    assert [g for _, g in shared] == [g for _, g in ref]
+    assert len({round(a, 3) for a, _ in shared[:4]}) == 4  # each option read its own token
+
+
 def test_scores_do_not_depend_on_batch_size(loaded):
     model, tok = loaded
     one = BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=1).loglikelihood(PAIRS)

@@ -199,36 +199,40 @@ class BaseLLM(SpokenModel):
     def score_tokens(self, pairs: Sequence[tuple[list[int], list[int]]], desc: str = "loglikelihood") -> list[tuple[float, bool]]:
         """(context ids, continuation ids) -> (sum log p(continuation), greedy?), batched.
 
+        Requests whose model input is the same token for token (a multiple-choice question's
+        one-token options " A" ... " D" after one context) share one row: the logits at each
+        position do not depend on the target, so each reads its own continuation off that row.
         Longest inputs first (one padded length per batch), results in input order.
         """
-        items = []
+        rows: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}  # input -> its (request, continuation)s
         for i, (ctx, cont) in enumerate(pairs):
             if not cont:
                 raise ValueError(f"loglikelihood request {i}: the continuation encodes to no tokens")
             if len(cont) > self.max_length:
                 raise ValueError(f"loglikelihood request {i}: continuation of {len(cont)} tokens exceeds max_length {self.max_length}")
-            inp = (ctx + cont)[-(self.max_length + 1):][:-1]
-            items.append((i, inp, cont))
-        items.sort(key=lambda x: -len(x[1]))
-        out: list[tuple[float, bool] | None] = [None] * len(items)
+            inp = tuple((ctx + cont)[-(self.max_length + 1):][:-1])
+            rows.setdefault(inp, []).append((i, cont))
+        items = sorted(rows.items(), key=lambda x: -len(x[0]))
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
         batches = range(0, len(items), self.loglikelihood_batch_size)
         for b in tqdm(batches, desc=desc, disable=len(batches) < 4, unit="batch"):
             batch = items[b:b + self.loglikelihood_batch_size]
-            width = len(batch[0][1])
+            width = len(batch[0][0])
             ids = torch.zeros(len(batch), width, dtype=torch.long)
             mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for r, (_, inp, _) in enumerate(batch):
+            for r, (inp, _) in enumerate(batch):
                 ids[r, :len(inp)] = torch.tensor(inp)
                 mask[r, :len(inp)] = 1
             # Right padding: real positions never see the pads, so batching does not change scores.
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             logprobs = F.log_softmax(logits.float(), dim=-1)
-            for r, (i, inp, cont) in enumerate(batch):
-                n = len(cont)
-                lp = logprobs[r, len(inp) - n:len(inp)]
-                target = torch.tensor(cont, device=lp.device)
-                greedy = bool((lp.argmax(-1) == target).all())
-                out[i] = (float(lp.gather(1, target[:, None]).sum()), greedy)
+            for r, (inp, owners) in enumerate(batch):
+                for i, cont in owners:
+                    n = len(cont)
+                    lp = logprobs[r, len(inp) - n:len(inp)]
+                    target = torch.tensor(cont, device=lp.device)
+                    greedy = bool((lp.argmax(-1) == target).all())
+                    out[i] = (float(lp.gather(1, target[:, None]).sum()), greedy)
         return out  # type: ignore[return-value]
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
