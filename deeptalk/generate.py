@@ -240,7 +240,9 @@ class SpeechGenerator:
 
         Yields (None, "prefill", None); then at each step (row, text_id, audio_column [Q] | None)
         for every row still answering, followed by (row, "stop", "eos") where that row ended;
-        after the step budget, (row, "stop", "max_steps" | "max_new_tokens") for the rest."""
+        after the step budget, (row, "stop", "max_steps" | "max_new_tokens") for the rest.
+        A row that has ended leaves the batch (its cache rows with it): a batch runs until its
+        longest answer ends, and most of its rows end long before."""
         speak = output in ("speech", "both")
         if speak and not all(p.speak for p in prompts):
             raise ValueError("a spoken answer needs a prompt built with speak=True")
@@ -276,18 +278,14 @@ class SpeechGenerator:
         text_row = (lambda r: n) if parallel else (lambda r: r)
         step_modality = torch.tensor([[spoken_answer_modality(self.model.config) if speak else TEXT_MODALITY]] * n
                                      + ([[TEXT_MODALITY]] if parallel else []), device=dev)
-        pad_column = torch.full((q,), self.cfg.audio_pad_id, device=dev) if speak else None
         threads = torch.get_num_threads()
         if cfg.decode_threads:
             torch.set_num_threads(cfg.decode_threads)
+        active = list(range(n))  # the batch's rows, by their prompt's index
         try:
             for s in range(cfg.max_speech_steps if speak else cfg.max_new_tokens):
                 tokens, columns = [], []
-                for r in range(n):
-                    if done[r]:  # finished rows ride along; their outputs are not read
-                        tokens.append(pad)
-                        columns.append(pad_column)
-                        continue
+                for j, r in enumerate(active):
                     if speak:
                         # once the text has ended nothing is drawn for it (a seeded sampler's stream stays the same)
                         if answers[r].text_done:
@@ -295,13 +293,13 @@ class SpeechGenerator:
                         elif led is not None:  # the text path's next token, offered until it is written
                             raw = led[r][taken[r]] if taken[r] < len(led[r]) else self.tokenizer.eos_token_id
                         else:
-                            raw = int(self._pick(out.logits[text_row(r), -1] + text_bias, cfg, gen))
-                        column = self._pick(out.audio_logits[r, -1] + audio_bias, cfg, gen)  # [Q]
-                        tok, column, finished = answers[r].step(s, raw, column, out.audio_logits[r, -1])
+                            raw = int(self._pick(out.logits[text_row(j), -1] + text_bias, cfg, gen))
+                        column = self._pick(out.audio_logits[j, -1] + audio_bias, cfg, gen)  # [Q]
+                        tok, column, finished = answers[r].step(s, raw, column, out.audio_logits[j, -1])
                         if led is not None and raw is not None and tok == raw:
                             taken[r] += 1
                     else:
-                        tok, column = int(self._pick(out.logits[r, -1] + text_bias, cfg, gen)), None
+                        tok, column = int(self._pick(out.logits[j, -1] + text_bias, cfg, gen)), None
                         finished = tok in self.stop_ids
                     yield r, tok, column
                     if finished:
@@ -311,6 +309,15 @@ class SpeechGenerator:
                     columns.append(column)
                 if all(done):
                     return
+                keep = [j for j, r in enumerate(active) if not done[r]]
+                if len(keep) < len(active):  # parallel decoding has one row: it never gets here
+                    rows = torch.tensor(keep, device=dev)
+                    _keep_cache_rows(past, rows)
+                    active = [active[j] for j in keep]
+                    tokens, columns = [tokens[j] for j in keep], [columns[j] for j in keep]
+                    step_modality = step_modality.index_select(0, rows)
+                    mask = None if mask is None else mask.index_select(0, rows)
+                    positions = None if positions is None else positions.index_select(0, rows)
                 if parallel:  # the companion reads the same text token and no audio
                     tokens.append(tokens[0])
                     columns.append(torch.full_like(columns[0], -1))
@@ -622,6 +629,16 @@ class SpeechGenerator:
             if frame is not None:
                 kept.append(frame)
         return np.stack(kept, 1) if kept else np.zeros((q, 0), np.int64)
+
+
+def _keep_cache_rows(past, rows: torch.Tensor) -> None:
+    """Keep only `rows` of a KV cache (static or dynamic), in that order, in place."""
+    for layer in past.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys = layer.keys.index_select(0, rows)
+            layer.values = layer.values.index_select(0, rows)
+        if hasattr(layer, "max_batch_size"):
+            layer.max_batch_size = len(rows)
 
 
 class _TextDeltas:

@@ -201,9 +201,12 @@ def ending_generator(tiny_model, tokenizer, prompts, output, cfg, eos_bias=None)
     return g
 
 
-@pytest.mark.parametrize("output,eos_bias", [("text", None), ("speech", None), ("speech", 50.0)])
-def test_batched_answers_equal_one_by_one(tiny_model, tokenizer, output, eos_bias):
-    cfg = StreamConfig(max_new_tokens=12, max_speech_steps=24, first_chunk_frames=2, chunk_frames=5)
+@pytest.mark.parametrize("output,eos_bias,cache", [("text", None, "static"), ("speech", None, "static"),
+                                                   ("speech", 50.0, "static"), ("speech", 50.0, "dynamic")])
+def test_batched_answers_equal_one_by_one(tiny_model, tokenizer, output, eos_bias, cache):
+    """Rows end at different steps and leave the batch, their cache rows with them; the rest
+    answer as they would alone."""
+    cfg = StreamConfig(max_new_tokens=12, max_speech_steps=24, first_chunk_frames=2, chunk_frames=5, cache=cache)
     g = ending_generator(tiny_model, tokenizer, PROMPTS, output, cfg, eos_bias)
     speak = output != "text"
     prompts = [g.prompt(text=t, speak=speak) for t in PROMPTS]
