@@ -8,10 +8,17 @@ of a spoken answer's decoding time, and `enable_gqa=True` gives the same numbers
 (bit for bit on this torch; tests/test_attention.py). Elsewhere (CUDA, other devices) this
 is exactly transformers' `sdpa`.
 
+A static KV cache is as long as the whole step budget (a spoken answer's 400 steps), and
+its mask hides the positions not yet written: attending over them cost each decoding step
+as much as over the written ones. Key positions that no query may see are cut off first;
+they add exactly nothing to the softmax, so the output is the same
+(tests/test_attention.py).
+
 DeepTalk models pick it wherever transformers would pick `sdpa` (modeling.py).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
@@ -31,6 +38,10 @@ def grouped_sdpa_attention(module, query, key, value, attention_mask, dropout: f
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     if attention_mask is not None and attention_mask.ndim == 4:
         attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+        if attention_mask.dtype == torch.bool:
+            used = seen_keys(attention_mask)
+            if used < key.shape[-2]:
+                attention_mask, key, value = attention_mask[..., :used], key[:, :, :used], value[:, :, :used]
     if is_causal is None:
         is_causal = query.shape[2] > 1 and attention_mask is None and getattr(module, "is_causal", True)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
@@ -40,6 +51,13 @@ def grouped_sdpa_attention(module, query, key, value, attention_mask, dropout: f
 
 ALL_ATTENTION_FUNCTIONS.register(GROUPED_SDPA, grouped_sdpa_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(GROUPED_SDPA, sdpa_mask)
+
+
+def seen_keys(mask: torch.Tensor) -> int:
+    """How many leading key positions some query may attend to (mask [B, 1, T, S] bool):
+    one past the last True column; S when no column is True (nothing to cut)."""
+    seen = mask.reshape(-1, mask.shape[-1]).any(0)
+    return mask.shape[-1] - int(seen.flip(0).to(torch.uint8).argmax()) if bool(seen.any()) else mask.shape[-1]
 
 
 def prefer_grouped(implementation: str) -> str:

@@ -61,3 +61,54 @@ def test_grouped_sdpa_gives_the_gradients_of_sdpa():
     assert grads[GROUPED_SDPA].keys() == grads["sdpa"].keys()
     for name, g in grads[GROUPED_SDPA].items():
         torch.testing.assert_close(g, grads["sdpa"][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_grouped_sdpa_over_a_static_cache_skips_unwritten_positions_with_the_same_logits(monkeypatch):
+    from transformers import StaticCache
+
+    import deeptalk.attention as attention
+
+    keys_seen = []
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def spy(query, key, value, **kw):
+        keys_seen.append(key.shape[-2])
+        return sdpa(query, key, value, **kw)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    model = DeepTalkForCausalLM(tiny_config(routing_mode="modality")).eval()
+    ids, codes, mask = padded_batch(model.config)
+    logits = {}
+    for implementation in (GROUPED_SDPA, "sdpa"):
+        model.config._attn_implementation_internal = implementation
+        past = StaticCache(config=model.config, max_cache_len=40)   # far longer than what is written
+        step_mask = mask
+        with torch.no_grad():
+            out = model(input_ids=ids, audio_codes=codes, attention_mask=step_mask, past_key_values=past,
+                        use_cache=True)
+            logits[implementation] = [out.logits]
+            for step in range(2):
+                step_mask = torch.cat([step_mask, torch.ones_like(step_mask[:, :1])], dim=1)
+                out = model(input_ids=ids[:, step:step + 1], audio_codes=codes[:, :, step:step + 1],
+                            attention_mask=step_mask, past_key_values=past, use_cache=True,
+                            cache_position=torch.tensor([ids.shape[1] + step]))
+                logits[implementation].append(out.logits)
+        if implementation == GROUPED_SDPA:   # the prefill's 9 positions, then 10, then 11: never the cache's 40
+            layers = model.config.num_hidden_layers
+            assert keys_seen == [9] * layers + [10] * layers + [11] * layers
+    for g, p in zip(logits[GROUPED_SDPA], logits["sdpa"]):
+        valid = torch.isfinite(p)
+        torch.testing.assert_close(g[valid], p[valid], rtol=1e-6, atol=1e-6)
+
+
+def test_seen_keys_is_one_past_the_last_column_any_query_may_see():
+    from deeptalk.attention import seen_keys
+
+    mask = torch.zeros(2, 1, 3, 10, dtype=torch.bool)
+    assert seen_keys(mask) == 10          # nothing visible: nothing is cut
+    mask[0, 0, 2, :4] = True
+    mask[1, 0, 0, 6] = True
+    assert seen_keys(mask) == 7
+    mask[1, 0, 1, 9] = True
+    assert seen_keys(mask) == 10
