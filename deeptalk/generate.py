@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from deeptalk.heard_memo import HeardMemo
+from deeptalk.kv_rows import drop_columns, keep_rows, write_rows
 from deeptalk.sequence import (
     TEXT_MODALITY,
     build_prompt_ids,
@@ -47,6 +48,9 @@ from deeptalk.sequence import (
 )
 
 Output = Literal["text", "speech", "both"]
+# continuous batching: cache columns beyond the first batch's prompts and step budget; columns
+# no live row sees are dropped once half of these are
+_SPARE_COLUMNS = 64
 
 
 @dataclass
@@ -235,14 +239,21 @@ class SpeechGenerator:
             yield tok, column
 
     @torch.no_grad()
-    def _decode(self, prompts: Sequence[Prompt], output: Output, cfg: StreamConfig) -> Iterator[tuple]:
+    def _decode(self, prompts: Sequence[Prompt], output: Output, cfg: StreamConfig,
+                rows: int | None = None) -> Iterator[tuple]:
         """The one decoding loop, for one prompt or a left-padded batch (one model step for all rows).
 
-        Yields (None, "prefill", None); then at each step (row, text_id, audio_column [Q] | None)
-        for every row still answering, followed by (row, "stop", "eos") where that row ended;
-        after the step budget, (row, "stop", "max_steps" | "max_new_tokens") for the rest.
+        Yields (r, "prefill", None) once prompt r's prefill is done; then at each step
+        (r, text_id, audio_column [Q] | None) for every prompt r still answering, followed by
+        (r, "stop", reason) where r ended: "eos", or "max_steps" | "max_new_tokens" after the
+        step budget.
+
         A row that has ended leaves the batch (its cache rows with it): a batch runs until its
-        longest answer ends, and most of its rows end long before."""
+        longest answer ends, and most of its rows end long before. `rows` (continuous batching):
+        at most this many prompts decode together; the others wait, in order, and each takes
+        the place of a row that ended: its prompt is prefilled and written into that cache row
+        (deeptalk/kv_rows.py), so the steps stay full. A step's cost is mostly reading the
+        weights: one of 16 rows costs about twice one of a single row on a CPU core."""
         speak = output in ("speech", "both")
         if speak and not all(p.speak for p in prompts):
             raise ValueError("a spoken answer needs a prompt built with speak=True")
@@ -255,37 +266,50 @@ class SpeechGenerator:
             raise ValueError("batch_parallel decoding answers one prompt at a time")
         if parallel and self.words_layout:
             raise ValueError("batch_parallel decoding follows a text-only answer; the 'words' layout holds the text")
+        if rows is not None and rows < 1:
+            raise ValueError(f"rows={rows}: at least one prompt decodes at a time")
         lead = speak and cfg.lead_text
         if lead and parallel:
             raise ValueError("lead_text and batch_parallel both let the text path write the answer: choose one")
-        led = self._text_path_answers(prompts, cfg) if lead else None
-        taken = [0] * len(prompts)  # tokens of the text path's answer written so far, per row
+        led = self._text_path_answers(prompts, cfg, rows) if lead else None
+        taken = [0] * len(prompts)  # tokens of the text path's answer written so far, per prompt
         gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None and cfg.temperature > 0 else None
         model, dev, n, q = self.model, self.model.device, len(prompts), self.cfg.num_codebooks
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids, modality, speech, mask, positions = self._prefill_inputs(prompts, parallel, pad)
+        budget = cfg.max_speech_steps if speak else cfg.max_new_tokens
+        waiting = deque(range(n))
+        continuous = rows is not None and rows < n
+        active = [waiting.popleft() for _ in range(rows if continuous else n)]  # prompt of each cache row
+        # every prompt must fit before the column where it joins: the first batch is padded to the longest
+        width = max(p.input_ids.shape[1] for p in prompts) if continuous else None
+        ids, modality, speech, mask, positions = self._prefill_inputs([prompts[r] for r in active], parallel, pad,
+                                                                      width)
+        past = self._new_cache(cfg, ids.shape[1] + (_SPARE_COLUMNS if continuous else 0), speak)
         out = model(input_ids=ids, speech_embeds=speech, token_modality=modality, attention_mask=mask,
-                    position_ids=positions, past_key_values=self._new_cache(cfg, ids.shape[1], speak),
-                    use_cache=True, logits_to_keep=1, return_audio_logits=speak)
-        past = out.past_key_values
+                    position_ids=positions, past_key_values=past, use_cache=True, logits_to_keep=1,
+                    return_audio_logits=speak)
+        past, column = out.past_key_values, ids.shape[1]  # the cache column the next step writes
         positions = None if positions is None else positions[:, -1:]
-        yield None, "prefill", None
+        text_logits, audio_logits = out.logits[:, -1], out.audio_logits[:, -1] if speak else None
+        for r in active:
+            yield r, "prefill", None
         text_bias = self._text_bias.to(dev)
         audio_bias = self._audio_bias.to(dev) if speak else None
         answers = [_SpokenAnswer(self) for _ in range(n)] if speak else None
-        done = [False] * n
+        done, steps = [False] * n, [0] * n
         # batch-parallel: the text-only companion row (last) supplies the text token
-        text_row = (lambda r: n) if parallel else (lambda r: r)
-        step_modality = torch.tensor([[spoken_answer_modality(self.model.config) if speak else TEXT_MODALITY]] * n
-                                     + ([[TEXT_MODALITY]] if parallel else []), device=dev)
+        text_row = (lambda j: len(active)) if parallel else (lambda j: j)
+        answer_modality = spoken_answer_modality(self.model.config) if speak else TEXT_MODALITY
+        step_modality = torch.tensor([[answer_modality]] * len(active) + ([[TEXT_MODALITY]] if parallel else []),
+                                     device=dev)
         threads = torch.get_num_threads()
         if cfg.decode_threads:
             torch.set_num_threads(cfg.decode_threads)
-        active = list(range(n))  # the batch's rows, by their prompt's index
         try:
-            for s in range(cfg.max_speech_steps if speak else cfg.max_new_tokens):
+            while True:
                 tokens, columns = [], []
                 for j, r in enumerate(active):
+                    s = steps[r]
                     if speak:
                         # once the text has ended nothing is drawn for it (a seeded sampler's stream stays the same)
                         if answers[r].text_done:
@@ -293,31 +317,45 @@ class SpeechGenerator:
                         elif led is not None:  # the text path's next token, offered until it is written
                             raw = led[r][taken[r]] if taken[r] < len(led[r]) else self.tokenizer.eos_token_id
                         else:
-                            raw = int(self._pick(out.logits[text_row(j), -1] + text_bias, cfg, gen))
-                        column = self._pick(out.audio_logits[j, -1] + audio_bias, cfg, gen)  # [Q]
-                        tok, column, finished = answers[r].step(s, raw, column, out.audio_logits[j, -1])
+                            raw = int(self._pick(text_logits[text_row(j)] + text_bias, cfg, gen))
+                        column_codes = self._pick(audio_logits[j] + audio_bias, cfg, gen)  # [Q]
+                        tok, column_codes, finished = answers[r].step(s, raw, column_codes, audio_logits[j])
                         if led is not None and raw is not None and tok == raw:
                             taken[r] += 1
                     else:
-                        tok, column = int(self._pick(out.logits[j, -1] + text_bias, cfg, gen)), None
+                        tok, column_codes = int(self._pick(text_logits[j] + text_bias, cfg, gen)), None
                         finished = tok in self.stop_ids
-                    yield r, tok, column
+                    yield r, tok, column_codes
+                    steps[r] += 1
                     if finished:
                         done[r] = True
                         yield r, "stop", "eos"
+                    elif steps[r] >= budget:
+                        done[r] = True
+                        yield r, "stop", "max_steps" if speak else "max_new_tokens"
                     tokens.append(tok)
-                    columns.append(column)
-                if all(done):
+                    columns.append(column_codes)
+                if all(done[r] for r in active) and not waiting:
                     return
-                keep = [j for j, r in enumerate(active) if not done[r]]
+                ended = [j for j, r in enumerate(active) if done[r]]
+                refill = ended[:len(waiting)]   # rows that take a waiting prompt after this step
+                keep = [j for j in range(len(active)) if j not in ended[len(refill):]]
                 if len(keep) < len(active):  # parallel decoding has one row: it never gets here
-                    rows = torch.tensor(keep, device=dev)
-                    _keep_cache_rows(past, rows)
+                    kept = torch.tensor(keep, device=dev)
+                    keep_rows(past, kept)
+                    refill = [keep.index(j) for j in refill]
                     active = [active[j] for j in keep]
                     tokens, columns = [tokens[j] for j in keep], [columns[j] for j in keep]
-                    step_modality = step_modality.index_select(0, rows)
-                    mask = None if mask is None else mask.index_select(0, rows)
-                    positions = None if positions is None else positions.index_select(0, rows)
+                    step_modality = step_modality.index_select(0, kept)
+                    mask = None if mask is None else mask.index_select(0, kept)
+                    positions = None if positions is None else positions.index_select(0, kept)
+                if continuous:
+                    # columns before every live row's first one are seen by no one: drop them
+                    # (keeping room before the current column for the longest waiting prompt)
+                    first = min(int(mask.argmax(1).min()), column - width)
+                    if first >= _SPARE_COLUMNS // 2:
+                        drop_columns(past, first, column)
+                        mask, column = mask[:, first:], column - first
                 if parallel:  # the companion reads the same text token and no audio
                     tokens.append(tokens[0])
                     columns.append(torch.full_like(columns[0], -1))
@@ -328,15 +366,42 @@ class SpeechGenerator:
                 out = model(input_ids=torch.tensor(tokens, device=dev).view(-1, 1),
                             audio_codes=torch.stack(columns).view(-1, q, 1) if speak else None,
                             attention_mask=mask, position_ids=positions, past_key_values=past,
+                            cache_position=torch.tensor([column], device=dev),
                             token_modality=step_modality, use_cache=True, return_audio_logits=speak)
-                past = out.past_key_values
-            for r in range(n):
-                if not done[r]:
-                    yield r, "stop", "max_steps" if speak else "max_new_tokens"
+                past, column = out.past_key_values, column + 1
+                text_logits, audio_logits = out.logits[:, -1], out.audio_logits[:, -1] if speak else None
+                if refill:
+                    joined = [waiting.popleft() for _ in refill]
+                    mask, positions, text_logits, audio_logits = self._join(
+                        [prompts[r] for r in joined], torch.tensor(refill, device=dev), past, column, mask,
+                        positions, text_logits, audio_logits, speak, pad)
+                    for j, r in zip(refill, joined):
+                        active[j] = r
+                        yield r, "prefill", None
         finally:
             torch.set_num_threads(threads)
 
-    def _text_path_answers(self, prompts: Sequence[Prompt], cfg: StreamConfig) -> list[list[int]]:
+    def _join(self, prompts: Sequence[Prompt], rows: torch.Tensor, past, column: int, mask, positions,
+              text_logits, audio_logits, speak: bool, pad: int):
+        """Prefill `prompts` together and write them into cache `rows`, ending at `column`: their
+        masks, positions and first logits replace those rows' (the updated tensors are returned)."""
+        ids, modality, speech, join_mask, join_positions = self._prefill_inputs(prompts, False, pad,
+                                                                                max(p.input_ids.shape[1] for p in prompts))
+        out = self.model(input_ids=ids, speech_embeds=speech, token_modality=modality, attention_mask=join_mask,
+                         position_ids=join_positions, use_cache=True, logits_to_keep=1, return_audio_logits=speak)
+        write_rows(past, rows, out.past_key_values, column)
+        mask, positions, text_logits = mask.clone(), positions.clone(), text_logits.clone()
+        mask[rows] = 0
+        mask[rows, column - ids.shape[1]:column] = join_mask
+        positions[rows] = join_positions[:, -1:]
+        text_logits[rows] = out.logits[:, -1]
+        if speak:
+            audio_logits = audio_logits.clone()
+            audio_logits[rows] = out.audio_logits[:, -1]
+        return mask, positions, text_logits, audio_logits
+
+    def _text_path_answers(self, prompts: Sequence[Prompt], cfg: StreamConfig,
+                           rows: int | None = None) -> list[list[int]]:
         """lead_text: each spoken prompt's answer on the text path (the prompt without its final
         <|speech_start|>, greedy or as cfg samples), its stop token included where it stopped."""
         from dataclasses import replace
@@ -347,16 +412,17 @@ class SpeechGenerator:
         texts = [replace(p, input_ids=p.input_ids[:, :-1], token_modality=p.token_modality[:, :-1], speak=False)
                  for p in prompts]
         rows: list[list[int]] = [[] for _ in prompts]
-        for r, tok, _ in self._decode(texts, "text", replace(cfg, lead_text=False)):
-            if r is not None and tok != "stop":
+        for r, tok, _ in self._decode(texts, "text", replace(cfg, lead_text=False), rows):
+            if tok not in ("prefill", "stop"):
                 rows[r].append(int(tok))
         return rows
 
-    def _prefill_inputs(self, prompts: Sequence[Prompt], parallel: bool, pad: int):
+    def _prefill_inputs(self, prompts: Sequence[Prompt], parallel: bool, pad: int, width: int | None = None):
         """(input_ids, token_modality, speech_embeds, attention_mask, position_ids) of the prefill.
 
         One prompt goes in as it is (no mask, default positions). Several are left-padded, so
-        every row's next token lands in the same column. Batch-parallel decoding (the paper's
+        every row's next token lands in the same column; to `width` columns where given (with
+        a mask and positions even for one prompt). Batch-parallel decoding (the paper's
         trick) adds a text-only companion row: the same request without <|speech_start|>,
         left-padded by one; its text token is fed to both rows, so the spoken answer follows
         the text-only one."""
@@ -369,11 +435,11 @@ class SpeechGenerator:
             return (torch.cat([ids, torch.cat([pad_col, ids[:, :-1]], 1)]),
                     torch.cat([mod, torch.cat([torch.zeros_like(pad_col), mod[:, :-1]], 1)]),
                     None if p.speech_embeds is None else p.speech_embeds.repeat(2, 1, 1), mask, None)
-        if len(prompts) == 1:
+        if len(prompts) == 1 and width is None:
             p = prompts[0]
             return p.input_ids, p.token_modality, p.speech_embeds, None, None
         dev, b = self.model.device, len(prompts)
-        width = max(p.input_ids.shape[1] for p in prompts)
+        width = max([p.input_ids.shape[1] for p in prompts] + [width or 0])
         ids = torch.full((b, width), pad, dtype=torch.long, device=dev)
         modality = torch.zeros((b, width), dtype=torch.long, device=dev)
         mask = torch.zeros((b, width), dtype=torch.long, device=dev)
@@ -531,7 +597,7 @@ class SpeechGenerator:
         timings: dict[str, float] = {}
         if prompt.t_encoder is not None:
             timings["encoder"] = prompt.t_encoder - prompt.t_start
-        [answer], t_prefill = self._answers([prompt], output, cfg)
+        [answer], [t_prefill], _ = self._answers([prompt], output, cfg)
         timings["prefill_done"] = t_prefill - prompt.t_start
         result = self._result(answer, output, cfg, as_streamed)
         timings["total"] = time.monotonic() - prompt.t_start
@@ -539,44 +605,53 @@ class SpeechGenerator:
         return result
 
     def generate_batch(self, prompts: Sequence[Prompt], output: Output = "text",
-                       cfg: StreamConfig | None = None) -> list[GenerationResult]:
+                       cfg: StreamConfig | None = None, rows: int | None = None) -> list[GenerationResult]:
         """Greedy answers to several prompts in one batch (left-padded, one decoding step for
         all rows), each as `stream()` would give it: the same tokens up to float summation
-        order, audio decoded chunk by chunk as streamed. Sampling or batch-parallel decoding
-        answers one prompt at a time (a shared sampler would draw differently)."""
+        order, audio decoded chunk by chunk as streamed. `rows`: at most this many decode at a
+        time, the next prompt taking the place of each answer that ends (continuous batching).
+        Sampling or batch-parallel decoding answers one prompt at a time (a shared sampler
+        would draw differently).
+
+        Timings per answer, from the call: its prefill done, its last step, and the call's end
+        (every answer's audio decoded)."""
         cfg = cfg or StreamConfig()
         speak = output in ("speech", "both")
         if len(prompts) <= 1 or cfg.temperature > 0 or (speak and cfg.batch_parallel):
             return [self.generate(p, output, cfg, as_streamed=True) for p in prompts]
         t0 = time.monotonic()
-        answers, t_prefill = self._answers(prompts, output, cfg)
+        answers, t_prefill, t_answered = self._answers(prompts, output, cfg, rows)
         results = []
         for answer in answers:
-            result = self._result(answer, output, cfg, as_streamed=True)
-            result.timings = {"prefill_done": t_prefill - t0, "total": time.monotonic() - t0, "batch": float(len(prompts))}
-            results.append(result)
+            results.append(self._result(answer, output, cfg, as_streamed=True))
+        t_end = time.monotonic()
+        for result, t_p, t_a in zip(results, t_prefill, t_answered):
+            result.timings = {"prefill_done": t_p - t0, "answered": t_a - t0, "total": t_end - t0,
+                              "batch": float(len(prompts)), "rows": float(min(rows or len(prompts), len(prompts)))}
         return results
 
-    def _answers(self, prompts: Sequence[Prompt], output: Output, cfg: StreamConfig) -> tuple[list[tuple], float]:
-        """Run the loop to the end: per prompt (text ids, emitted grid, stop reason); and when prefill finished."""
+    def _answers(self, prompts: Sequence[Prompt], output: Output, cfg: StreamConfig,
+                 rows: int | None = None) -> tuple[list[tuple], list[float], list[float]]:
+        """Run the loop to the end: per prompt (text ids, emitted grid, stop reason); and per
+        prompt when its prefill finished and when it ended."""
         speak = output in ("speech", "both")
         if speak and self.codec is None:
             raise ValueError("a spoken answer needs a codec")
         text_ids: list[list[int]] = [[] for _ in prompts]
         grids: list[list[np.ndarray]] = [[] for _ in prompts]
         stops: list[str | None] = [None] * len(prompts)
-        t_prefill = 0.0
-        for r, tok, column in self._decode(prompts, output, cfg):
+        t_prefill, t_answered = [0.0] * len(prompts), [0.0] * len(prompts)
+        for r, tok, column in self._decode(prompts, output, cfg, rows):
             if tok == "prefill":
-                t_prefill = time.monotonic()
+                t_prefill[r] = time.monotonic()
             elif tok == "stop":
-                stops[r] = column
+                stops[r], t_answered[r] = column, time.monotonic()
             else:
                 if column is not None:
                     grids[r].append(column.cpu().numpy())
                 if self._shown(tok, speak):
                     text_ids[r].append(tok)
-        return list(zip(text_ids, grids, stops)), t_prefill
+        return list(zip(text_ids, grids, stops)), t_prefill, t_answered
 
     def _result(self, answer: tuple, output: Output, cfg: StreamConfig, as_streamed: bool) -> GenerationResult:
         """A GenerationResult (without timings) from one row of `_answers`, its audio decoded."""
@@ -629,16 +704,6 @@ class SpeechGenerator:
             if frame is not None:
                 kept.append(frame)
         return np.stack(kept, 1) if kept else np.zeros((q, 0), np.int64)
-
-
-def _keep_cache_rows(past, rows: torch.Tensor) -> None:
-    """Keep only `rows` of a KV cache (static or dynamic), in that order, in place."""
-    for layer in past.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys.index_select(0, rows)
-            layer.values = layer.values.index_select(0, rows)
-        if hasattr(layer, "max_batch_size"):
-            layer.max_batch_size = len(rows)
 
 
 class _TextDeltas:

@@ -115,7 +115,7 @@ def flatten_metrics(data: dict[str, Any], path: str = "?") -> dict[str, float]:
 
 # How a run executes, not which model it is: left out of row labels ("batch_size" is how
 # results files written before `loglikelihood_batch_size` name that batch).
-EXECUTION_ARGS = ("threads", "decode_threads", "device", "loglikelihood_batch_size", "batch_size")
+EXECUTION_ARGS = ("threads", "decode_threads", "device", "loglikelihood_batch_size", "batch_size", "rows")
 
 
 def _model_label(config: dict[str, Any]) -> str:

@@ -98,10 +98,13 @@ def test_speech_to_text_and_text_to_speech(adapter, question_audio):
     assert b.audio is not None and len(b.audio.samples) > 0
 
 
-@pytest.mark.parametrize("output", ["text", "speech"])
-def test_a_batch_answers_as_one_by_one(adapter, question_audio, output):
+@pytest.mark.parametrize("output,rows", [("text", 16), ("speech", 16), ("text", 2), ("speech", 2)])
+def test_a_batch_answers_as_one_by_one(adapter, question_audio, monkeypatch, output, rows):
+    """All three together, or two rows at a time (the third request, a spoken one, takes the
+    place of the first answer that ends): every answer is the one it is alone."""
     from deeptalk_common.tts import synthesize
 
+    monkeypatch.setattr(adapter, "rows", rows)
     short, sr = synthesize("Name a colour.", engine="flite", voice="slt")
     reqs = [Request("q1", audio=question_audio, output_modality=output),
             Request("q2", audio=Audio(short, sr), output_modality=output),
@@ -109,13 +112,23 @@ def test_a_batch_answers_as_one_by_one(adapter, question_audio, output):
     batched = adapter.generate(reqs)
     for req, b in zip(reqs, batched):
         (one,) = adapter.generate([req])
-        assert b.extra["batch"] == 3 and b.prompt == one.prompt
+        assert b.extra["batch"] == 3 and b.timings["rows"] == min(rows, 3) and b.prompt == one.prompt
         assert (b.text, b.tokens, b.extra["stop_reason"]) == (one.text, one.tokens, one.extra["stop_reason"])
         if output == "speech":
             assert b.audio.sample_rate == one.audio.sample_rate
             assert np.allclose(b.audio.samples, one.audio.samples, atol=1e-5)
         else:
             assert b.audio is None and one.audio is None
+
+
+def test_rows_is_how_it_runs_not_which_model(tiny_checkpoint):
+    from deeptalk_eval.errors import UsageError
+    from deeptalk_eval.models.deeptalk import DeepTalkAdapter
+
+    two = DeepTalkAdapter(path=str(tiny_checkpoint), max_speech_steps=12, rows=2)
+    assert two.fingerprint() == DeepTalkAdapter(path=str(tiny_checkpoint), max_speech_steps=12).fingerprint()
+    with pytest.raises(UsageError, match="rows must be a whole number >= 1, got 0"):
+        DeepTalkAdapter(path=str(tiny_checkpoint), rows=0)
 
 
 def test_stream_events_are_api_events(adapter, question_audio):

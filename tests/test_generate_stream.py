@@ -226,6 +226,52 @@ def test_batched_answers_equal_one_by_one(tiny_model, tokenizer, output, eos_bia
         assert "eos" in stops
 
 
+MORE_PROMPTS = PROMPTS + ["Say hello.", "What do bees make, and where do they keep it in winter?", "Two plus two?",
+                         "Tell me the name of a large river in Africa."]
+
+
+@pytest.mark.parametrize("output,eos_bias,cache", [("text", None, "static"), ("speech", 50.0, "static"),
+                                                   ("speech", 50.0, "dynamic")])
+def test_continuous_batching_answers_equal_one_by_one(tiny_model, tokenizer, monkeypatch, output, eos_bias, cache):
+    """Two rows for seven prompts: each answer that ends gives its row to the next prompt
+    (prefilled into that cache row), the columns no row sees any more are dropped, and every
+    answer is the one it is alone; no step decodes more than two rows."""
+    import deeptalk.generate as generate
+
+    monkeypatch.setattr(generate, "_SPARE_COLUMNS", 4)   # drop columns as soon as two are unseen
+    drops = []
+    real_drop = generate.drop_columns
+    monkeypatch.setattr(generate, "drop_columns", lambda past, first, end: (drops.append(first),
+                                                                            real_drop(past, first, end)))
+    cfg = StreamConfig(max_new_tokens=12, max_speech_steps=24, first_chunk_frames=2, chunk_frames=5, cache=cache)
+    g = ending_generator(tiny_model, tokenizer, MORE_PROMPTS, output, cfg, eos_bias)
+    speak = output != "text"
+    prompts = [g.prompt(text=t, speak=speak) for t in MORE_PROMPTS]
+    widths = []
+    forward = g.model.forward
+    monkeypatch.setattr(g.model, "forward", lambda *a, **kw: (widths.append(kw["input_ids"].shape[0]),
+                                                              forward(*a, **kw))[1])
+    batched = g.generate_batch(prompts, output, cfg, rows=2)
+    monkeypatch.setattr(g.model, "forward", forward)
+    assert max(widths) == 2 and widths.count(2) > 10
+    assert drops and all(d >= 2 for d in drops)
+    for p, b in zip(prompts, batched):
+        alone = g.generate(p, output, cfg)
+        assert b.text_ids == alone.text_ids and b.stop_reason == alone.stop_reason
+        if speak:
+            assert np.array_equal(b.codes, alone.codes)
+    assert [b.timings["rows"] for b in batched] == [2.0] * len(prompts)
+    answered = [b.timings["answered"] for b in batched]
+    assert all(0 < b.timings["prefill_done"] < a <= b.timings["total"] for a, b in zip(answered, batched))
+    assert "eos" in {b.stop_reason for b in batched}
+
+
+def test_rows_must_be_at_least_one(gen):
+    prompts = [gen.prompt(text=t) for t in PROMPTS]
+    with pytest.raises(ValueError, match="rows=0"):
+        gen.generate_batch(prompts, "text", StreamConfig(max_new_tokens=4), rows=0)
+
+
 def test_batch_of_sampled_answers_runs_one_by_one(gen):
     cfg = StreamConfig(max_new_tokens=8, temperature=0.9, seed=3)
     prompts = [gen.prompt(text=t) for t in PROMPTS[:2]]

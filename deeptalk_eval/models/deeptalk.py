@@ -58,21 +58,23 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                                 loglikelihood=True)
     # greedy rows decoded together give the one-by-one answers, 1.65x faster on spoken answers at 8
     # (benchmarks/results/batched_decoding.json; gk_dev_t2t: 200 of 200 answers identical) and
-    # 1.3-1.5x faster again at 16, the same 32 of 32 spoken answers (batch_size_t2s.json)
-    greedy_batch_size = 16
+    # 1.3-1.5x faster again at 16, the same 32 of 32 spoken answers (batch_size_t2s.json). The
+    # runner hands over 64 at a time; 16 rows (model arg `rows`) decode together, each answer that
+    # ends giving its row to the next request (benchmarks/results/continuous_batching.json)
+    greedy_batch_size = 64
 
     def __init__(self, path: str | None = None, device: str = "cpu", dtype: str = "float32",
                  routing_mode: str | None = None, first_chunk_frames: int = 2, chunk_frames: int = 10,
                  max_speech_steps: int = 400, batch_parallel: bool = False, codec: str | None = None,
                  loglikelihood_batch_size: int = 8, threads: int | None = None, cache: str | None = None,
                  decode_threads: int | None = None, hearing: str | None = None, written: str | None = None,
-                 lead_text: bool = False):
+                 lead_text: bool = False, rows: int = 16):
         # lead_text is recorded (and fingerprinted) only when on: answers cached before it existed stay valid
         super().__init__(path=path, device=device, dtype=dtype, routing_mode=routing_mode,
                          first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
                          max_speech_steps=max_speech_steps, batch_parallel=batch_parallel, codec=codec,
                          loglikelihood_batch_size=loglikelihood_batch_size, threads=threads, cache=cache,
-                         decode_threads=decode_threads, hearing=hearing, written=written,
+                         decode_threads=decode_threads, hearing=hearing, written=written, rows=rows,
                          **({"lead_text": True} if lead_text else {}))
         from deeptalk.checkpoint import load_checkpoint
         from deeptalk.generate import SpeechGenerator, StreamConfig
@@ -90,6 +92,9 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             raise UsageError(str(e)) from None
         if threads is not None:
             torch.set_num_threads(threads)
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise UsageError(f"deeptalk: model arg rows must be a whole number >= 1, got {rows!r}")
+        self.rows = rows
         if hearing not in (None, "greedy", "lexicon"):
             raise UsageError(f"deeptalk: model arg hearing must be 'greedy' or 'lexicon', got {hearing!r}")
         from deeptalk.speech.written_form import FORMS
@@ -153,7 +158,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
     def fingerprint(self) -> str:
         # where the checkpoint lies is not what it is: its content is hashed, so a copy elsewhere reuses its answers
         opts = {k: v for k, v in sorted(self.args.items())
-                if k not in ("path", "device", "threads", "loglikelihood_batch_size")}
+                if k not in ("path", "device", "threads", "loglikelihood_batch_size", "rows")}
         hearing = self.hearing_settings()
         heard = "" if hearing is None else \
             f":hearing={hashlib.sha256(json.dumps(hearing, sort_keys=True).encode()).hexdigest()[:16]}"
@@ -173,6 +178,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             "device": str(m.device),
             "parameters": sum(p.numel() for p in m.parameters()),
             "stream": self.stream_config.to_dict(),
+            "rows": self.rows,   # greedy answers decoded together, each ended one replaced by the next request
             "batch_parallel": self.stream_config.batch_parallel,
             "first_chunk_frames": self.stream_config.first_chunk_frames,
             "chunk_frames": self.stream_config.chunk_frames,
@@ -268,7 +274,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         for output, cfg, idx in groups.values():
             t0 = time.monotonic()
             prompts = [self._prompt(requests[i], t0, self.heard_memo) for i in idx]
-            results = self.generator.generate_batch(prompts, OUTPUTS[output], cfg)
+            results = self.generator.generate_batch(prompts, OUTPUTS[output], cfg, rows=self.rows)
             for i, p, res in zip(idx, prompts, results):
                 shown = StopCut(requests[i].options.stop)  # the text exactly as stream() shows it
                 text = "".join(shown.push(d) for d in self.generator.text_deltas(res.text_ids) if d) + shown.finish()
