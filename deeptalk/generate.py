@@ -411,11 +411,11 @@ class SpeechGenerator:
             raise ValueError("lead_text: a spoken prompt ends with <|speech_start|>")
         texts = [replace(p, input_ids=p.input_ids[:, :-1], token_modality=p.token_modality[:, :-1], speak=False)
                  for p in prompts]
-        rows: list[list[int]] = [[] for _ in prompts]
+        written: list[list[int]] = [[] for _ in prompts]
         for r, tok, _ in self._decode(texts, "text", replace(cfg, lead_text=False), rows):
             if tok not in ("prefill", "stop"):
-                rows[r].append(int(tok))
-        return rows
+                written[r].append(int(tok))
+        return written
 
     def _prefill_inputs(self, prompts: Sequence[Prompt], parallel: bool, pad: int, width: int | None = None):
         """(input_ids, token_modality, speech_embeds, attention_mask, position_ids) of the prefill.

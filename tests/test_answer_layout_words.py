@@ -258,5 +258,8 @@ def test_lead_text_speaks_what_the_text_path_writes(tokenizer, codec):
     together = g.generate_batch(prompts, "speech", sc)
     assert [r.text for r in together] == written
     assert all(np.array_equal(a.codes, b.codes) for a, b in zip(alone, together))
+    in_turn = g.generate_batch(prompts, "speech", sc, rows=1)   # one row: the second waits for the first
+    assert [r.text for r in in_turn] == written
+    assert all(np.array_equal(a.codes, b.codes) for a, b in zip(alone, in_turn))
     own = g.generate(prompts[0], "speech", StreamConfig(max_new_tokens=12, max_speech_steps=200))
     assert own.text != written[0]
