@@ -21,10 +21,9 @@ def _layers(past):
 
 def keep_rows(past, rows: torch.Tensor) -> None:
     """Keep only `rows` of the cache, in that order."""
+    for layer in _layers(past):
+        layer.keys, layer.values = layer.keys.index_select(0, rows), layer.values.index_select(0, rows)
     for layer in past.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys.index_select(0, rows)
-            layer.values = layer.values.index_select(0, rows)
         if hasattr(layer, "max_batch_size"):
             layer.max_batch_size = len(rows)
 
