@@ -13,6 +13,12 @@ voice's end padding does not count. The text read is the doc's `reference_field`
 sentence a TTS task asks for) or, without one, the answer's own text channel (what the model
 said it was saying). The reference voice's audio comes from the shared TTS cache
 (`deeptalk_common.tts`): the same text is synthesised once for every model and run.
+
+The reference reads with its sampling noise off (Piper: noise_scale = noise_w = 0, the
+voice's expected phoneme durations). Piper's noise comes from generators seeded once per
+process, so with noise on the reference for a text depended on what the process had
+synthesised before it: two cold runs that met the texts in another order moved
+`duration_within_30` by up to 0.04 with every answer the same.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from deeptalk_eval.scoring.base import SampleView, ScoringContext, register_scor
 WITHIN = 0.3      # the goal's band: ±30 %
 FLOOR_DB = 40.0   # quieter than this below the peak is silence
 FRAME_S = 0.02
+# the engines whose reading draws noise, and the settings that turn it off
+NOISE_OFF = {"piper": {"noise_scale": 0.0, "noise_w": 0.0}}
 
 
 def speech_seconds(samples: np.ndarray, sample_rate: int) -> float:
@@ -59,8 +67,10 @@ def speech_duration(sample: SampleView, ctx: ScoringContext, reference_field: st
     from deeptalk_eval.scoring.scorers import _field
 
     engine, name = _parse_voice(voice)
+    quiet = NOISE_OFF.get(engine, {})
     ctx.info.setdefault("speech_duration", {"voice": voice, "within": WITHIN, "silence_floor_db": FLOOR_DB,
-                                            "text": reference_field or "the answer's text channel"})
+                                            "text": reference_field or "the answer's text channel",
+                                            "voice_settings": quiet})
     text = str(_field(sample, ctx, reference_field)) if reference_field else \
         (sample.response.text if sample.response is not None else None)
     if not text or not text.strip():
@@ -71,7 +81,7 @@ def speech_duration(sample: SampleView, ctx: ScoringContext, reference_field: st
     said = speech_seconds(audio.samples, audio.sample_rate) if audio is not None else 0.0
     if said <= 0.0:
         return {"duration_ratio": None, "duration_within_30": 0.0}
-    wav, sr = synthesize(text.strip(), engine, name)
+    wav, sr = synthesize(text.strip(), engine, name, **quiet)
     read = speech_seconds(wav, sr)
     if read <= 0.0:
         return {"duration_ratio": None, "duration_within_30": None}
