@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deeptalk_eval.api import Audio, GenerationOptions, Request, Turn, UnsupportedRequest
+from deeptalk_eval.errors import UsageError
 from deeptalk_eval.models.text_llm import BaseLLM
 
 PAIRS = [
@@ -122,7 +123,57 @@ def test_greedy_generation_is_deterministic_and_records_prompt(loaded, llm):
                              pad_token_id=llm._eos_ids()[0])
     assert a.text == tok.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
     assert a.tokens["prompt"] == ids.shape[1] and 0 < a.tokens["completion"] <= 24
-    assert 0 < a.timings["first_token"] <= a.timings["first_text"] <= a.timings["total"]
+    (alone,) = llm.generate([req])  # one request: the streaming path, timed token by token
+    assert alone.text == a.text and alone.tokens == a.tokens
+    assert 0 < alone.timings["first_token"] <= alone.timings["first_text"] <= alone.timings["total"]
+
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three colours of the rainbow, separated by commas.",
+    "Who wrote the play Romeo and Juliet? Answer briefly, and then explain in two sentences why it is famous.",
+    "2+2?",
+    "List the planets of the solar system, one per line.",
+    "Write a long essay about the history of Rome.",
+    "Say yes.",
+]
+
+
+@pytest.mark.parametrize("stop", [(), (", ", "\n")])
+def test_batched_greedy_answers_are_the_one_by_one_answers(loaded, stop):
+    # Prompts of different lengths (left padding), fewer rows than requests (several batches),
+    # answers that end by EOS, by the budget and (with stop strings) by a stop string.
+    model, tok = loaded
+    llm = BaseLLM(model=model, tokenizer=tok, rows=3)
+    reqs = [Request(id=f"b{i}", text=q, system="Answer briefly." if i % 2 else None,
+                    options=GenerationOptions(max_new_tokens=24, stop=stop)) for i, q in enumerate(QUESTIONS)]
+    steps = []
+    hook = model.register_forward_hook(lambda mod, args, kw, out: steps.append(kw["input_ids"].shape[0]),
+                                       with_kwargs=True)
+    try:
+        batched = llm.generate(reqs)
+    finally:
+        hook.remove()
+    assert max(steps) == 3 and len(steps) <= 3 * 25  # 3 batches of at most 3 rows, <= 1 + 24 passes each
+    alone = [llm.generate([r])[0] for r in reqs]
+    for a, b in zip(alone, batched):
+        assert (b.text, b.prompt, b.extra["stop_reason"]) == (a.text, a.prompt, a.extra["stop_reason"])
+        assert b.extra["batch"] <= 3
+        if b.extra["stop_reason"] == "stop_string":
+            # a stream ends a token or more after its stop string (when its reader saw it): never fewer
+            assert 0 < b.tokens["completion"] <= a.tokens["completion"]
+        else:
+            assert b.tokens == a.tokens
+    reasons = {b.extra["stop_reason"] for b in batched}
+    assert reasons == ({"eos", "max_new_tokens", "stop_string"} if stop else {"eos", "max_new_tokens"})
+
+
+def test_sampled_requests_are_not_batched(llm):
+    opts = GenerationOptions(max_new_tokens=6, temperature=1.0, seed=5)
+    reqs = [Request(id="x", text="Tell me a word.", options=opts), Request(id="y", text="Say hi.")]
+    out = llm.generate(reqs)
+    assert out[0].extra["sampled"] is True and "batch" not in out[0].extra
+    assert out[1].text == llm.generate([reqs[1]])[0].text
 
 
 def test_stop_strings_system_and_history(llm):
@@ -205,6 +256,10 @@ def test_fingerprint_tracks_weights_and_options(loaded, llm):
     assert llm.fingerprint() != other.fingerprint()  # different options
     # the scoring batch changes how it runs, not what it answers
     assert BaseLLM(model=model, tokenizer=tok, loglikelihood_batch_size=5).fingerprint() == llm.fingerprint()
+    assert BaseLLM(model=model, tokenizer=tok, rows=2).fingerprint() == llm.fingerprint()
+    for bad in (0, True, "4"):
+        with pytest.raises(UsageError, match=f"model arg rows must be a whole number >= 1, got {bad!r}"):
+            BaseLLM(model=model, tokenizer=tok, rows=bad)
     assert llm.describe()["parameters"] == sum(p.numel() for p in model.parameters())
 
 

@@ -105,6 +105,37 @@ def test_silent_input_gets_no_answer_and_empty_input_is_an_error(cascade):
         cascade.generate([Request(id="none", text="  ")])
 
 
+def test_a_batch_answers_what_each_request_gets_alone(cascade):
+    # The runner hands greedy requests over in batches: one batched ASR pass, the LLM's batched
+    # greedy path, then TTS per sentence. Each answer must be the one the request gets alone.
+    from deeptalk_common.tts import synthesize
+
+    def spoken(q):
+        return Audio(*synthesize(q, engine="piper", voice="joe"))
+
+    opts = GenerationOptions(max_new_tokens=40)
+    reqs = [
+        Request(id="s2t", audio=spoken("What is the capital of France?"), output_modality="text", options=opts),
+        Request(id="s2s", audio=spoken("What colour is the sky?"), text="Answer in one sentence.",
+                output_modality="both", options=opts),
+        Request(id="t2s", text="Tell me about Paris in two short sentences.", output_modality="speech", options=opts),
+        Request(id="t2t", text="Say yes.", options=opts),
+        Request(id="quiet", audio=Audio(np.zeros(16000, np.float32), 16000), output_modality="both", options=opts),
+    ]
+    batched = cascade.generate(reqs)
+    for r, b in zip(reqs, batched):
+        (a,) = cascade.generate([r])
+        assert b.extra.pop("batch") == len(reqs)
+        assert (b.text, b.prompt, b.tokens, b.extra) == (a.text, a.prompt, a.tokens, a.extra), r.id
+        assert (a.audio is None) == (b.audio is None), r.id
+        if a.audio is not None:  # the same sentences; Piper's noise differs per call in a process
+            assert b.audio.sample_rate == a.audio.sample_rate
+            assert abs(b.audio.duration / a.audio.duration - 1) < 0.15, r.id
+    assert batched[2].text is None and len(batched[2].extra["spoken_sentences"]) >= 2
+    assert batched[4].extra["asr_transcript"] == "" and batched[4].audio is None
+    assert batched[0].timings["asr_done"] <= batched[0].timings["llm_done"] <= batched[0].timings["total"]
+
+
 def test_fingerprint_and_describe(cascade):
     d = cascade.describe()
     identity = d["tts"].pop("identity")

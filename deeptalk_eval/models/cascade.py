@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -74,7 +76,8 @@ class Cascade(TextPathScoring, SpokenModel):
     model_args: asr (Whisper model, default tiny.en), asr_backend (openai-whisper |
     faster-whisper), llm (BaseLLM path, default smollm2-135m-instruct), llm_dtype (float32),
     tts (engine:voice, default piper:joe), device (cpu), warmup (true: load every leg and
-    synthesise once at start, so the first request is not a cold start).
+    synthesise once at start, so the first request is not a cold start), rows (greedy
+    answers the LLM decodes together; default the LLM's, 16).
     `llm=` also accepts a BaseLLM instance (Python callers, tests).
     """
 
@@ -82,6 +85,9 @@ class Cascade(TextPathScoring, SpokenModel):
     capabilities = Capabilities(
         text_in=True, audio_in=True, text_out=True, audio_out=True, streaming=True, loglikelihood=True
     )
+    # Greedy requests the runner hands over at once: heard in one batched ASR pass, answered
+    # by the LLM's batched greedy path, each answer what stream() gives (`_generate_batch`).
+    greedy_batch_size = 64
 
     def __init__(
         self,
@@ -92,9 +98,10 @@ class Cascade(TextPathScoring, SpokenModel):
         tts: str = "piper:joe",
         device: str = "cpu",
         warmup: bool = True,
+        rows: int | None = None,
     ):
         super().__init__(asr=asr, asr_backend=asr_backend, llm=llm if isinstance(llm, str) else llm.path,
-                         llm_dtype=llm_dtype, tts=tts, device=device)
+                         llm_dtype=llm_dtype, tts=tts, device=device, rows=rows)
         from deeptalk_common import tts as tts_lib
         from deeptalk_eval.scoring.asr import make_transcriber
 
@@ -105,7 +112,14 @@ class Cascade(TextPathScoring, SpokenModel):
             raise UsageError(f"model arg tts={tts!r}: the {self.tts_engine} engine is not installed here")
         # No transcript cache: a cached transcript would hide the ASR time from the latency figures.
         self.transcriber = make_transcriber({"backend": asr_backend, "model": str(asr), "device": device, "cache": False})
-        self.llm = llm if isinstance(llm, BaseLLM) else BaseLLM(path=str(llm), dtype=llm_dtype, device=device)
+        if isinstance(llm, BaseLLM):
+            self.llm = llm
+            if rows is not None:
+                BaseLLM.check_rows(rows)
+                self.llm.rows = rows
+        else:
+            self.llm = BaseLLM(path=str(llm), dtype=llm_dtype, device=device,
+                               **({} if rows is None else {"rows": rows}))
         if warmup:
             _ = self.transcriber.model  # loads Whisper
             self.speak("Ready.")  # loads the voice
@@ -139,7 +153,33 @@ class Cascade(TextPathScoring, SpokenModel):
             "tts": {"engine": self.tts_engine, "voice": self.tts_voice, "cache": False,
                     "identity": self._tts_identity()},
             "streaming": "LLM deltas as decoded; TTS per completed sentence",
+            "batches": "greedy requests: one batched ASR pass, the LLM's rows decoded together "
+                       "(left-padded), TTS per sentence; each answer the streamed one",
         }
+
+    # -- the LLM's request ------------------------------------------------------------------------
+    def _history(self, request: Request) -> list[Turn]:
+        """The earlier turns as text: spoken ones transcribed."""
+        history = []
+        for i, turn in enumerate(request.history):
+            if turn.text is None and turn.audio is not None:
+                turn = Turn(turn.role, text=self._hear(turn.audio, request.id, f"request {request.id} history[{i}]"))
+            history.append(turn)
+        return history
+
+    def _llm_request(self, request: Request, history: list[Turn], heard: str | None) -> Request:
+        """What the LLM leg is asked: the transcript (after the request's text prompt, an
+        instruction, when both come) or the written text."""
+        if request.audio is not None:
+            user_text = f"{request.text.strip()}\n\n{heard}" if request.text and request.text.strip() else heard
+        elif request.text and request.text.strip():
+            user_text = request.text
+        else:
+            raise UnsupportedRequest(f"request {request.id}: neither text nor audio")
+        # an lm-eval context (raw prompt) reaches the LLM untemplated, as base_llm gets it
+        return Request(id=request.id, text=user_text, history=history, system=request.system,
+                       output_modality="text", options=request.options,
+                       raw_prompt=request.raw_prompt and request.audio is None)
 
     # -- streaming ----------------------------------------------------------------------------
     def stream(self, request: Request) -> Iterator[StreamEvent]:
@@ -150,17 +190,12 @@ class Cascade(TextPathScoring, SpokenModel):
         want_text = request.output_modality in ("text", "both")
         want_audio = request.output_modality in ("speech", "both")
 
-        history = []
-        for i, turn in enumerate(request.history):
-            if turn.text is None and turn.audio is not None:
-                turn = Turn(turn.role, text=self._hear(turn.audio, request.id, f"request {request.id} history[{i}]"))
-            history.append(turn)
+        history = self._history(request)
+        heard = None
         if request.audio is not None:
             heard = self._hear(request.audio, request.id, f"request {request.id}")
             extra["asr_transcript"] = heard
             yield StreamEvent("mark", time.monotonic(), name="asr_done")
-            # A text prompt that comes with the audio (an instruction) goes before the transcript.
-            user_text = f"{request.text.strip()}\n\n{heard}" if request.text and request.text.strip() else heard
             if not heard:
                 # The ASR heard nothing (silence, noise): a cascade has nothing to answer.
                 # An empty reply is scored as no answer; it is not a failure of the pipeline.
@@ -168,15 +203,7 @@ class Cascade(TextPathScoring, SpokenModel):
                 yield StreamEvent("end", time.monotonic(), info={
                     "prompt": None, "tokens": {"prompt": None, "completion": None}, **extra})
                 return
-        elif request.text and request.text.strip():
-            user_text = request.text
-        else:
-            raise UnsupportedRequest(f"request {request.id}: neither text nor audio")
-
-        # an lm-eval context (raw prompt) reaches the LLM untemplated, as base_llm gets it
-        llm_request = Request(id=request.id, text=user_text, history=history, system=request.system,
-                              output_modality="text", options=request.options,
-                              raw_prompt=request.raw_prompt and request.audio is None)
+        llm_request = self._llm_request(request, history, heard)
         llm_info: dict[str, Any] = {}
         sentences = SentenceBuffer()
         spoken: list[str] = []
@@ -214,13 +241,70 @@ class Cascade(TextPathScoring, SpokenModel):
             "tokens": {"prompt": llm_tokens.get("prompt"), "completion": llm_tokens.get("completion")},
             "stop_reason": llm_info.get("stop_reason"), **extra})
 
+    # -- batches ------------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Response]:
+        if len(requests) > 1 and all(r.options.temperature == 0 for r in requests):
+            return self._generate_batch(requests)
         out = []
         for r in requests:
             resp = collect_stream(self.stream(r))
             if r.output_modality in ("text", "both"):
                 resp.text = resp.text or ""
             out.append(resp)
+        return out
+
+    def _generate_batch(self, requests: Sequence[Request]) -> list[Response]:
+        """Greedy requests leg by leg: every question heard in one batched ASR pass, every
+        answer decoded by the LLM's batched greedy path, then each answer spoken sentence by
+        sentence. Each response holds what `stream()` gives: the same transcript, text,
+        sentences and info; its timings are the batch's (asr_done, llm_done, total)."""
+        t0 = time.monotonic()
+        spoken_in = [i for i, r in enumerate(requests) if r.audio is not None]
+        heard: dict[int, str] = {}
+        if spoken_in:
+            transcripts = self.transcriber.transcribe_many([requests[i].audio for i in spoken_in],
+                                                           ids=[requests[i].id for i in spoken_in], progress=False)
+            heard = {i: (t or "").strip() for i, t in zip(spoken_in, transcripts)}
+        t_asr = time.monotonic() - t0
+        asked = {i: self._llm_request(r, self._history(r), heard.get(i)) for i, r in enumerate(requests)
+                 if r.audio is None or heard[i]}
+        answers = dict(zip(asked, self.llm.generate(list(asked.values())))) if asked else {}
+        t_llm = time.monotonic() - t0
+        out = []
+        for i, r in enumerate(requests):
+            extra: dict[str, Any] = {"asr_transcript": heard[i]} if i in heard else {}
+            timings = {"asr_done": t_asr} if i in heard else {}
+            answer = answers.get(i)
+            if answer is None:  # heard nothing: no answer, as stream() ends
+                extra.update(llm_text="", spoken_sentences=[])
+                out.append(Response(text="" if r.output_modality in ("text", "both") else None,
+                                    tokens={"prompt": None, "completion": None},
+                                    timings={**timings, "total": time.monotonic() - t0}, extra={**extra, "batch": len(requests)}))
+                continue
+            text = answer.text or ""
+            audio = None
+            spoken: list[str] = []
+            if r.output_modality in ("speech", "both"):
+                buffer = SentenceBuffer()
+                sentences = buffer.push(text)
+                if (rest := buffer.flush()):
+                    sentences.append(rest)
+                chunks = []
+                for sentence in sentences:
+                    if not _SPEAKABLE.search(sentence):
+                        extra["unspeakable_segments"] = extra.get("unspeakable_segments", 0) + 1
+                        continue
+                    spoken.append(sentence)
+                    chunks.append(self.speak(sentence))
+                if chunks:
+                    audio = Audio(np.concatenate([c.samples for c in chunks]), chunks[0].sample_rate)
+            extra.update(llm_text=text, spoken_sentences=spoken)
+            out.append(Response(
+                text=text if r.output_modality in ("text", "both") else None, audio=audio,
+                timings={**timings, "llm_done": t_llm, "total": time.monotonic() - t0},
+                prompt=answer.prompt,
+                tokens={"prompt": answer.tokens.get("prompt"), "completion": answer.tokens.get("completion")},
+                extra={"stop_reason": answer.extra.get("stop_reason"), **extra, "batch": len(requests)}))
         return out
 
     # A cascade's text path is its LLM: text retention scores the LLM leg as it is configured.

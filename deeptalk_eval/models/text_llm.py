@@ -24,7 +24,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import (
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+    TextStreamer,
+)
 
 from deeptalk_common.dtypes import torch_dtype
 from deeptalk_eval.api import (
@@ -37,7 +43,7 @@ from deeptalk_eval.api import (
     collect_stream,
 )
 from deeptalk_eval.errors import UsageError
-from deeptalk_eval.stop_strings import StopCut
+from deeptalk_eval.stop_strings import StopCut, first_stop
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer says
 
@@ -70,6 +76,43 @@ def _named_timeout(streamer: _TimedStreamer, request_id: str) -> Iterator[str]:
                            "(a hung generation thread, or the process was suspended)") from None
 
 
+class _DeltaCollector(TextStreamer):
+    """The text deltas a `_TimedStreamer` would hand out for the same tokens, collected in a list."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self.deltas: list[str] = []
+
+    def on_finalized_text(self, text: str, stream_end: bool = False):
+        self.deltas.append(text)
+
+
+def stream_deltas(tokenizer, token_ids: Sequence[int]) -> list[str]:
+    """Text deltas of `token_ids` fed one at a time, as `stream()` hands them out."""
+    collector = _DeltaCollector(tokenizer)
+    for t in token_ids:
+        collector.put(torch.tensor([t]))
+    collector.end()
+    return collector.deltas
+
+
+class _RowStops(StoppingCriteria):
+    """Ends a row of a batch once its new text contains a stop string (the others go on)."""
+
+    def __init__(self, tokenizer, prompt_width: int, stops: Sequence[str]):
+        self.tokenizer, self.width, self.stops = tokenizer, prompt_width, [s for s in stops if s]
+        self.ended_at: dict[int, int] = {}  # row -> its new tokens when a stop string first showed
+
+    def __call__(self, input_ids, scores, **kwargs):
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.stops:
+            for r, row in enumerate(input_ids[:, self.width:].tolist()):
+                if r in self.ended_at or first_stop(self.tokenizer.decode(row, skip_special_tokens=True), self.stops) >= 0:
+                    self.ended_at.setdefault(r, len(row))
+                    done[r] = True
+        return done
+
+
 class _StopFlag(StoppingCriteria):
     """Lets the consumer stop generation once a stop string has been seen."""
 
@@ -86,7 +129,7 @@ class BaseLLM(SpokenModel):
     model_args: path (default smollm2-135m-instruct), dtype (float32), device (cpu),
     loglikelihood_batch_size (8: requests per scoring forward pass), max_length (context
     limit for scoring; default from the model config), chat_template (true: render requests
-    with the tokenizer's template).
+    with the tokenizer's template), rows (16: greedy answers decoded together).
     `model=` / `tokenizer=` accept already-loaded objects (Python callers, tests).
     """
 
@@ -94,6 +137,9 @@ class BaseLLM(SpokenModel):
     capabilities = Capabilities(
         text_in=True, audio_in=False, text_out=True, audio_out=False, streaming=True, loglikelihood=True
     )
+    # The runner hands over this many greedy requests at once; `rows` of them decode together
+    # (left-padded, shortest prompts together) and each gets the answer `stream()` gives it.
+    greedy_batch_size = 64
 
     def __init__(
         self,
@@ -103,11 +149,12 @@ class BaseLLM(SpokenModel):
         loglikelihood_batch_size: int = 8,
         max_length: int | None = None,
         chat_template: bool = True,
+        rows: int = 16,
         model: torch.nn.Module | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
     ):
         super().__init__(path=path, dtype=dtype, device=device, loglikelihood_batch_size=loglikelihood_batch_size,
-                         max_length=max_length, chat_template=chat_template)
+                         max_length=max_length, chat_template=chat_template, rows=rows)
         try:
             weights_dtype = torch_dtype(dtype, "model arg dtype")
         except ValueError as e:
@@ -117,6 +164,7 @@ class BaseLLM(SpokenModel):
         if loglikelihood_batch_size < 1:
             raise UsageError(f"model arg loglikelihood_batch_size={loglikelihood_batch_size!r} must be >= 1")
         self.loglikelihood_batch_size = loglikelihood_batch_size
+        self.rows = self.check_rows(rows)
         self.use_chat_template = chat_template
         if (model is None) != (tokenizer is None):
             raise ValueError("BaseLLM: pass both model= and tokenizer=, or neither")
@@ -134,6 +182,12 @@ class BaseLLM(SpokenModel):
             self.max_length = max_length
         self._weights_sha: str | None = None
 
+    @staticmethod
+    def check_rows(rows: Any) -> int:
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise UsageError(f"model arg rows must be a whole number >= 1, got {rows!r}")
+        return rows
+
     # -- identity ---------------------------------------------------------------------------
     def weights_sha256(self) -> str:
         """sha256 over every parameter and buffer (names, shapes, bytes); computed once."""
@@ -147,7 +201,7 @@ class BaseLLM(SpokenModel):
 
     def fingerprint(self) -> str:
         # how it runs (device, scoring batch) does not change what it answers
-        opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "loglikelihood_batch_size")}
+        opts = {k: v for k, v in sorted(self.args.items()) if k not in ("device", "loglikelihood_batch_size", "rows")}
         return f"base_llm:{self.weights_sha256()[:16]}:{opts}:max_length={self.max_length}"
 
     def describe(self) -> dict[str, Any]:
@@ -159,6 +213,7 @@ class BaseLLM(SpokenModel):
             "device": str(self.device),
             "weights_sha256": self.weights_sha256(),
             "max_length": self.max_length,
+            "rows": self.rows,
             "context_truncation": "left (continuation always whole)",
             "chat_template": self.use_chat_template and bool(getattr(self.tokenizer, "chat_template", None)),
             "scoring": "lm-eval HFLM conventions",
@@ -281,16 +336,20 @@ class BaseLLM(SpokenModel):
             eos.append(self.tokenizer.eos_token_id)
         return eos
 
+    def _encode_prompt(self, request: Request) -> tuple[str, torch.Tensor]:
+        """The rendered prompt and its token ids (special tokens added unless the template has them)."""
+        prompt = self.render_prompt(request)
+        templated = (self.use_chat_template and not request.raw_prompt
+                     and getattr(self.tokenizer, "chat_template", None))
+        return prompt, self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated).input_ids
+
     def stream(self, request: Request) -> Iterator[StreamEvent]:
         """Text deltas as they are decoded; marks "prefill_start", "first_token", "last_token";
         the end's info: prompt, tokens (prompt, completion), stop_reason, seed, sampled."""
         if request.output_modality != "text":
             raise UnsupportedRequest(f"request {request.id}: base_llm produces text only, not {request.output_modality}")
         opts = request.options
-        prompt = self.render_prompt(request)
-        templated = (self.use_chat_template and not request.raw_prompt
-                     and getattr(self.tokenizer, "chat_template", None))
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=not templated)
+        prompt, input_ids = self._encode_prompt(request)
         stop_reason = None     # "stop_string" below, else decided by the token count at the end
 
         streamer = _TimedStreamer(self.tokenizer, timeout=TOKEN_TIMEOUT_S)
@@ -298,7 +357,7 @@ class BaseLLM(SpokenModel):
         sample = opts.temperature > 0
         eos = self._eos_ids()
         gen_kwargs = dict(
-            input_ids=enc.input_ids.to(self.device), attention_mask=enc.attention_mask.to(self.device),
+            input_ids=input_ids.to(self.device), attention_mask=torch.ones_like(input_ids).to(self.device),
             max_new_tokens=opts.max_new_tokens, do_sample=sample,
             temperature=opts.temperature if sample else None, top_p=opts.top_p if sample else None, top_k=None,
             eos_token_id=eos, pad_token_id=eos[0] if eos else None,
@@ -345,19 +404,82 @@ class BaseLLM(SpokenModel):
         if streamer.token_times:
             # Stamped when the model made it: a consumer that lagged behind (TTS) sees it later.
             yield StreamEvent("mark", streamer.token_times[-1], name="last_token")
-        tokens = {"prompt": int(enc.input_ids.shape[1]), "completion": len(streamer.token_times)}
+        tokens = {"prompt": int(input_ids.shape[1]), "completion": len(streamer.token_times)}
         if stop_reason is None:   # every token of the budget made and none of them EOS: the cap ended it
             stop_reason = "max_new_tokens" if tokens["completion"] >= opts.max_new_tokens else "eos"
         yield StreamEvent("end", time.monotonic(), info={"prompt": prompt, "tokens": tokens, "stop_reason": stop_reason,
                                                          "seed": opts.seed, "sampled": sample})
 
     def generate(self, requests: Sequence[Request]) -> list[Response]:
-        out = []
-        for r in requests:
-            resp = collect_stream(self.stream(r))
-            resp.text = resp.text or ""
-            out.append(resp)
-        return out
+        """Greedy text requests with the same options decode `rows` at a time; the rest one by one."""
+        out: list[Response | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            if len(requests) > 1 and r.output_modality == "text" and r.options.temperature == 0:
+                groups.setdefault((r.options.max_new_tokens, tuple(r.options.stop)), []).append(i)
+            else:
+                out[i] = collect_stream(self.stream(r))
+        for idx in groups.values():
+            for i, resp in zip(idx, self._generate_greedy([requests[i] for i in idx])):
+                out[i] = resp
+        for resp in out:
+            resp.text = resp.text or ""  # type: ignore[union-attr]
+        return out  # type: ignore[return-value]
+
+    def _generate_greedy(self, requests: Sequence[Request]) -> list[Response]:
+        """Greedy answers of requests sharing their options, `rows` prompts per left-padded batch
+        (similar lengths together); each response carries what `stream()` would show."""
+        t0 = time.monotonic()
+        opts = requests[0].options
+        eos = self._eos_ids()
+        pad = eos[0] if eos else (self.tokenizer.pad_token_id or 0)
+        encoded = [self._encode_prompt(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: encoded[i][1].shape[1])
+        out: list[Response | None] = [None] * len(requests)
+        for start in range(0, len(order), self.rows):
+            idx = order[start:start + self.rows]
+            width = max(encoded[i][1].shape[1] for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros(len(idx), width, dtype=torch.long)
+            for r, i in enumerate(idx):  # left padding: every answer starts at the same column
+                n = encoded[i][1].shape[1]
+                ids[r, width - n:], mask[r, width - n:] = encoded[i][1][0], 1
+            stops = _RowStops(self.tokenizer, width, opts.stop)
+            with torch.no_grad():
+                generated = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                    max_new_tokens=opts.max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
+                    eos_token_id=eos, pad_token_id=pad, stopping_criteria=StoppingCriteriaList([stops]),
+                )[:, width:].tolist()
+            done = time.monotonic() - t0
+            for r, i in enumerate(idx):
+                row = generated[r][:stops.ended_at[r]] if r in stops.ended_at else generated[r]
+                out[i] = self._greedy_response(requests[i], encoded[i], row, eos, done, len(idx))
+        return out  # type: ignore[return-value]
+
+    def _greedy_response(self, request: Request, encoded: tuple[str, torch.Tensor], row: list[int],
+                         eos: list[int], done: float, batch: int) -> Response:
+        """One row of a batch as the response `stream()` gives: its tokens up to its end (EOS
+        kept, as the streamer counts it; the pads after a row's stop string are cut before),
+        the text cut at the first stop string."""
+        opts = request.options
+        end = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
+        tokens = row[:end]
+        cutter, text = StopCut(opts.stop), []
+        for delta in stream_deltas(self.tokenizer, tokens):
+            text.append(cutter.push(delta))
+            if cutter.stopped:
+                break
+        text.append(cutter.finish())
+        if cutter.stopped:
+            stop_reason = "stop_string"
+        else:
+            stop_reason = "max_new_tokens" if len(tokens) >= opts.max_new_tokens else "eos"
+        prompt, input_ids = encoded
+        return Response(text="".join(text), prompt=prompt,
+                        tokens={"prompt": int(input_ids.shape[1]), "completion": len(tokens)},
+                        timings={"answered": done, "total": done},
+                        extra={"stop_reason": stop_reason, "seed": opts.seed, "sampled": False, "batch": batch})
 
 
 class TextPathScoring:
