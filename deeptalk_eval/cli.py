@@ -75,6 +75,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "default, see deeptalk_eval.scoring.asr; 1: one by one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--retry-failed", action="store_true", help="run again samples whose failure is cached")
+    p.add_argument("--remeasure-latency", action="store_true",
+                   help="time the streamed (latency) tasks afresh; by default a repeated command on the same "
+                        "machine, code and settings replays its earlier timings from the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--judge", metavar="SPEC",
                    help="LLM judge for judged tasks (VoiceBench's open-ended sets): openai:MODEL (an "
@@ -134,6 +137,7 @@ def options_from_args(args: argparse.Namespace):
         output_dir=args.output_dir, log_samples=args.log_samples or bool(args.shard) or shard_from_env() is not None,
         batch_size=args.batch_size, shard=parse_shard(args.shard) or shard_from_env(), stage=args.stage,
         online=args.online, asr=args.asr, asr_batch_size=args.asr_batch_size, device=args.device, retry_failed=args.retry_failed,
+        remeasure_latency=args.remeasure_latency,
         progress=not args.no_progress, shared_cache=not args.no_shared_cache, judge=args.judge,
         stamp=args.run_stamp, stream_tasks=args.stream_tasks)
 

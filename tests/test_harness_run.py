@@ -128,9 +128,11 @@ def test_stream_task_is_timed_by_the_harness(cli, scripted, test_tasks, tmp_path
     assert all(b["t_rel"] >= a["t_rel"] for a, b in zip(events[1:], events[2:]))
 
 
-def test_a_new_run_measures_latency_again_but_reuses_other_responses(cli, scripted, test_tasks, tmp_path):
-    # Streamed responses carry timings: once a command has completed, running it again must
-    # measure again rather than replay the cache; plain responses are reused.
+def test_a_repeated_command_replays_its_timings_until_machine_code_or_settings_change(cli, scripted, test_tasks,
+                                                                                       tmp_path, monkeypatch):
+    # Streamed responses carry timings, a measurement of this code on this machine: the same
+    # command again replays them (the same figures, no minutes spent timing again) unless asked
+    # to measure again, or unless what a timing depends on changed.
     args = base_args(scripted, test_tasks, tmp_path, "--tasks", "echo_stream,echo_fast", "--limit", "3")
     assert cli(*args)[0] == 0
     first = results_of(tmp_path)
@@ -139,11 +141,30 @@ def test_a_new_run_measures_latency_again_but_reuses_other_responses(cli, script
     assert set(timing) == {"model_load", "echo_stream", "echo_fast", "total"}
     parts = [timing[k] for k in ("model_load", "echo_stream", "echo_fast")]  # disjoint spans inside the total
     assert min(parts) >= 0 and sum(parts) <= timing["total"] + 0.02
-    assert not list((tmp_path / ".cache").glob("*.measurement"))  # cleared when the run completed
-    assert cli(*args)[0] == 0
-    second = max(tmp_path.glob("*/*.json"), key=lambda p: p.name)
-    run = json.loads(second.read_text())["run"]
-    assert calls({"run": run}) == {"model_calls": 3, "cache_hits": 3}
+    measured = first["config"]["latency_measurement"]
+    assert measured["id"].startswith("machine:") and measured["remeasure"] is False
+    assert measured["of"]["hardware"]["cores"] and len(measured["of"]["source_sha256"]) == 64
+
+    def latest():
+        return json.loads(max(tmp_path.glob("*/*.json"), key=lambda p: p.name).read_text())
+
+    code, out, _ = cli(*args)
+    assert code == 0 and calls(latest()) == {"model_calls": 0, "cache_hits": 6}
+    assert latest()["results"]["echo_stream"] == first["results"]["echo_stream"]  # the same figures
+    assert "echo_stream: 3 of 3 timings are this machine's earlier measurement" in out
+
+    code, out, _ = cli(*args, "--remeasure-latency")  # asked: timed afresh, other answers reused
+    assert code == 0 and calls(latest()) == {"model_calls": 3, "cache_hits": 3}
+    assert latest()["config"]["latency_measurement"]["remeasure"] is True and "earlier measurement" not in out
+    assert not list((tmp_path / ".cache").glob("*.measurement"))  # its id lived until the command completed
+
+    import deeptalk_eval.run.measurement as measurement
+
+    monkeypatch.setattr(measurement, "source_sha256", lambda files: "0" * 64)  # the code changed
+    assert cli(*args)[0] == 0 and calls(latest()) == {"model_calls": 3, "cache_hits": 3}
+    monkeypatch.undo()
+    # a model arg outside the fingerprint (how the model runs: here its delay) is a new measurement too
+    assert cli(*args, "--model-args", "delay=0.001")[0] == 0 and calls(latest()) == {"model_calls": 3, "cache_hits": 3}
 
 
 def test_capability_missing_is_reported_not_silent(cli, test_tasks, tmp_path):
@@ -262,7 +283,7 @@ def test_processes_give_the_one_process_figures(cli, scripted, test_tasks, tmp_p
     again = cli(*base_args(scripted, test_tasks, tmp_path / "two", *common, "--processes", "2"))
     assert again[0] == 0
     (latest,) = [p for p in (tmp_path / "two").glob("*/*.json") if p != merged and "_" not in p.stem.rpartition(".")[2]]
-    assert json.loads(latest.read_text())["run"]["model_calls"] == 9  # only the stream task measures again
+    assert json.loads(latest.read_text())["run"]["model_calls"] == 0  # the timings replayed, as every answer
     assert json.loads(latest.read_text())["results"]["text_retention_factoid_mc"] == two["results"][
         "text_retention_factoid_mc"]
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-import uuid
 from typing import Any
 
 from deeptalk_eval.cache import ResponseCache
@@ -30,6 +29,7 @@ from deeptalk_eval.results import environment, safe_name, timestamp, write_resul
 from deeptalk_eval.run.cached_answers import CachedAnswers
 from deeptalk_eval.run.generate_task import run_generate_task, set_seeds
 from deeptalk_eval.run.lm_eval_task import run_lm_eval_task
+from deeptalk_eval.run.measurement import measurement_id
 from deeptalk_eval.run.options import RunOptions
 from deeptalk_eval.run.outcome import (
     RunResult,
@@ -95,14 +95,13 @@ def run(plan: Plan) -> RunResult:
                              "fingerprint": model.fingerprint(), **model.describe()}
     cache = ResponseCache(opts.output_dir / ".cache" / f"{safe_name(opts.model_label)}.sqlite")
     answers = CachedAnswers(model, cache, opts)
-    # Streamed (latency) responses are cached under a measurement id that lives until this
-    # command completes: a resumed run keeps what it measured before the kill, a new run of a
-    # finished command measures again instead of replaying old timings.
+    # Streamed (latency) responses are cached under the id of this machine and code (or, with
+    # --remeasure-latency, of this command): see run/measurement.py.
     shard = f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else ""
-    measurement_file = cache.path.with_name(f"{cache.path.stem}{shard}.measurement")
-    if not measurement_file.is_file():
-        measurement_file.write_text(uuid.uuid4().hex)
-    answers.measurement = measurement_file.read_text().strip()
+    answers.measurement, measured_on, fresh_measurement = measurement_id(opts, plan.model_cls, cache.path, shard)
+    if any(t.kind == "stream" for t in plan.tasks):
+        results["config"]["latency_measurement"] = {"id": answers.measurement, "remeasure": opts.remeasure_latency,
+                                                    "of": measured_on}
     scoring = Scoring(opts)
     outcomes: list[TaskOutcome] = []
     # wall time per task (cache hits make a resumed task fast: see model_calls / cache_hits)
@@ -139,6 +138,9 @@ def run(plan: Plan) -> RunResult:
             if task.name in answers.batch_sizes:
                 results["config"].setdefault("batch_sizes", {})[task.name] = answers.batch_sizes[task.name]
             print_outcome(out)
+            if task.kind == "stream" and out.cache_hits:
+                print(f"{task.name}: {out.cache_hits} of {len(out.records)} timings are this machine's earlier "
+                      "measurement of the same model, code and settings (--remeasure-latency measures again)")
             # the finished tasks so far, readable if the run is killed before the end
             write_results(run_dir / PROGRESS_FILE, filled(results, outcomes, seconds, t_start, finished=False))
     finally:
@@ -149,7 +151,8 @@ def run(plan: Plan) -> RunResult:
     (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
     if run_dir.is_dir() and not any(run_dir.iterdir()):
         run_dir.rmdir()
-    measurement_file.unlink(missing_ok=True)
+    if fresh_measurement is not None:
+        fresh_measurement.unlink(missing_ok=True)
     return RunResult(results, path, exit_code(outcomes), outcomes)
 
 

@@ -29,6 +29,7 @@ class RunOptions:
     asr_batch_size: int | None = None  # --asr-batch-size: None = the ASR config's default
     device: str = "cpu"
     retry_failed: bool = False
+    remeasure_latency: bool = False  # streamed timings measured afresh, not replayed (run/measurement.py)
     progress: bool = True
     shared_cache: bool = True  # False (--no-shared-cache): transcripts computed, not stored
     judge: str | None = None  # --judge: the LLM judge of judged scorers (scoring.judge)
