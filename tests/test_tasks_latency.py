@@ -105,8 +105,9 @@ def test_scorer_splits_cold_and_warm():
     warm = score(_sample({"id": "b"}, {"events": EVENTS}), ctx)
     assert warm["ttfa"] == pytest.approx(0.5) and warm["cold_ttfa"] is None
     # The runner's send order wins over the doc flag.
-    warm2 = score(_sample({"id": "a", "cold": True}, {"events": EVENTS, "request_index": 3}), ctx)
+    warm2 = score(_sample({"id": "a", "cold": True}, {"events": EVENTS, "request_index": 3, "load_average": 1.5}), ctx)
     assert warm2["ttfa"] == pytest.approx(0.5)
+    assert warm2["load_average"] == 1.5 and warm["load_average"] is None  # as the runner recorded it, or unknown
     assert ctx.info["latency"]["silence_rms"] > 0
     with pytest.raises(ValueError, match="extra\\['events'\\]"):
         score(_sample({"id": "c"}, {}), ctx)
@@ -177,3 +178,4 @@ def test_latency_samples_log_the_end_info(cli, scripted, test_tasks, tmp_path):
     out = json.loads(log.read_text().splitlines()[0])["output"]
     assert out["prompt"].startswith("USER: ") and out["tokens"]["text"] >= 1
     assert out["extra"]["stop_reason"] == "end_of_text" and out["extra"]["events"][-1]["kind"] == "end"
+    assert out["extra"]["load_average"] >= 0  # the machine's load while it was timed

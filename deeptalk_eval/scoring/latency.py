@@ -176,7 +176,7 @@ def latency(sample: SampleView, ctx: ScoringContext, silence_rms: float = SILENC
     ctx.info.setdefault("latency", {"silence_rms": silence_rms, "late_tolerance_s": late_tolerance,
                                     "clock": "harness time.monotonic on receipt",
                                     "stall_rule": "late vs playback deadline, re-buffering"})
-    none = dict.fromkeys(WARM_METRICS + COLD_METRICS)
+    none = dict.fromkeys(WARM_METRICS + COLD_METRICS + ("load_average",))
     if sample.response is None:
         return none
     events = sample.response.extra.get("events")
@@ -184,7 +184,9 @@ def latency(sample: SampleView, ctx: ScoringContext, silence_rms: float = SILENC
         raise ValueError(f"sample {sample.doc.get('id')!r}: response has no extra['events']: "
                          "latency tasks must run with kind: stream")
     m = latency_metrics(events, silence_rms, late_tolerance)
+    # the machine's 1-minute load average when the request was timed (the runner's record)
+    load = {"load_average": sample.response.extra.get("load_average")}
     if is_cold(sample):
-        return {**none, "cold_ttft": m["ttft"], "cold_ttfa": m["ttfa"],
+        return {**none, **load, "cold_ttft": m["ttft"], "cold_ttfa": m["ttfa"],
                 "cold_ttfa_nonsilent": m["ttfa_nonsilent"], "cold_rtf": m["rtf"]}
-    return {**none, **m}
+    return {**none, **load, **m}
