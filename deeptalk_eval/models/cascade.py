@@ -61,6 +61,14 @@ class SentenceBuffer:
         return rest or None
 
 
+def _speakable(sentence: str, extra: dict[str, Any]) -> bool:
+    """Whether a sentence has anything to say; the ones that do not are counted in `extra`."""
+    if _SPEAKABLE.search(sentence):
+        return True
+    extra["unspeakable_segments"] = extra.get("unspeakable_segments", 0) + 1
+    return False
+
+
 def parse_tts_spec(spec: str) -> tuple[str, str]:
     """"piper:joe" -> ("piper", "joe"); the engine alone takes its default voice."""
     defaults = {"piper": "joe", "flite": "slt", "espeak": "en-us"}
@@ -210,8 +218,7 @@ class Cascade(TextPathScoring, SpokenModel):
         text_parts: list[str] = []
 
         def say(sentence: str) -> Iterator[StreamEvent]:
-            if not _SPEAKABLE.search(sentence):
-                extra["unspeakable_segments"] = extra.get("unspeakable_segments", 0) + 1
+            if not _speakable(sentence, extra):
                 return
             if not spoken:
                 yield StreamEvent("mark", time.monotonic(), name="first_sentence")
@@ -291,11 +298,9 @@ class Cascade(TextPathScoring, SpokenModel):
                     sentences.append(rest)
                 chunks = []
                 for sentence in sentences:
-                    if not _SPEAKABLE.search(sentence):
-                        extra["unspeakable_segments"] = extra.get("unspeakable_segments", 0) + 1
-                        continue
-                    spoken.append(sentence)
-                    chunks.append(self.speak(sentence))
+                    if _speakable(sentence, extra):
+                        spoken.append(sentence)
+                        chunks.append(self.speak(sentence))
                 if chunks:
                     audio = Audio(np.concatenate([c.samples for c in chunks]), chunks[0].sample_rate)
             extra.update(llm_text=text, spoken_sentences=spoken)

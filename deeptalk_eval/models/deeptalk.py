@@ -92,9 +92,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             raise UsageError(str(e)) from None
         if threads is not None:
             torch.set_num_threads(threads)
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise UsageError(f"deeptalk: model arg rows must be a whole number >= 1, got {rows!r}")
-        self.rows = rows
+        self.rows = BaseLLM.check_rows(rows)
         if hearing not in (None, "greedy", "lexicon"):
             raise UsageError(f"deeptalk: model arg hearing must be 'greedy' or 'lexicon', got {hearing!r}")
         from deeptalk.speech.written_form import FORMS

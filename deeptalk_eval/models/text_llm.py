@@ -113,6 +113,12 @@ class _RowStops(StoppingCriteria):
         return done
 
 
+def _budget_or_eos(completion: int, max_new_tokens: int) -> str:
+    """Why an answer without a stop string ended: every token of the budget made and none of
+    them EOS means the cap ended it."""
+    return "max_new_tokens" if completion >= max_new_tokens else "eos"
+
+
 class _StopFlag(StoppingCriteria):
     """Lets the consumer stop generation once a stop string has been seen."""
 
@@ -405,8 +411,7 @@ class BaseLLM(SpokenModel):
             # Stamped when the model made it: a consumer that lagged behind (TTS) sees it later.
             yield StreamEvent("mark", streamer.token_times[-1], name="last_token")
         tokens = {"prompt": int(input_ids.shape[1]), "completion": len(streamer.token_times)}
-        if stop_reason is None:   # every token of the budget made and none of them EOS: the cap ended it
-            stop_reason = "max_new_tokens" if tokens["completion"] >= opts.max_new_tokens else "eos"
+        stop_reason = stop_reason or _budget_or_eos(tokens["completion"], opts.max_new_tokens)
         yield StreamEvent("end", time.monotonic(), info={"prompt": prompt, "tokens": tokens, "stop_reason": stop_reason,
                                                          "seed": opts.seed, "sampled": sample})
 
@@ -471,10 +476,7 @@ class BaseLLM(SpokenModel):
             if cutter.stopped:
                 break
         text.append(cutter.finish())
-        if cutter.stopped:
-            stop_reason = "stop_string"
-        else:
-            stop_reason = "max_new_tokens" if len(tokens) >= opts.max_new_tokens else "eos"
+        stop_reason = "stop_string" if cutter.stopped else _budget_or_eos(len(tokens), opts.max_new_tokens)
         prompt, input_ids = encoded
         return Response(text="".join(text), prompt=prompt,
                         tokens={"prompt": int(input_ids.shape[1]), "completion": len(tokens)},

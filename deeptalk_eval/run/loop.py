@@ -97,9 +97,11 @@ def run(plan: Plan) -> RunResult:
     answers = CachedAnswers(model, cache, opts)
     # Streamed (latency) responses are cached under the id of this machine and code (or, with
     # --remeasure-latency, of this command): see run/measurement.py.
-    shard = f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else ""
-    answers.measurement, measured_on, fresh_measurement = measurement_id(opts, plan.model_cls, cache.path, shard)
+    # (Hashing the sources only when the run has something to time.)
+    fresh_measurement = None
     if any(t.kind == "stream" for t in plan.tasks):
+        shard = f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else ""
+        answers.measurement, measured_on, fresh_measurement = measurement_id(opts, plan.model_cls, cache.path, shard)
         results["config"]["latency_measurement"] = {"id": answers.measurement, "remeasure": opts.remeasure_latency,
                                                     "of": measured_on}
     scoring = Scoring(opts)
