@@ -8,8 +8,7 @@ with the spoken-QA tasks' instruction and budget, greedy, one thread: written or
 (`generate([r])`, the streaming path) and `--batch-size` requests per `generate` call (the
 batched greedy path). Written to `--out`: seconds per cell and way, and how many answers
 agree in transcript, text, spoken sentences and token counts. The audio itself is not
-compared: Piper's VITS noise comes from generators seeded once per process, so the second
-way's synthesis of the same sentence differs in its noise (durations within a few %).
+compared (the committed figures were taken while Piper still drew its noise in call order).
 
     python benchmarks/cascade_answer_speed.py --questions 64 --out benchmarks/results/cascade_batching.json
 """

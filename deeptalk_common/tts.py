@@ -27,9 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from deeptalk_common.paths import cache_dir
+from deeptalk_common.piper_noise import noise_seed
 
 # Bump when synthesis code changes what a cached file would contain.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: Piper's noise drawn per utterance, not in call order
 # Calls that could use the cache: read from it, or synthesised and stored (the harness
 # records these per task, so a figure built on cached speech says so).
 cache_stats = {"hits": 0, "synthesised": 0}
@@ -124,9 +125,8 @@ def synthesize(
     `sample_rate=None` keeps the engine's native rate (piper joe 22050, flite 8000 or
     16000 for kal16, espeak 22050). `settings` override the preset's (piper:
     length_scale, noise_scale, noise_w; flite: rate; espeak: rate in words/min, pitch).
-    `seed` seeds what randomness the engine exposes. Piper's noise runs inside its ONNX graph,
-    from generators seeded once per process (load_piper_voice): the same calls in the same
-    order give the same audio in every run; the cache makes a repeated call identical.
+    `seed` seeds Piper's noise, drawn per utterance from (seed, its phonemes): the same call
+    gives the same audio in any order, in any process (deeptalk_common/piper_noise.py).
     """
     if not isinstance(text, str) or not text.strip():
         raise TTSError(f"cannot synthesise empty text: {text!r}")
@@ -142,8 +142,8 @@ def synthesize(
         wav, sr = sf.read(path, dtype="float32")
         cache_stats["hits"] += 1
     else:
-        np.random.seed(seed)
-        wav, sr = _ENGINE_FN[v.engine](text, v.engine_voice, merged)
+        with noise_seed(seed):  # Piper's VITS noise; the classic engines draw none
+            wav, sr = _ENGINE_FN[v.engine](text, v.engine_voice, merged)
         wav = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
         if wav.size == 0:
             raise TTSError(f"{engine}/{voice} produced no audio for {text!r}")
@@ -222,21 +222,25 @@ def piper_voice_files(voice: str = "joe") -> tuple[Path, Path]:
     return onnx, config
 
 
-PIPER_SESSION_SEED = 0
-
-
 @lru_cache(maxsize=4)
 def load_piper_voice(voice: str = "joe"):
     """A loaded PiperVoice ('joe' or a path to an .onnx voice), one per process: its phonemiser and its VITS
-    model serve synthesis here and the phone-units codec (deeptalk/speech/codec_phones.py)."""
+    model serve synthesis here and the phone-units codec (deeptalk/speech/codec_phones.py). Its noise is
+    drawn per utterance from a seed (deeptalk_common/piper_noise.py), not in the order of the calls."""
+    import onnx
     import onnxruntime
-    from piper import PiperVoice
+    from piper.config import PiperConfig
+    from piper.voice import ESPEAK_DATA_DIR, PiperVoice
 
-    onnx, config = piper_voice_files(voice)
-    # the VITS noise is drawn inside the ONNX graph by generators seeded when the session is
-    # made: a fixed seed makes a process's sequence of utterances the same on every run
-    onnxruntime.set_seed(PIPER_SESSION_SEED)
-    return PiperVoice.load(onnx, config_path=config)
+    from deeptalk_common.piper_noise import SeededNoiseSession, seeded_noise_graph
+
+    onnx_path, config = piper_voice_files(voice)
+    model = onnx.load(str(onnx_path))
+    banks = seeded_noise_graph(model)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return PiperVoice(config=PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))),
+                      session=SeededNoiseSession(session, banks),
+                      espeak_data_dir=Path(ESPEAK_DATA_DIR), download_dir=Path.cwd())
 
 
 def _piper(text: str, voice: str, settings: dict) -> tuple[np.ndarray, int]:

@@ -14,11 +14,8 @@ sentence a TTS task asks for) or, without one, the answer's own text channel (wh
 said it was saying). The reference voice's audio comes from the shared TTS cache
 (`deeptalk_common.tts`): the same text is synthesised once for every model and run.
 
-The reference reads with its sampling noise off (Piper: noise_scale = noise_w = 0, the
-voice's expected phoneme durations). Piper's noise comes from generators seeded once per
-process, so with noise on the reference for a text depended on what the process had
-synthesised before it: two cold runs that met the texts in another order moved
-`duration_within_30` by up to 0.04 with every answer the same.
+The reference reads with its sampling noise off (Piper: noise_scale = noise_w = 0): the
+voice's expected phoneme durations, not one draw of its sampled timing.
 """
 from __future__ import annotations
 
