@@ -40,6 +40,19 @@ TEMPLATES = ("Repeat this sentence exactly, and say nothing else: {text}", "Say 
              "Read this aloud: {text}", "Please say the following sentence: {text}")
 
 
+def said_by_checkpoint(checkpoint: str) -> list[str]:
+    """The "repeat this sentence" texts the checkpoint's recipe (its recipe.yaml) trained it on."""
+    import yaml
+
+    from deeptalk.training.recipe_data import speaking_texts
+
+    path = Path(checkpoint) / "recipe.yaml"
+    if not path.is_file():
+        raise SystemExit(f"--unseen-by-checkpoint: {path} not found")
+    repeat, _ = speaking_texts(yaml.safe_load(path.read_text(encoding="utf-8")))
+    return repeat
+
+
 def with_codec_heads(model, codec, answer_routing: str | None = None, answer_layout: str | None = None):
     """The same model with fresh audio embeddings and heads sized for `codec` (every other weight kept)."""
     from deeptalk.modeling import DeepTalkForCausalLM
@@ -161,6 +174,8 @@ def main() -> int:
     ap.add_argument("--sentences", type=int, help="instead of --pairs (a codec that reads text: phones): this many "
                                                   "hearing-corpus sentences to train on")
     ap.add_argument("--dev-sentences", type=int, default=70, help="with --sentences: held-out sentences")
+    ap.add_argument("--unseen-by-checkpoint", action="store_true", help="with --sentences: leave out the sentences "
+                    "the checkpoint's recipe trained it to say (its repeat turns), for training and dev alike")
     ap.add_argument("--word-lists", type=int, default=0, help="with --sentences: add N turns that say a list of "
                     "words (8 each) drawn from other corpus sentences than the training and dev ones")
     ap.add_argument("--keep-heads", action="store_true", help="train the checkpoint's own audio rows on (its codec "
@@ -229,7 +244,8 @@ def main() -> int:
         from deeptalk.hearing_corpus import hearing_sentences, word_lists
 
         extra = 4 * a.word_lists   # sentences whose words make the lists (8 words from ~2 sentences' worth)
-        texts = hearing_sentences(a.sentences + a.dev_sentences + extra, a.seed)
+        seen = said_by_checkpoint(a.checkpoint) if a.unseen_by_checkpoint else []
+        texts = hearing_sentences(a.sentences + a.dev_sentences + extra, a.seed, also_exclude=seen)
         train, dev = {"texts": texts[: a.sentences]}, {"texts": texts[a.sentences: a.sentences + a.dev_sentences]}
         lists = word_lists(texts[a.sentences + a.dev_sentences:], a.word_lists, 8, a.seed) if a.word_lists else []
     elif a.pairs:
@@ -291,7 +307,7 @@ def main() -> int:
                                           "answer_layout": model.config.answer_layout,
                                           "train_routing": a.train_routing or "masked",
                                           "audio_init": a.audio_init, "word_lists": a.word_lists,
-                                          "keep_heads": a.keep_heads,
+                                          "keep_heads": a.keep_heads, "unseen_by_checkpoint": a.unseen_by_checkpoint,
                                           "lr": a.lr, "lr_decay_steps": a.lr_decay_steps, "batch": a.batch, "seed": a.seed, "cap_factor": a.cap_factor,
                                           "train_turns": len(examples), "points": curve}, indent=1) + "\n")
         print(json.dumps(row), flush=True)

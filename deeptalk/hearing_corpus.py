@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -110,8 +111,9 @@ def fortune_sentences(min_words: int = 4, max_words: int = 24) -> list[str]:
 
 
 def hearing_sentences(n: int, seed: int, sources: tuple[str, ...] = ("wordnet", "fortunes"),
-                      exclude: set[str] | None = None) -> list[str]:
-    """`n` distinct sentences (seeded sample), none equal to or containing an evaluation text."""
+                      exclude: set[str] | None = None, also_exclude: Iterable[str] = ()) -> list[str]:
+    """`n` distinct sentences (seeded sample), none equal to or containing an evaluation text, nor
+    equal to one of `also_exclude` (e.g. the sentences a checkpoint was trained to say)."""
     rng = random.Random(seed)
     pool: list[str] = []
     if "wordnet" in sources:
@@ -120,6 +122,8 @@ def hearing_sentences(n: int, seed: int, sources: tuple[str, ...] = ("wordnet", 
         pool += fortune_sentences()
     exclude = evaluation_texts() if exclude is None else exclude
     long_ex = [e for e in exclude if len(e.split()) >= 4]
+    if also_exclude:  # equal only: no containment test against thousands of sentences
+        exclude = exclude | {_norm(t) for t in also_exclude}
     seen: set[str] = set()
     keep = []
     for s in pool:

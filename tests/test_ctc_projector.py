@@ -192,6 +192,9 @@ def test_hearing_corpus_keeps_out_evaluation_text():
     kept = hearing_sentences(5, seed=0, exclude={_norm(sents[0])})
     assert sents[0] not in kept
     assert hearing_sentences(5, seed=0) == sents[:5]
+    # sentences a checkpoint was trained to say can be left out too, on top of the evaluation texts
+    unseen = hearing_sentences(3000, seed=0, also_exclude=sents[:2])
+    assert not {sents[0], sents[1]} & set(unseen) and not ev & {_norm(s) for s in unseen}
     assert any(s.endswith("?") for s in sents) and sum(s[0].isupper() for s in sents) > 2900
 
 

@@ -44,16 +44,22 @@ def build_data(recipe: dict) -> dict:
 
         asr_sents += hearing_sentences(int(d["asr_corpus"]), seed + 31)
     asr = D.build_asr_set(asr_sents, d["voices"], seed)
-    # "repeat this sentence" turns for stage 2.1: sentences no evaluation text holds (the hearing corpus's sources)
-    repeat, lists = [], []
-    if d.get("repeat") or d.get("word_lists"):
-        from deeptalk.hearing_corpus import hearing_sentences, word_lists
-
-        n_rep, n_lists = int(d.get("repeat", 0)), int(d.get("word_lists", 0))
-        # one seeded order: the repeat sentences first, the lists' words from the sentences after them
-        texts = hearing_sentences(n_rep + 4 * n_lists, seed + 21)
-        repeat = texts[:n_rep]
-        lists = word_lists(texts[n_rep:], n_lists, 8, seed + 22) if n_lists else []
+    repeat, lists = speaking_texts(recipe)
     return {"asr": asr, "qa_questions": qa_q, "qa_answers": qa_a, "text": D.build_text_set(text_p, text_a),
             "answerer": answerer_id, "repeat_texts": repeat,
             "word_lists": lists}
+
+
+def speaking_texts(recipe: dict) -> tuple[list[str], list[str]]:
+    """The recipe's "repeat this sentence" texts and word lists for stage 2.1: sentences no
+    evaluation text holds (the hearing corpus's sources)."""
+    d, seed = recipe["data"], recipe["seed"]
+    n_rep, n_lists = int(d.get("repeat", 0)), int(d.get("word_lists", 0))
+    if not (n_rep or n_lists):
+        return [], []
+    from deeptalk.hearing_corpus import hearing_sentences, word_lists
+
+    # one seeded order: the repeat sentences first, the lists' words from the sentences after them
+    texts = hearing_sentences(n_rep + 4 * n_lists, seed + 21)
+    lists = word_lists(texts[n_rep:], n_lists, 8, seed + 22) if n_lists else []
+    return texts[:n_rep], lists
