@@ -103,14 +103,14 @@ class SeededNoiseSession:
     def __init__(self, session, banks: list[tuple[str, int, int]]):
         self.session = session
         self.banks = banks
+        # noise scaled by zero: zeros give the same audio without drawing (the phone codec's decoding)
+        self._zeros = {name: np.zeros((1, channels, length), np.float32) for name, channels, length in banks}
 
     def run(self, output_names, feed: dict, *args, **kwargs):
         feed = dict(feed)
         scales = np.asarray(feed.get("scales", [1.0, 1.0, 1.0]), dtype=np.float32).reshape(-1)
         if scales.size >= 3 and scales[0] == 0 and scales[2] == 0:
-            # noise scaled by zero: zeros give the same audio without drawing a bank
-            for name, channels, length in self.banks:
-                feed[name] = np.zeros((1, channels, length), np.float32)
+            feed.update(self._zeros)
         else:
             rng = np.random.default_rng(utterance_seed(_base_seed.get(), feed))
             for name, channels, length in self.banks:
