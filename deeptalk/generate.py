@@ -37,7 +37,6 @@ from typing import Literal
 import numpy as np
 import torch
 
-from deeptalk.heard_memo import HeardMemo
 from deeptalk.kv_rows import drop_columns, keep_rows, write_rows
 from deeptalk.sequence import (
     TEXT_MODALITY,
@@ -46,6 +45,7 @@ from deeptalk.sequence import (
     spoken_answer_modality,
     word_start_ids,
 )
+from deeptalk_common.content_memo import ContentMemo
 
 Output = Literal["text", "speech", "both"]
 # continuous batching: cache columns beyond the first batch's prompts and step budget; columns
@@ -163,7 +163,7 @@ class SpeechGenerator:
     def prompt(self, text: str | None = None, audio: np.ndarray | None = None, sample_rate: int | None = None,
                system: str | None = None, history: Sequence[tuple[str, str]] = (), speak: bool = False,
                name: str = "audio", t_start: float | None = None, raw: bool = False,
-               memo: HeardMemo | None = None) -> Prompt:
+               memo: ContentMemo | None = None) -> Prompt:
         """Chat-template the request; a spoken turn becomes <|audio_in|> x P + <|audio_in_end|>.
 
         `raw`: `text` is a complete prompt (an lm-eval few-shot context), tokenised as the base

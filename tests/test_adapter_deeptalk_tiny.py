@@ -288,14 +288,14 @@ def test_a_piece_head_hears_in_words_with_hearing_lexicon(tiny_checkpoint, tmp_p
 def test_generate_hears_each_input_once_and_stream_always_hears(adapter, question_audio, monkeypatch):
     """Batch evaluation hears a question once for all its tasks (same answers as hearing it
     again); stream(), which latency measures, hears every time."""
-    from deeptalk.heard_memo import HeardMemo
+    from deeptalk_common.content_memo import ContentMemo
     from deeptalk_eval.api import collect_stream
 
     enc = adapter.bundle.encoder
     calls = []
     real = enc.encode_heard
     monkeypatch.setattr(enc, "encode_heard", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(adapter, "heard_memo", HeardMemo())
+    monkeypatch.setattr(adapter, "heard_memo", ContentMemo())
     opts = GenerationOptions(max_new_tokens=4)
     s2t = Request("s2t", audio=question_audio, options=opts)
     first = adapter.generate([s2t])[0]
@@ -310,13 +310,13 @@ def test_generate_hears_each_input_once_and_stream_always_hears(adapter, questio
 
 
 def test_heard_memo_forgets_the_least_recently_used():
-    from deeptalk.heard_memo import HeardMemo
+    from deeptalk_common.content_memo import ContentMemo
 
     x = np.zeros(8, np.float32)
-    keys = {HeardMemo.key(x, 16000), HeardMemo.key(x, 22050), HeardMemo.key(x.astype(np.float64), 16000),
-            HeardMemo.key(x[:4], 16000)}
+    keys = {ContentMemo.key(x, 16000), ContentMemo.key(x, 22050), ContentMemo.key(x.astype(np.float64), 16000),
+            ContentMemo.key(x[:4], 16000)}
     assert len(keys) == 4  # rate, dtype and length are part of what was heard
-    memo = HeardMemo(max_items=2)
+    memo = ContentMemo(max_items=2)
     memo.put("a", (1,))
     memo.put("b", (2,))
     assert memo.get("a") == (1,)

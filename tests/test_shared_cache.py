@@ -43,6 +43,11 @@ def asr_calls(monkeypatch) -> list[str]:
             calls.append(self.backend)
             return _run(self, x)
         monkeypatch.setattr(cls, "_run", counted)
+
+    def counted_batch(self, xs, _run_batch=asr.OpenAIWhisperTranscriber._run_batch):  # its own batched path
+        calls.extend([self.backend] * len(xs))
+        return _run_batch(self, xs)
+    monkeypatch.setattr(asr.OpenAIWhisperTranscriber, "_run_batch", counted_batch)
     return calls
 
 

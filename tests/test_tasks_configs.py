@@ -135,3 +135,36 @@ def test_alsa_recordings_are_what_their_names_say():
     transcribe = make_transcriber(None)
     hyps = [transcribe(read_wav(Path(d["audio"])), id=d["id"]) for d in docs]
     assert corpus_wer([d["text"] for d in docs], hyps).corpus_wer <= 0.25, hyps
+
+
+def test_noise_floor_transcribes_its_gold_answers_together(configs, one_torch_thread):
+    """The noise floor's `prepare` speaks every gold answer and transcribes them in one batch: the
+    same transcripts and metrics as one by one; a doc it cannot speak fails on its own."""
+    cfg = next(c for c in configs.values() if c.name == "spoken_qa_asr_noise_floor")
+    docs = {d["id"]: d for d in load_docs(cfg)}
+    from deeptalk_eval.scoring.asr import make_transcriber
+
+    score = get_scorer("gold_answer_asr")
+    asr = make_transcriber({"model": "tiny.en", "cache": False})
+    spec = cfg.scorers[0]
+    chosen = [docs[i] for i in ("europe-020", "asia-003", "elements-026", "state-029")]
+    broken = {**chosen[0], "id": "no-answer", "answer": ""}
+
+    def views(ds):
+        return [SampleView(doc=d, response=None, channel="text", channel_text=None) for d in ds]
+
+    alone_ctx = ScoringContext(task_config=cfg.raw, transcribe=asr)
+    alone = [score(v, alone_ctx, **spec.args) for v in views(chosen)]
+    batches = []
+
+    def transcribe_many(audios, ids=None):
+        batches.append(list(ids))
+        return asr.transcribe_many(audios, ids=ids, progress=False, skip_invalid=True)
+
+    ctx = ScoringContext(task_config=cfg.raw, transcribe=None, transcribe_many=transcribe_many)
+    score.prepare(chosen + [broken], ctx, **spec.args)
+    assert batches == [[d["id"] for d in chosen]]
+    together = [score(v, ctx, **spec.args) for v in views(chosen)]  # no per-sample ASR left to call
+    assert together == alone
+    with pytest.raises(ValueError, match="needs fields"):
+        score(views([broken])[0], ctx, **spec.args)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from deeptalk_common.content_memo import ContentMemo
 from deeptalk_eval.api import (
     Audio,
     Capabilities,
@@ -128,6 +129,9 @@ class Cascade(TextPathScoring, SpokenModel):
         else:
             self.llm = BaseLLM(path=str(llm), dtype=llm_dtype, device=device,
                                **({} if rows is None else {"rows": rows}))
+        # generate() computes each distinct leg input once per run (S2S asks the transcripts and
+        # answers S2T asked, T2S the answers of T2T); stream(), which the latency task times, never
+        self.heard_memo, self.answer_memo, self.spoken_memo = ContentMemo(), ContentMemo(), ContentMemo()
         if warmup:
             _ = self.transcriber.model  # loads Whisper
             self.speak("Ready.")  # loads the voice
@@ -162,7 +166,8 @@ class Cascade(TextPathScoring, SpokenModel):
                     "identity": self._tts_identity()},
             "streaming": "LLM deltas as decoded; TTS per completed sentence",
             "batches": "greedy requests: one batched ASR pass, the LLM's rows decoded together "
-                       "(left-padded), TTS per sentence; each answer the streamed one",
+                       "(left-padded), TTS per sentence; each answer the streamed one; each distinct "
+                       "audio, LLM request and sentence computed once per run (a memo stream() never uses)",
         }
 
     # -- the LLM's request ------------------------------------------------------------------------
@@ -264,29 +269,30 @@ class Cascade(TextPathScoring, SpokenModel):
         """Greedy requests leg by leg: every question heard in one batched ASR pass, every
         answer decoded by the LLM's batched greedy path, then each answer spoken sentence by
         sentence. Each response holds what `stream()` gives: the same transcript, text,
-        sentences and info; its timings are the batch's (asr_done, llm_done, total)."""
+        sentences and info; its timings are the batch's (asr_done, llm_done, total). A leg
+        whose input this run has seen before (the same audio, LLM request or sentence) is
+        taken from the memo; `extra.reused` names those legs."""
         t0 = time.monotonic()
         spoken_in = [i for i, r in enumerate(requests) if r.audio is not None]
-        heard: dict[int, str] = {}
-        if spoken_in:
-            transcripts = self.transcriber.transcribe_many([requests[i].audio for i in spoken_in],
-                                                           ids=[requests[i].id for i in spoken_in], progress=False)
-            heard = {i: (t or "").strip() for i, t in zip(spoken_in, transcripts)}
+        heard = self._heard_batch(requests, spoken_in)
         t_asr = time.monotonic() - t0
-        asked = {i: self._llm_request(r, self._history(r), heard.get(i)) for i, r in enumerate(requests)
-                 if r.audio is None or heard[i]}
-        answers = dict(zip(asked, self.llm.generate(list(asked.values())))) if asked else {}
+        asked = {i: self._llm_request(r, self._history(r), heard[i][0] if i in heard else None)
+                 for i, r in enumerate(requests) if r.audio is None or heard[i][0]}
+        answers = self._answers_batch(asked)
         t_llm = time.monotonic() - t0
         out = []
         for i, r in enumerate(requests):
-            extra: dict[str, Any] = {"asr_transcript": heard[i]} if i in heard else {}
+            reused = [leg for leg, hit in (("asr", heard.get(i, ("", False))[1]),
+                                           ("llm", answers.get(i, (None, False))[1])) if hit]
+            extra: dict[str, Any] = {"asr_transcript": heard[i][0]} if i in heard else {}
             timings = {"asr_done": t_asr} if i in heard else {}
-            answer = answers.get(i)
+            answer = answers.get(i, (None, False))[0]
             if answer is None:  # heard nothing: no answer, as stream() ends
                 extra.update(llm_text="", spoken_sentences=[])
                 out.append(Response(text="" if r.output_modality in ("text", "both") else None,
                                     tokens={"prompt": None, "completion": None},
-                                    timings={**timings, "total": time.monotonic() - t0}, extra={**extra, "batch": len(requests)}))
+                                    timings={**timings, "total": time.monotonic() - t0},
+                                    extra={**extra, "batch": len(requests), "reused": reused}))
                 continue
             text = answer.text or ""
             audio = None
@@ -300,7 +306,10 @@ class Cascade(TextPathScoring, SpokenModel):
                 for sentence in sentences:
                     if _speakable(sentence, extra):
                         spoken.append(sentence)
-                        chunks.append(self.speak(sentence))
+                        chunk, hit = self._spoken(sentence)
+                        chunks.append(chunk)
+                        if hit and "tts" not in reused:
+                            reused.append("tts")
                 if chunks:
                     audio = Audio(np.concatenate([c.samples for c in chunks]), chunks[0].sample_rate)
             extra.update(llm_text=text, spoken_sentences=spoken)
@@ -309,8 +318,50 @@ class Cascade(TextPathScoring, SpokenModel):
                 timings={**timings, "llm_done": t_llm, "total": time.monotonic() - t0},
                 prompt=answer.prompt,
                 tokens={"prompt": answer.tokens.get("prompt"), "completion": answer.tokens.get("completion")},
-                extra={"stop_reason": answer.extra.get("stop_reason"), **extra, "batch": len(requests)}))
+                extra={"stop_reason": answer.extra.get("stop_reason"), **extra, "batch": len(requests),
+                       "reused": reused}))
         return out
+
+    def _heard_batch(self, requests: Sequence[Request], spoken_in: list[int]) -> dict[int, tuple[str, bool]]:
+        """Each spoken request's transcript and whether the memo had it; the rest in one ASR pass."""
+        keys = {i: ContentMemo.key(requests[i].audio.samples, requests[i].audio.sample_rate) for i in spoken_in}
+        heard = {i: (got, True) for i in spoken_in if (got := self.heard_memo.get(keys[i])) is not None}
+        todo = [i for i in spoken_in if i not in heard]
+        if todo:
+            transcripts = self.transcriber.transcribe_many([requests[i].audio for i in todo],
+                                                           ids=[requests[i].id for i in todo], progress=False)
+            for i, t in zip(todo, transcripts):
+                heard[i] = ((t or "").strip(), False)
+                self.heard_memo.put(keys[i], heard[i][0])
+        return heard
+
+    def _answers_batch(self, asked: dict[int, Request]) -> dict[int, tuple[Response, bool]]:
+        """Each LLM request's answer and whether the memo had it; the rest in one batched call."""
+        keys = {i: self._answer_key(req) for i, req in asked.items()}
+        answers = {i: (got, True) for i in asked if (got := self.answer_memo.get(keys[i])) is not None}
+        todo = [i for i in asked if i not in answers]
+        if todo:
+            for i, answer in zip(todo, self.llm.generate([asked[i] for i in todo])):
+                answers[i] = (answer, False)
+                self.answer_memo.put(keys[i], answer)
+        return answers
+
+    @staticmethod
+    def _answer_key(req: Request) -> str:
+        """Everything the LLM leg reads of a request (not its id)."""
+        return ContentMemo.json_key({"text": req.text, "system": req.system, "raw": req.raw_prompt,
+                                     "history": [(t.role, t.text) for t in req.history],
+                                     "output": req.output_modality, "options": req.options.to_dict()})
+
+    def _spoken(self, sentence: str) -> tuple[Audio, bool]:
+        """A sentence's audio and whether the memo had it (the voice speaks a sentence the same
+        way every time: Piper's noise is drawn from the sentence's phonemes)."""
+        got = self.spoken_memo.get(sentence)
+        if got is not None:
+            return got, True
+        audio = self.speak(sentence)
+        self.spoken_memo.put(sentence, audio)
+        return audio, False
 
     # A cascade's text path is its LLM: text retention scores the LLM leg as it is configured.
     @property

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeptalk.heard_memo import HeardMemo
+from deeptalk_common.content_memo import ContentMemo
 from deeptalk_common.dtypes import torch_dtype
 from deeptalk_eval.api import (
     Audio,
@@ -118,7 +118,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                                          codec=self.bundle.codec)
         # generate() hears each distinct audio input once (S2T, S2S and a control share their
         # questions); stream() always hears: it is what latency measures
-        self.heard_memo = HeardMemo()
+        self.heard_memo = ContentMemo()
 
         # lm-eval's conventions for text scoring, shared with the base-LLM baseline: same
         # tokenisation and windows, so retention compares like with like
@@ -197,7 +197,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         return replace(self.stream_config, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
                        top_p=o.top_p, seed=o.seed, max_speech_steps=steps)
 
-    def _prompt(self, request: Request, t_start: float, memo: HeardMemo | None = None):
+    def _prompt(self, request: Request, t_start: float, memo: ContentMemo | None = None):
         if request.text is None and request.audio is None:
             raise UnsupportedRequest(f"request {request.id}: neither text nor audio")
         history = []
@@ -221,7 +221,7 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         info: prompt, tokens (text, steps, audio_frames), stop_reason, audio_flags."""
         return self._stream(request)
 
-    def _stream(self, request: Request, memo: HeardMemo | None = None) -> Iterator[StreamEvent]:
+    def _stream(self, request: Request, memo: ContentMemo | None = None) -> Iterator[StreamEvent]:
         if request.output_modality not in OUTPUTS:
             raise UnsupportedRequest(f"request {request.id}: unknown output modality {request.output_modality!r}")
         t0 = time.monotonic()

@@ -51,7 +51,12 @@ class Scoring:
             ctx.info.setdefault("asr", t.info)
             return t(audio, id=id)
 
-        ctx.transcribe = transcribe
+        def transcribe_many(audios, ids=None):
+            t = self.transcriber()
+            ctx.info.setdefault("asr", t.info)
+            return t.transcribe_many(audios, ids=ids, progress=self.opts.progress, skip_invalid=True)
+
+        ctx.transcribe, ctx.transcribe_many = transcribe, transcribe_many
         if task.needs_asr:
             ctx.info["asr"] = self.transcriber().info
         fns = [(spec, get_scorer(spec.name)) for spec in task.scorers]
@@ -60,6 +65,7 @@ class Scoring:
         denominators = {m.denominator for m in task.metrics if m.aggregation == "ratio"}
         if any(spec.channel == "speech" for spec, _ in fns):
             self._transcribe_speech(records, responses, ctx)
+        self._prepare(fns, records, ctx)
         for rec in records:
             resp = responses.get(rec["id"])
             rec.setdefault("transcripts", {})
@@ -88,6 +94,19 @@ class Scoring:
                 metrics = {k: (v if k in denominators else None) for k, v in metrics.items()}
             rec["metrics"] = metrics
         return ctx.info
+
+    @staticmethod
+    def _prepare(fns, records: list[dict[str, Any]], ctx: ScoringContext) -> None:
+        """Scorers' batch work before the per-sample calls (`prepare`, scoring/base.py)."""
+        docs = [rec["doc"] for rec in records if not rec.get("error")]
+        for spec, fn in fns:
+            prepare = getattr(fn, "prepare", None)
+            if prepare is None or not docs:
+                continue
+            try:
+                prepare(docs, ctx, **spec.args)
+            except Exception as e:  # the per-sample calls do the work and report each failure
+                ctx.info.setdefault("prepare_failed", {})[spec.name] = error_text(e)
 
     def _transcribe_speech(self, records: list[dict[str, Any]], responses: dict[str, Response | None],
                            ctx: ScoringContext) -> None:

@@ -16,6 +16,13 @@ the metric's `on_failure` rule then decides).
 A scorer may carry a `preflight(args, judge)` attribute: the runner calls it with the
 scorer's args and the run's --judge before any model loads, and a `UsageError` it raises
 stops the run (scoring.judge uses it to refuse to run without a judge).
+
+A scorer may carry a `prepare(docs, ctx, **args)` attribute: the runner calls it once per task
+with the docs of the samples to score (those that did not fail), before the per-sample calls,
+for work that runs faster together; it leaves what it made in `ctx.prepared[<scorer name>]`.
+The per-sample call must still work without it (a prepare that raises is recorded in
+`ctx.info["prepare_failed"]` and the samples are scored one by one, each failing on its own).
+The noise floor's scorer synthesises every gold answer and transcribes them in batches there.
 """
 from __future__ import annotations
 
@@ -76,6 +83,12 @@ class TranscribeFn(Protocol):
     def __call__(self, audio: Audio) -> str: ...
 
 
+class TranscribeManyFn(Protocol):
+    """Many clips at once, in order, the misses decoded in batches; None where a clip is invalid."""
+
+    def __call__(self, audios: list[Audio], ids: list[str] | None = None) -> list[str | None]: ...
+
+
 @dataclass
 class SampleView:
     """What a scorer sees of one sample."""
@@ -95,7 +108,9 @@ class ScoringContext:
     """Shared services for scorers: ASR (cached), normaliser choice, task config."""
 
     transcribe: TranscribeFn | None = None
+    transcribe_many: TranscribeManyFn | None = None
     normaliser: str = "answer_match+whisper_en"
     task_config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # ASR model/options etc., recorded in results
     judge: str | None = None  # the run's --judge spec (scoring.judge); wins over a scorer's `judge:` arg
+    prepared: dict[str, Any] = field(default_factory=dict)  # what scorers' `prepare` made, by scorer name
