@@ -34,6 +34,7 @@ from deeptalk_eval.api import (
     UnsupportedRequest,
     collect_stream,
 )
+from deeptalk_eval.cache import audio_sha256
 from deeptalk_eval.errors import UsageError
 from deeptalk_eval.models.text_llm import BaseLLM, TextPathScoring
 
@@ -282,11 +283,10 @@ class Cascade(TextPathScoring, SpokenModel):
         t_llm = time.monotonic() - t0
         out = []
         for i, r in enumerate(requests):
-            reused = [leg for leg, hit in (("asr", heard.get(i, ("", False))[1]),
-                                           ("llm", answers.get(i, (None, False))[1])) if hit]
+            answer, answer_reused = answers.get(i, (None, False))
+            reused = (["asr"] if i in heard and heard[i][1] else []) + (["llm"] if answer_reused else [])
             extra: dict[str, Any] = {"asr_transcript": heard[i][0]} if i in heard else {}
             timings = {"asr_done": t_asr} if i in heard else {}
-            answer = answers.get(i, (None, False))[0]
             if answer is None:  # heard nothing: no answer, as stream() ends
                 extra.update(llm_text="", spoken_sentences=[])
                 out.append(Response(text="" if r.output_modality in ("text", "both") else None,
@@ -324,7 +324,7 @@ class Cascade(TextPathScoring, SpokenModel):
 
     def _heard_batch(self, requests: Sequence[Request], spoken_in: list[int]) -> dict[int, tuple[str, bool]]:
         """Each spoken request's transcript and whether the memo had it; the rest in one ASR pass."""
-        keys = {i: ContentMemo.key(requests[i].audio.samples, requests[i].audio.sample_rate) for i in spoken_in}
+        keys = {i: audio_sha256(requests[i].audio) for i in spoken_in}
         heard = {i: (got, True) for i in spoken_in if (got := self.heard_memo.get(keys[i])) is not None}
         todo = [i for i in spoken_in if i not in heard]
         if todo:

@@ -44,17 +44,18 @@ class Scoring:
         """Fill record["metrics"] / ["transcripts"]; returns the scorers' shared info."""
         ctx = ScoringContext(task_config=task.raw, judge=self.opts.judge)
 
-        def transcribe(audio, id=None):
+        def asr():
             # Any scorer may need ASR (e.g. the noise floor transcribes gold-answer speech):
             # it gets the run's --asr model, loaded on first use and recorded in the results.
             t = self.transcriber()
             ctx.info.setdefault("asr", t.info)
-            return t(audio, id=id)
+            return t
+
+        def transcribe(audio, id=None):
+            return asr()(audio, id=id)
 
         def transcribe_many(audios, ids=None):
-            t = self.transcriber()
-            ctx.info.setdefault("asr", t.info)
-            return t.transcribe_many(audios, ids=ids, progress=self.opts.progress, skip_invalid=True)
+            return asr().transcribe_many(audios, ids=ids, progress=self.opts.progress, skip_invalid=True)
 
         ctx.transcribe, ctx.transcribe_many = transcribe, transcribe_many
         if task.needs_asr:

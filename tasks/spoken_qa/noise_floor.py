@@ -52,7 +52,8 @@ def gold_answer_asr(sample: SampleView, ctx: ScoringContext, answer_field: str =
 def _prepare(docs: list[dict], ctx: ScoringContext, answer_field: str = "answer", answers_field: str = "answers",
              engine: str = "piper", voice: str = "joe", template: str = "The answer is {answer}.") -> None:
     """Every gold answer spoken, then transcribed together (`--asr-batch-size` at a time): the
-    same transcripts as one by one (docs/harness.md "Batched scoring"), a quarter faster."""
+    same transcripts as one by one (docs/harness.md "Batched scoring"); only the text decoder
+    gains from the batch, the 30 s-window encoder still runs clip by clip."""
     if ctx.transcribe_many is None:
         return
     ids, speech = [], []
