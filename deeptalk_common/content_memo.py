@@ -54,5 +54,8 @@ class ContentMemo:
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
 
+    def clear(self) -> None:
+        self._items.clear()
+
     def __len__(self) -> int:
         return len(self._items)

@@ -206,6 +206,12 @@ class SpokenModel:
         server that does not answer, a missing part): the run stops with that one line, exit 2,
         instead of failing sample after sample. Raised from `generate` / `stream`, it does the same."""
 
+    def reset_memos(self) -> None:
+        """Forget what earlier requests computed (results kept by input content). Called before
+        each part of a `--processes` run that one worker answers after another, so that a part's
+        answers are those of a process of its own: batched decoding may depend on which rows a
+        batch holds, and a memo decides which rows are left to decode."""
+
     # -- generation ---------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[Response]:
         if self.capabilities.streaming:

@@ -89,6 +89,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                         "core (default 1; see docs/harness.md)")
     p.add_argument("--run-stamp", help=argparse.SUPPRESS)  # --processes' children: the results file's stamp
     p.add_argument("--stream-tasks", choices=["only", "skip"], help=argparse.SUPPRESS)  # and their share of tasks
+    p.add_argument("--work-queue", type=Path, help=argparse.SUPPRESS)  # a --processes worker: its parts' queue
     p.add_argument("--no-shared-cache", action="store_true",
                    help="compute every transcript afresh and store none (also DEEPTALK_NO_SHARED_CACHE=1); "
                         "see docs/harness.md")
@@ -139,7 +140,7 @@ def options_from_args(args: argparse.Namespace):
         online=args.online, asr=args.asr, asr_batch_size=args.asr_batch_size, device=args.device, retry_failed=args.retry_failed,
         remeasure_latency=args.remeasure_latency,
         progress=not args.no_progress, shared_cache=not args.no_shared_cache, judge=args.judge,
-        stamp=args.run_stamp, stream_tasks=args.stream_tasks)
+        stamp=args.run_stamp, stream_tasks=args.stream_tasks, work_queue=args.work_queue)
 
 
 def offline_by_default(online: bool) -> None:
@@ -150,7 +151,7 @@ def offline_by_default(online: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from deeptalk_eval.run.loop import run
+    from deeptalk_eval.run.loop import run, run_queue
     from deeptalk_eval.run.options import check_writable
     from deeptalk_eval.run.plan import prepare
     from deeptalk_eval.run.rescore import rescore
@@ -177,6 +178,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not (args.model or args.model_path):
             raise UsageError("--model NAME or --model-path module:Class is required")
         plan = prepare(opts)  # everything that can be wrong with the input, before running
+        if opts.work_queue is not None:  # a worker of `--processes`: the parent reports the whole
+            parts = run_queue(plan)
+            print("\n".join(f"results: {r.path}" for r in parts))
+            return max((r.exit_code for r in parts), default=0)
         if args.processes > 1:
             if opts.shard:
                 raise UsageError("--processes runs the shards itself: drop --shard (or WORLD_SIZE)")
@@ -188,7 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 argv = [*without_option(without_option(argv, "--retention-tasks"), "--tasks"), "--tasks", args.tasks,
                         "--include-path", str(args.include_path[-1])]
             result = run_in_processes(argv, opts, args.processes, streaming=streaming,
-                                      others=any(t.kind != "stream" for t in plan.tasks))
+                                      others=any(t.kind != "stream" for t in plan.tasks),
+                                      lm_eval=[t.name for t in plan.tasks if t.kind == "lm_eval"])
         else:
             result = run(plan)
     from deeptalk_eval.run_report import after_run  # pandas: only once there is something to report

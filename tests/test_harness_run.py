@@ -248,9 +248,11 @@ def test_shards_merge_to_the_unsharded_figures(cli, scripted, test_tasks, tmp_pa
 
 
 def test_processes_give_the_one_process_figures(cli, scripted, test_tasks, tmp_path):
-    """--processes 2: two shard children and the streaming task alone, merged into one results
-    file named like a plain run's, with the plain run's figures; the same command again
-    answers from the cache."""
+    """--processes 2: two workers taking the run's parts from a queue and the streaming task
+    alone, merged into one results file named like a plain run's, with the plain run's
+    figures; the same command again answers from the cache."""
+    from deeptalk_eval.run.work_queue import guided_parts
+
     common = ["--tasks", "echo_qa,echo_fast,echo_stream,text_retention_factoid_mc,text_retention_heldout_text",
               "--limit", "9", "--model-args", "fail_ids=q07", "--log-samples"]
     assert cli(*base_args(scripted, test_tasks, tmp_path / "one", *common))[0] == 0
@@ -266,12 +268,21 @@ def test_processes_give_the_one_process_figures(cli, scripted, test_tasks, tmp_p
     for key in ("groups", "versions", "asr"):  # the whole run's, not one child's
         assert two[key] == one[key], key
     assert set(two["status"].values()) == {"ok"}
-    assert two["run"]["processes"] == 2 and len(two["run"]["shard_seconds"]) == 3
+    # the workers took the queue's parts (slices of the samples, biggest first) as they came free
+    parts = two["run"]["parts"]
+    assert [tuple(p["shard"]) for p in parts] == [p.shard for p in guided_parts(2, [])]
+    assert {p["worker"] for p in parts} <= {0, 1} and len(two["run"]["process_seconds"]) == 3
+    assert sorted(t for p in parts for t in p["lm_eval"]) == ["text_retention_factoid_mc",
+                                                               "text_retention_heldout_text"]
+    assert two["run"]["processes"] == 2 and len(two["run"]["shard_seconds"]) == len(parts) + 1
     assert set(two["run"]["seconds"]) >= {"echo_qa", "echo_fast", "echo_stream", "model_load", "total",
                                           "text_retention_factoid_mc", "text_retention_heldout_text"}
     stamp = two["_path"].stem
     children = sorted(p.name for p in two["_path"].parent.glob(f"{stamp}_*.json"))
-    assert children == [f"{stamp}_shard0of2.json", f"{stamp}_shard1of2.json", f"{stamp}_stream.json"]
+    assert children == sorted([f"{stamp}_shard{p['shard'][0]}of{p['shard'][1]}.json" for p in parts]
+                              + [f"{stamp}_stream.json"])
+    assert len(list(two["_path"].parent.glob(f"{stamp}_worker*.log"))) == 2
+    assert not list(two["_path"].parent.glob(f"{stamp}_parts*"))  # the queue is gone once merged
     streamed = json.loads((two["_path"].parent / f"{stamp}_stream.json").read_text())
     assert list(streamed["results"]) == ["echo_stream"] and streamed["config"]["shard"] is None
     for t in ("echo_qa", "echo_stream"):  # the samples in dataset order, in the merged run's folder

@@ -363,6 +363,10 @@ class Cascade(TextPathScoring, SpokenModel):
         self.spoken_memo.put(sentence, audio)
         return audio, False
 
+    def reset_memos(self) -> None:
+        for memo in (self.heard_memo, self.answer_memo, self.spoken_memo):
+            memo.clear()
+
     # A cascade's text path is its LLM: text retention scores the LLM leg as it is configured.
     @property
     def text_scorer(self) -> BaseLLM:

@@ -216,6 +216,9 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
         except ValueError as e:  # bad audio (empty, NaN, ...): a clear per-request error
             raise UnsupportedRequest(str(e)) from None
 
+    def reset_memos(self) -> None:
+        self.heard_memo.clear()
+
     def stream(self, request: Request) -> Iterator[StreamEvent]:
         """Text deltas (cut at a stop string), audio chunks, the generator's marks; the end's
         info: prompt, tokens (text, steps, audio_frames), stop_reason, audio_flags."""

@@ -1,17 +1,21 @@
-"""`--processes N`: one evaluation spread over this machine's cores, as N shard runs merged.
+"""`--processes N`: one evaluation spread over this machine's cores, as N worker processes
+whose parts are merged into one results file.
 
 A spoken answer is decoded one small step at a time: a second torch thread in the same process
 buys little (T2S on the shipped reference, 32 answers, 2 cores: 71.0 s with 2 threads, 73.1 s
 with 1), while two processes on one core each took 47.3 s (docs/harness.md "Processes"). So
-each child is `deeptalk-eval ... --shard i/N` pinned to its share of the cores, with that
-many torch threads; the streaming (latency) tasks then run in
-one more child alone on every core, since a time to first audio measured beside another
-process's decoding is not the model's. The parent merges the children's results into one
-results file, named like a plain run's, and the samples in dataset order: the figures are an
-unsharded run's (`deeptalk_eval.run.merge`).
+each worker is `deeptalk-eval ... --work-queue Q` pinned to its share of the cores, with that
+many torch threads: it loads the model once and answers the parts of the run (slices of the
+samples, the lm_eval tasks riding on the first ones) as it comes free, biggest first
+(`deeptalk_eval.run.work_queue`). The streaming (latency) tasks then run in one more child
+alone on every core, since a time to first audio measured beside another process's decoding
+is not the model's. The parent merges the parts into one results file, named like a plain
+run's, and the samples in dataset order: the figures are an unsharded run's
+(`deeptalk_eval.run.merge`).
 
-Each child writes its own results file and log (`<stamp>_shard<i>of<N>.{json,log}` beside the
-merged file) and shares the response cache, so a killed run resumes with the same command.
+Each part writes its own results file (`<stamp>_shard<r>of<m>.json`), each worker its log
+(`<stamp>_worker<i>.log`), beside the merged file; they share the response cache, so a killed
+run resumes with the same command.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from deeptalk_eval.results import safe_name, timestamp
 from deeptalk_eval.run.merge import merge
 from deeptalk_eval.run.options import RunOptions
 from deeptalk_eval.run.outcome import RunResult
+from deeptalk_eval.run.work_queue import claimed_by, claims_dir, guided_parts, write_queue
 
 USAGE_PREFIX = "deeptalk-eval: error: "
 
@@ -71,15 +76,16 @@ def _show(pipe, log: Path) -> None:
 class Child:
     proc: subprocess.Popen
     log: Path
-    results: Path  # the results file it writes when it finishes (exit 0 or 1)
+    results: Path | None  # the results file it writes when it finishes (exit 0 or 1); None: a worker's parts
     shown: bool  # its stderr reaches ours
 
     def crashed(self) -> bool:
         rc = self.proc.poll()
-        return rc is not None and rc != 2 and (rc not in (0, 1) or not self.results.is_file())
+        return rc is not None and rc != 2 and (
+            rc not in (0, 1) or (self.results is not None and not self.results.is_file()))
 
 
-def _start(argv: list[str], cores: list[int], log: Path, results: Path, progress: bool) -> Child:
+def _start(argv: list[str], cores: list[int], log: Path, results: Path | None, progress: bool) -> Child:
     env = dict(os.environ, OMP_NUM_THREADS=str(len(cores)), MKL_NUM_THREADS=str(len(cores)))
     with log.open("ab") as f:  # the child keeps its own descriptor
         p = subprocess.Popen([sys.executable, "-m", "deeptalk_eval", *argv, "--processes", "1"], env=env, stdout=f,
@@ -125,9 +131,10 @@ def _wait(children: list[Child]) -> int:
         raise
 
 
-def run_in_processes(argv: list[str], opts: RunOptions, n: int, streaming: bool, others: bool) -> RunResult:
+def run_in_processes(argv: list[str], opts: RunOptions, n: int, streaming: bool, others: bool,
+                     lm_eval: list[str]) -> RunResult:
     """`argv`: the run's command line. `streaming` / `others`: whether the run has streaming
-    tasks / other tasks (from the parent's checked plan)."""
+    tasks / other tasks; `lm_eval`: its lm_eval tasks (from the parent's checked plan)."""
     stamp, t0 = timestamp(), time.monotonic()
     folder = opts.output_dir / safe_name(opts.model_label)
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,21 +143,39 @@ def run_in_processes(argv: list[str], opts: RunOptions, n: int, streaming: bool,
     results: list[Path] = []
     code = 0
     groups = core_groups(n)
+    run_info: dict = {"processes": n, "cores": groups}
+    sequential: list[list[int]] = []
     if others:
-        children = []
+        parts = guided_parts(n, lm_eval)
+        queue = folder / f"{stamp}_parts.json"
+        write_queue(queue, parts)
+        workers = []
         for i, cores in enumerate(groups):
-            child = [*base, "--stream-tasks", "skip", "--shard", f"{i}/{n}"] + ([] if i == 0 else ["--no-progress"])
-            out = folder / f"{stamp}_shard{i}of{n}.json"
-            children.append(_start(child, cores, out.with_suffix(".log"), out, progress=i == 0 and opts.progress))
-            results.append(out)
-        code = _wait(children)
-    if streaming:  # alone on every core the shards had
+            child = [*base, "--stream-tasks", "skip", "--work-queue", str(queue)] + ([] if i == 0 else ["--no-progress"])
+            workers.append(_start(child, cores, folder / f"{stamp}_worker{i}.log", None,
+                                  progress=i == 0 and opts.progress))
+        code = _wait(workers)
+        by_pid = {str(w.proc.pid): i for i, w in enumerate(workers)}
+        owner = {k: by_pid.get(pid) for k, pid in claimed_by(queue).items()}
+        results = [folder / f"{stamp}_shard{p.shard[0]}of{p.shard[1]}.json" for p in parts]
+        missing = [r.name for k, r in enumerate(results) if k not in owner or not r.is_file()]
+        if missing:
+            raise RuntimeError(f"parts without results: {', '.join(missing)}; the workers' logs are "
+                               f"{folder}/{stamp}_worker*.log")
+        sequential = [[k for k in range(len(parts)) if owner[k] == i] for i in range(n)]
+        run_info["parts"] = [dict(p.to_dict(), worker=owner[k]) for k, p in enumerate(parts)]
+        queue.unlink()
+        for f in claims_dir(queue).iterdir():
+            f.unlink()
+        claims_dir(queue).rmdir()
+    if streaming:  # alone on every core the workers had
         out = folder / f"{stamp}_stream.json"
         every = sorted({c for g in groups for c in g})
         code = max(code, _wait([_start([*base, "--stream-tasks", "only", "--log-samples"], every,
                                        out.with_suffix(".log"), out, opts.progress)]))
         results.insert(0, out)  # first, as a plain run does them
-    result = merge(folder / f"{stamp}.json", results, run_info={
-        "processes": n, "cores": groups, "total_seconds": round(time.monotonic() - t0, 2)})
+        sequential = [[k + 1 for k in ks] for ks in sequential] + [[0]]
+    run_info["total_seconds"] = round(time.monotonic() - t0, 2)
+    result = merge(folder / f"{stamp}.json", results, run_info=run_info, sequential=sequential or None)
     result.exit_code = max(result.exit_code, code)
     return result

@@ -17,9 +17,11 @@ task by task:
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
 from deeptalk_eval.cache import ResponseCache
@@ -41,6 +43,7 @@ from deeptalk_eval.run.outcome import (
 )
 from deeptalk_eval.run.plan import Plan, missing_capability, online_only
 from deeptalk_eval.run.scoring_pass import Scoring
+from deeptalk_eval.run.work_queue import claim_parts
 from deeptalk_eval.task_config import TaskConfig
 
 # in the run folder while a run goes on: the finished tasks (results format, run.finished false)
@@ -72,9 +75,52 @@ def results_skeleton(opts: RunOptions, plan_tasks: list[TaskConfig], index: Task
     }
 
 
+def load_model(plan: Plan):
+    model = plan.model_cls(**plan.options.model_args)  # the arguments were checked against its signature
+    try:
+        model.check_setup()  # e.g. a model server that does not answer: stop before the first sample
+    except BaseException:
+        model.close()
+        raise
+    return model
+
+
 def run(plan: Plan) -> RunResult:
     opts = plan.options
     set_seeds(opts.seed)
+    t_start = time.monotonic()
+    model = load_model(plan)
+    try:
+        return run_part(plan, opts, model, Scoring(opts), t_start)
+    finally:
+        model.close()
+
+
+def run_queue(plan: Plan) -> list[RunResult]:
+    """A `--processes` worker: the model loaded once, then every part of the run's queue that no
+    other worker claimed first, each written as the shard run it is (run/work_queue.py)."""
+    opts = plan.options
+    assert opts.work_queue is not None
+    set_seeds(opts.seed)
+    t_start = time.monotonic()
+    model = load_model(plan)
+    scoring = Scoring(opts)
+    done: list[RunResult] = []
+    try:
+        for _, part in claim_parts(opts.work_queue, worker=str(os.getpid())):
+            model.reset_memos()  # each part answered as a process of its own would answer it
+            done.append(run_part(plan, replace(opts, shard=part.shard, lm_eval_tasks=part.lm_eval), model, scoring,
+                                 t_start))
+            t_start = time.monotonic()  # the next part's model_load: 0
+    finally:
+        model.close()
+    return done
+
+
+def run_part(plan: Plan, opts: RunOptions, model, scoring: Scoring, t_start: float) -> RunResult:
+    """The plan's tasks on `opts`' share of the samples, with a loaded model; `t_start`: when
+    this part began (its model_load time is from there to its first task)."""
+    set_seeds(opts.seed)  # again: loading the model may have imported torch
     model_dir = opts.output_dir / safe_name(opts.model_label)
     stamp = ((opts.stamp or timestamp()) + ("_stream" if opts.stream_tasks == "only" else "")
              + (f"_shard{opts.shard[0]}of{opts.shard[1]}" if opts.shard else ""))
@@ -82,14 +128,6 @@ def run(plan: Plan) -> RunResult:
     results = results_skeleton(opts, plan.tasks, plan.index, plan.named)
     if opts.stamp:  # one part of a `--processes` run: its merged file is the run's row
         results["config"]["part_of"] = f"{opts.stamp}.json"
-    t_start = time.monotonic()
-    model = plan.model_cls(**opts.model_args)  # the arguments were checked against its signature
-    try:
-        model.check_setup()  # e.g. a model server that does not answer: stop before the first sample
-    except BaseException:
-        model.close()
-        raise
-    set_seeds(opts.seed)  # again: loading the model may have imported torch
     results["model_info"] = {"class": f"{plan.model_cls.__module__}.{plan.model_cls.__qualname__}",
                              "capabilities": plan.model_cls.capabilities.to_dict(),
                              "fingerprint": model.fingerprint(), **model.describe()}
@@ -104,7 +142,6 @@ def run(plan: Plan) -> RunResult:
         answers.measurement, measured_on, fresh_measurement = measurement_id(opts, plan.model_cls, cache.path, shard)
         results["config"]["latency_measurement"] = {"id": answers.measurement, "remeasure": opts.remeasure_latency,
                                                     "of": measured_on}
-    scoring = Scoring(opts)
     outcomes: list[TaskOutcome] = []
     # wall time per task (cache hits make a resumed task fast: see model_calls / cache_hits)
     seconds: dict[str, float] = {"model_load": round(time.monotonic() - t_start, 2)}
@@ -119,7 +156,9 @@ def run(plan: Plan) -> RunResult:
                 out = TaskOutcome(task.name, f"skipped: capability {missing} missing")
             elif task.kind == "lm_eval":
                 home = lm_eval_shard(plan.tasks, task, opts.shard[1]) if opts.shard else 0
-                if opts.shard and opts.shard[0] != home:
+                if opts.lm_eval_tasks is not None and task.name not in opts.lm_eval_tasks:
+                    out = TaskOutcome(task.name, "skipped: lm_eval tasks run whole, this one in another part")
+                elif opts.lm_eval_tasks is None and opts.shard and opts.shard[0] != home:
                     out = TaskOutcome(task.name, f"skipped: lm_eval tasks run whole, this one on shard {home}")
                 else:
                     out = run_lm_eval_task(task, model, answers.fingerprint, opts)
@@ -147,7 +186,6 @@ def run(plan: Plan) -> RunResult:
             write_results(run_dir / PROGRESS_FILE, filled(results, outcomes, seconds, t_start, finished=False))
     finally:
         cache.close()
-        model.close()
 
     path = write_results(model_dir / f"{stamp}.json", filled(results, outcomes, seconds, t_start, finished=True))
     (run_dir / PROGRESS_FILE).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from deeptalk_eval.errors import UsageError
 from deeptalk_eval.results import read_results, read_samples, safe_name, timestamp, write_results, write_samples
 from deeptalk_eval.run.options import check_writable
 from deeptalk_eval.run.outcome import RunResult, TaskOutcome, exit_code
+from deeptalk_eval.run.work_queue import covers_once
 from deeptalk_eval.task_config import MetricSpec, config_sha256
 
 # the status an lm_eval task has in the shards that left it to another
@@ -17,23 +18,26 @@ LM_EVAL_ELSEWHERE = "skipped: lm_eval tasks run whole"
 
 
 def check_shards(parts: list[dict]) -> None:
-    """Each set of shards (the inputs split n ways, per n) is whole, 0..n-1 once each; runs
-    split differently (`--processes`: the latency tasks alone, unsharded) share no task."""
+    """For each task, the parts that planned it cover its samples exactly once: shards r/m
+    (a plain split 0..n-1 of n, or the slices of a `--processes` queue); a part without a shard
+    holds all of them (`--processes`: the latency tasks alone, unsharded)."""
     shards = [tuple(p["config"].get("shard") or (0, 1)) for p in parts]
-    for n in sorted({s[1] for s in shards}):
-        if sorted(s[0] for s in shards if s[1] == n) != list(range(n)):
-            raise UsageError(f"merge: inputs are shards {shards}; need each of 0..n-1 exactly once")
-    owner: dict[str, int] = {}
-    for p, (_, n) in zip(parts, shards):
+    holders: dict[str, list[tuple[int, int]]] = {}
+    for p, shard in zip(parts, shards):
         for t in p["configs"]:
-            if owner.setdefault(t, n) != n:
-                raise UsageError(f"merge: task {t!r} is in runs split {owner[t]} and {n} ways: "
-                                 f"merge the shards of one run")
+            holders.setdefault(t, []).append(shard)
+    for t, held in holders.items():
+        if not covers_once(held):
+            raise UsageError(f"merge: task {t!r} is in shards {sorted(held)}: the shards of one run must cover "
+                             f"its samples exactly once (e.g. each of 0..n-1 of n once)")
 
 
-def merge(out_path: str | Path, inputs: list[str | Path], run_info: dict | None = None) -> RunResult:
+def merge(out_path: str | Path, inputs: list[str | Path], run_info: dict | None = None,
+          sequential: list[list[int]] | None = None) -> RunResult:
     """Combine the results of shard runs (with their sample logs) into one results file.
-    `run_info` joins the merged `run` record (`--processes`: its wall time and cores)."""
+    `run_info` joins the merged `run` record (`--processes`: its wall time, cores and parts).
+    `sequential`: the inputs (by position) that one process ran one after another, per
+    process; by default each input ran in a process of its own, all side by side."""
     parts = [read_results(p) for p in inputs]
     if len(parts) < 1:
         raise UsageError("merge needs at least one input results file")
@@ -81,13 +85,20 @@ def merge(out_path: str | Path, inputs: list[str | Path], run_info: dict | None 
                      "cache_hits": sum(r.get("cache_hits", 0) for r in runs),
                      "shard_seconds": [r.get("seconds") for r in runs],  # shards run side by side
                      "shard_shared_cache": [r.get("shared_cache") for r in runs]}
-    # shards run side by side: a task's time is its slowest shard's
+    # processes run side by side: a task's time is its slowest process's (the sum of its parts)
     per_task: dict[str, float] = {}
-    for r in runs:
-        for k, v in (r.get("seconds") or {}).items():
-            if k != "total" and isinstance(v, (int, float)):
-                per_task[k] = max(per_task.get(k, 0.0), v)
+    for ks in sequential or [[k] for k in range(len(runs))]:
+        spent: dict[str, float] = {}
+        for k in ks:
+            for key, v in (runs[k].get("seconds") or {}).items():
+                if key != "total" and isinstance(v, (int, float)):
+                    spent[key] = spent.get(key, 0.0) + v
+        for key, v in spent.items():
+            per_task[key] = round(max(per_task.get(key, 0.0), v), 2)
     merged["run"]["seconds"] = per_task
+    if sequential:
+        merged["run"]["process_seconds"] = [round(sum((runs[k].get("seconds") or {}).get("total", 0.0) for k in ks), 2)
+                                            for ks in sequential]
     if run_info:
         if "total_seconds" in run_info:
             per_task["total"] = run_info["total_seconds"]

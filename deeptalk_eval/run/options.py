@@ -37,6 +37,10 @@ class RunOptions:
     # this run takes only the streaming (latency) tasks ("only") or all but them ("skip")
     stamp: str | None = None
     stream_tasks: str | None = None
+    # a worker of `--processes`: the queue of parts it takes its share from (run/work_queue.py);
+    # in each part, the lm_eval tasks that part runs whole (None: dealt by `lm_eval_shard`)
+    work_queue: Path | None = None
+    lm_eval_tasks: tuple[str, ...] | None = None
 
     @property
     def uses_shared_cache(self) -> bool:
