@@ -88,16 +88,34 @@ def _metric_name(key: str, prefix: str) -> str:
     return prefix + (metric if filt in ("", "none") else f"{metric}_{filt}")
 
 
+_TASK_MANAGERS: dict[tuple, Any] = {}
+
+
+def task_manager(include_path: str | None, names: list[str]):
+    """lm-eval's task index, built once per process. Indexing lm-eval's own ~230 task folders
+    takes seconds per task run (most of a task's time when its answers are cached), so when
+    the task's include_path holds every task it names, only that folder is indexed; a task
+    named there wins over a built-in of the same name either way, so the task is the same."""
+    from lm_eval.tasks import TaskManager
+
+    key = (include_path, tuple(names))
+    if key not in _TASK_MANAGERS:
+        tm = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+        if tm is None or not set(names) <= set(tm.all_tasks):
+            tm = TaskManager(include_path=include_path) if include_path else TaskManager()
+        _TASK_MANAGERS[key] = tm
+    return _TASK_MANAGERS[key]
+
+
 def run_lm_eval(task, model: SpokenModel, seed: int, limit: int | None,
                 cache_path: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """Run a `kind: lm_eval` task; returns (our metrics, per-item records, info for results)."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     from deeptalk_eval.aggregate import bootstrap_ci
 
     block = task.lm_eval
-    tm = TaskManager(include_path=block["include_path"]) if block.get("include_path") else TaskManager()
+    tm = task_manager(block.get("include_path"), list(block["tasks"]))
     out = simple_evaluate(
         model=SpokenModelLM(model), tasks=list(block["tasks"]), num_fewshot=block.get("num_fewshot"),
         limit=block.get("limit") or limit, task_manager=tm, use_cache=cache_path, log_samples=True,

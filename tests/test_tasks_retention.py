@@ -139,3 +139,18 @@ def test_same_numbers_as_lm_eval_itself(smollm2, lm_task, yaml_name, limit):
         ours_items = sorted((r["index"], r["metrics"]["acc"]) for r in records)
         ref_items = sorted((s["doc_id"], float(s["acc"])) for s in ref["samples"][lm_task])
         assert ours_items == ref_items and len(ours_items) == limit
+
+
+def test_lm_eval_index_is_the_task_folder_when_it_holds_the_task():
+    """A task whose include_path holds it is built from an index of that folder alone (indexing
+    lm-eval's own ~230 task folders costs seconds per task run), once per process; a task
+    named outside it gets lm-eval's full index."""
+    from deeptalk_eval.lm_bridge import task_manager
+
+    tm = task_manager(str(LM_DIR), ["dt_mmlu_dev"])
+    assert "dt_mmlu_dev" in tm.all_tasks and "arc_easy" not in tm.all_tasks
+    assert task_manager(str(LM_DIR), ["dt_mmlu_dev"]) is tm
+    full = task_manager(str(LM_DIR), ["dt_mmlu_dev", "arc_easy"])
+    assert {"dt_mmlu_dev", "arc_easy"} <= set(full.all_tasks)
+    # the same task either way
+    assert tm.task_index["dt_mmlu_dev"].yaml_path == full.task_index["dt_mmlu_dev"].yaml_path
