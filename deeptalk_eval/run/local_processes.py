@@ -131,6 +131,15 @@ def _wait(children: list[Child]) -> int:
         raise
 
 
+def _remove_queue(queue: Path) -> None:
+    queue.unlink(missing_ok=True)
+    claims = claims_dir(queue)
+    if claims.is_dir():
+        for f in claims.iterdir():
+            f.unlink()
+        claims.rmdir()
+
+
 def run_in_processes(argv: list[str], opts: RunOptions, n: int, streaming: bool, others: bool,
                      lm_eval: list[str]) -> RunResult:
     """`argv`: the run's command line. `streaming` / `others`: whether the run has streaming
@@ -149,14 +158,18 @@ def run_in_processes(argv: list[str], opts: RunOptions, n: int, streaming: bool,
         parts = guided_parts(n, lm_eval)
         queue = folder / f"{stamp}_parts.json"
         write_queue(queue, parts)
-        workers = []
-        for i, cores in enumerate(groups):
-            child = [*base, "--stream-tasks", "skip", "--work-queue", str(queue)] + ([] if i == 0 else ["--no-progress"])
-            workers.append(_start(child, cores, folder / f"{stamp}_worker{i}.log", None,
-                                  progress=i == 0 and opts.progress))
-        code = _wait(workers)
-        by_pid = {str(w.proc.pid): i for i, w in enumerate(workers)}
-        owner = {k: by_pid.get(pid) for k, pid in claimed_by(queue).items()}
+        try:
+            workers = []
+            for i, cores in enumerate(groups):
+                child = [*base, "--stream-tasks", "skip", "--work-queue", str(queue)] + (
+                    [] if i == 0 else ["--no-progress"])
+                workers.append(_start(child, cores, folder / f"{stamp}_worker{i}.log", None,
+                                      progress=i == 0 and opts.progress))
+            code = _wait(workers)
+            by_pid = {str(w.proc.pid): i for i, w in enumerate(workers)}
+            owner = {k: by_pid.get(pid) for k, pid in claimed_by(queue).items()}
+        finally:  # the queue is the run's working state, not a result: gone however the workers ended
+            _remove_queue(queue)
         results = [folder / f"{stamp}_shard{p.shard[0]}of{p.shard[1]}.json" for p in parts]
         missing = [r.name for k, r in enumerate(results) if k not in owner or not r.is_file()]
         if missing:
@@ -164,10 +177,6 @@ def run_in_processes(argv: list[str], opts: RunOptions, n: int, streaming: bool,
                                f"{folder}/{stamp}_worker*.log")
         sequential = [[k for k in range(len(parts)) if owner[k] == i] for i in range(n)]
         run_info["parts"] = [dict(p.to_dict(), worker=owner[k]) for k, p in enumerate(parts)]
-        queue.unlink()
-        for f in claims_dir(queue).iterdir():
-            f.unlink()
-        claims_dir(queue).rmdir()
     if streaming:  # alone on every core the workers had
         out = folder / f"{stamp}_stream.json"
         every = sorted({c for g in groups for c in g})

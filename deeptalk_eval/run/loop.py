@@ -14,6 +14,9 @@ task by task:
 - after each task, `<run folder>/progress.json` holds the finished tasks' metrics and wall
   times (`run.finished` false), so a run killed hours in keeps what it measured; the final
   results file replaces it.
+
+`run_queue()` is a `--processes` worker: one model, then the parts of the run it claims, each
+run and written by `run_part()` as the shard run it is.
 """
 from __future__ import annotations
 
