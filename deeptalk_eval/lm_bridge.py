@@ -10,6 +10,7 @@ per-item samples into ours (metric names without lm-eval's ",none" filter suffix
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -88,23 +89,23 @@ def _metric_name(key: str, prefix: str) -> str:
     return prefix + (metric if filt in ("", "none") else f"{metric}_{filt}")
 
 
-_TASK_MANAGERS: dict[tuple, Any] = {}
+@functools.cache
+def _task_index(include_path: str | None, include_defaults: bool):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
 def task_manager(include_path: str | None, names: list[str]):
-    """lm-eval's task index, built once per process. Indexing lm-eval's own ~230 task folders
-    takes seconds per task run (most of a task's time when its answers are cached), so when
-    the task's include_path holds every task it names, only that folder is indexed; a task
+    """lm-eval's task index, each kind built once per process. Indexing lm-eval's own ~230 task
+    folders takes seconds per task run (most of a task's time when its answers are cached), so
+    when the task's include_path holds every task it names, only that folder is indexed; a task
     named there wins over a built-in of the same name either way, so the task is the same."""
-    from lm_eval.tasks import TaskManager
-
-    key = (include_path, tuple(names))
-    if key not in _TASK_MANAGERS:
-        tm = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
-        if tm is None or not set(names) <= set(tm.all_tasks):
-            tm = TaskManager(include_path=include_path) if include_path else TaskManager()
-        _TASK_MANAGERS[key] = tm
-    return _TASK_MANAGERS[key]
+    if include_path:
+        own = _task_index(include_path, False)
+        if set(names) <= set(own.all_tasks):
+            return own
+    return _task_index(include_path, True)
 
 
 def run_lm_eval(task, model: SpokenModel, seed: int, limit: int | None,

@@ -158,13 +158,9 @@ def run_part(plan: Plan, opts: RunOptions, model, scoring: Scoring, t_start: flo
             elif missing:
                 out = TaskOutcome(task.name, f"skipped: capability {missing} missing")
             elif task.kind == "lm_eval":
-                home = lm_eval_shard(plan.tasks, task, opts.shard[1]) if opts.shard else 0
-                if opts.lm_eval_tasks is not None and task.name not in opts.lm_eval_tasks:
-                    out = TaskOutcome(task.name, "skipped: lm_eval tasks run whole, this one in another part")
-                elif opts.lm_eval_tasks is None and opts.shard and opts.shard[0] != home:
-                    out = TaskOutcome(task.name, f"skipped: lm_eval tasks run whole, this one on shard {home}")
-                else:
-                    out = run_lm_eval_task(task, model, answers.fingerprint, opts)
+                elsewhere = lm_eval_elsewhere(plan.tasks, task, opts)
+                out = (TaskOutcome(task.name, elsewhere) if elsewhere
+                       else run_lm_eval_task(task, model, answers.fingerprint, opts))
             else:
                 try:
                     out = run_generate_task(task, plan.docs[task.name], answers, scoring, opts, run_dir)
@@ -197,6 +193,15 @@ def run_part(plan: Plan, opts: RunOptions, model, scoring: Scoring, t_start: flo
     if fresh_measurement is not None:
         fresh_measurement.unlink(missing_ok=True)
     return RunResult(results, path, exit_code(outcomes), outcomes)
+
+
+def lm_eval_elsewhere(tasks: list[TaskConfig], task: TaskConfig, opts: RunOptions) -> str | None:
+    """Why this run leaves an lm_eval task (run whole) to another of its parts; None: it runs it."""
+    if opts.lm_eval_tasks is not None:  # a --processes part: the queue named its lm_eval tasks
+        return None if task.name in opts.lm_eval_tasks else "skipped: lm_eval tasks run whole, this one in another part"
+    home = lm_eval_shard(tasks, task, opts.shard[1]) if opts.shard else 0
+    return None if not opts.shard or opts.shard[0] == home else \
+        f"skipped: lm_eval tasks run whole, this one on shard {home}"
 
 
 def lm_eval_shard(tasks: list[TaskConfig], task: TaskConfig, n: int) -> int:
