@@ -14,7 +14,14 @@ sentences of the pairs' dev file:
   inference routing): the share of answers that end by themselves ("eos") before the cap
   (`--cap-factor` x Piper's length + 25 steps), and the spoken length against Piper's;
 - speech WER of the generated audio (Whisper tiny.en, as `deeptalk-codec eval`) through the
-  codec's decoder, unless `--no-asr` (then `--rescore-with CODEC` scores the saved points later).
+  codec's decoder, unless `--no-asr` (then `--rescore-with CODEC` scores the saved points later);
+  the answers are decoded in one greedy batch and their audio rendered as streamed, as the
+  harness's tasks do;
+- with `--names-dev N`: the same on N held-out WordNet people and places said in a sentence, and
+  whether Whisper hears the name (the harness's spoken-QA answer match), beside what Whisper
+  hears of the codec's own rendering of their phonemes (the ceiling). `--name-statements` and
+  `--name-lists` add turns that say other names; `--paired-with RUN --paired-steps S` compares
+  two runs' answers item by item.
 
 The generated codes are kept (`points/point-*.json`) so a later decoder can re-score them:
     python benchmarks/speech_units_probe.py ... --out runs/units-probe --rescore-with CODEC
@@ -88,23 +95,38 @@ def dev_audio_ce(model, examples, tokenizer, batch: int = 8) -> float:
 
 
 def generate_point(model, bundle, codec, dev: dict, n: int, cap_factor: float, asr, normalizer) -> dict:
+    """Greedy answers to the first `n` dev sentences; where `dev` names the name each sentence says
+    (`names`), whether Whisper heard it (the harness's spoken-QA answer match)."""
     from deeptalk.generate import SpeechGenerator, StreamConfig
     from deeptalk.speech.encoder import prepare_audio
     from deeptalk.speech.speech_wer import wer_counts
+    from deeptalk_eval.scoring.match import answer_match
 
     gen = SpeechGenerator(model, bundle.tokenizer, bundle.encoder, codec)
+    pairs = list(zip(dev["units"], dev["texts"]))[:n]
+    caps = [int(cap_factor * len(units)) + 25 for units, _ in pairs]
+    # one greedy batch (continuous batching, 16 rows) up to the longest cap; an answer that ran past
+    # its own cap counts as capped, its codes cut at the cap (one decoded alone would have stopped there)
+    results = gen.generate_batch([gen.prompt(TEMPLATES[0].format(text=text), speak=True) for _, text in pairs],
+                                 output="both", cfg=StreamConfig(max_speech_steps=max(caps, default=1)), rows=16)
     rows = []
-    for units, text in list(zip(dev["units"], dev["texts"]))[:n]:
-        cap = int(cap_factor * len(units)) + 25
-        res = gen.generate(gen.prompt(TEMPLATES[0].format(text=text), speak=True), output="both",
-                           cfg=StreamConfig(max_speech_steps=cap))
-        row = {"text": text, "piper_units": len(units), "cap": cap, "stop_reason": res.stop_reason,
-               "units": int(res.codes.shape[1]) if res.codes is not None else 0, "text_out": res.text,
-               "codes": res.codes.tolist() if res.codes is not None else None}
-        if asr is not None and res.audio is not None and len(res.audio):
-            hyp = asr(prepare_audio(res.audio, codec.sample_rate).samples)
+    for (units, text), cap, res in zip(pairs, caps, results):
+        stop_reason, codes, audio = res.stop_reason, res.codes, res.audio
+        if res.steps > cap:
+            stop_reason = "max_steps"
+            if codes is not None and codes.shape[1] > cap:
+                codes = codes[:, :cap]
+                audio = codec.decode(codes)
+        row = {"text": text, "piper_units": len(units), "cap": cap, "stop_reason": stop_reason,
+               "units": int(codes.shape[1]) if codes is not None else 0, "text_out": res.text,
+               "codes": codes.tolist() if codes is not None else None}
+        if asr is not None and audio is not None and len(audio):
+            hyp = asr(prepare_audio(audio, codec.sample_rate).samples)
             row["asr"] = hyp
             row["wer_errors"], row["wer_words"] = wer_counts(text, hyp, normalizer)
+        if asr is not None and dev.get("names"):
+            row["name"] = dev["names"][len(rows)]
+            row["name_hit"] = bool(answer_match(row.get("asr", ""), row["name"]))
         rows.append(row)
     return {**summarize(rows, scored=asr is not None), "rows": rows}
 
@@ -126,7 +148,55 @@ def summarize(rows: list[dict], scored: bool = True) -> dict:
         per = [ei / max(1, wi) if "wer_errors" in r else 1.0 for r, ei, wi in zip(rows, e, w)]
         out["speech_corpus_wer"] = sum(e) / max(1, sum(w))
         out["speech_wer_mean"], out["speech_wer_mean_ci"] = float(np.mean(per)), list(bootstrap_ci(per))
+        out["speech_wer_median"] = float(np.median(per))   # one Whisper loop ("to be able to be able...") moves the mean
+    hits = [float(r["name_hit"]) for r in rows if "name_hit" in r]
+    if hits:
+        out["name_hit_share"], out["name_hit_share_ci"] = float(np.mean(hits)), list(bootstrap_ci(hits))
     return out
+
+
+def names_ceiling(codec, dev: dict, asr) -> dict:
+    """What Whisper makes of the dev names said from their own phonemes by the codec's decoder
+    (Piper joe's VITS for phone units): the most a model speaking those units could score."""
+    from deeptalk.speech.encoder import prepare_audio
+    from deeptalk_eval.scoring.match import answer_match
+
+    hits = []
+    for units, name in zip(dev["units"], dev["names"]):
+        hyp = asr(prepare_audio(codec.decode(np.asarray(units)[None]), codec.sample_rate).samples)
+        hits.append(float(bool(answer_match(hyp, name))))
+    from deeptalk_eval.scoring.stats import bootstrap_ci
+
+    return {"n": len(hits), "name_hit_share": float(np.mean(hits)), "name_hit_share_ci": list(bootstrap_ci(hits))}
+
+
+def names_split(a) -> tuple[dict, list[str], list[str], list[str]]:
+    """The held-out names (with their statements) and, from the other names, the training name
+    statements and name lists; plus every name of a held-out person or place (its synset's other
+    names too), so that no training turn says one, even inside a longer name."""
+    import random
+    import re
+
+    import wordfreq
+
+    from deeptalk.hearing_corpus import name_lists, proper_names
+
+    names = proper_names()
+    with_statement = [(n, st) for n, st, _ in names if st]
+    random.Random(a.seed + 5).shuffle(with_statement)
+    # held-out names as known as a quiz's answers are (Zipf >= 3: "Beethoven", "Tel Aviv", "Suez Canal")
+    dev = [(n, st) for n, st in with_statement if wordfreq.zipf_frequency(n, "en") >= a.names_dev_min_zipf]
+    dev = dev[: a.names_dev]
+    dev_synsets = {syn for n, _, syn in names if n in {d for d, _ in dev}}
+    held = sorted({n for n, _, syn in names if syn in dev_synsets})
+    said = re.compile(r"\b(" + "|".join(re.escape(n) for n in held) + r")\b") if held else None
+
+    def free(text: str) -> bool:
+        return said is None or not said.search(text)
+
+    train_statements = [st for n, st in with_statement if free(st)][: a.name_statements]
+    lists = name_lists([n for n, _, _ in names if free(n)], a.name_lists, a.names_per_list, a.seed + 6)
+    return {"texts": [st for _, st in dev], "names": [n for n, _ in dev]}, train_statements, lists, held
 
 
 def resummarize(out: Path) -> int:
@@ -134,9 +204,39 @@ def resummarize(out: Path) -> int:
     curve = json.loads((out / "curve.json").read_text())
     for row in curve["points"]:
         point = json.loads((out / "points" / f"point-{row['steps']:05d}.json").read_text())
-        row.update(summarize(point["rows"], scored=any("asr" in r for r in point["rows"]) or "speech_corpus_wer" in row))
+        plain = [r for r in point["rows"] if "name" not in r]   # the names dev set's answers carry their name
+        row.update(summarize(plain, scored=any("asr" in r for r in plain) or "speech_corpus_wer" in row))
+        if "names" in row:
+            row["names"].update(summarize([r for r in point["rows"] if "name" in r]))
         print(json.dumps({k: v for k, v in row.items()}), flush=True)
     (out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+    return 0
+
+
+def paired(out: Path, other: Path, steps: int) -> int:
+    """The same dev answers of two runs at `steps`, item by item (run `other` = A, `out` = B): the
+    difference in name hits and per-answer speech WER, with paired bootstrap CIs and tests."""
+    from deeptalk_eval.scoring.stats import paired_bootstrap
+
+    def rows(run: Path) -> list[dict]:
+        return json.loads((run / "points" / f"point-{steps:05d}.json").read_text())["rows"]
+
+    a, b = rows(other), rows(out)
+    if [r["text"] for r in a] != [r["text"] for r in b]:
+        raise SystemExit(f"{other} and {out} did not answer the same dev sentences at step {steps}")
+    report = {"a": str(other), "b": str(out), "steps": steps}
+    for part, keep in (("sentences", lambda r: "name" not in r), ("names", lambda r: "name" in r)):
+        ra, rb = [r for r in a if keep(r)], [r for r in b if keep(r)]
+        if not ra or "wer_errors" not in ra[0]:
+            continue
+        wer = [[r["wer_errors"] / max(1, r["wer_words"]) for r in rs] for rs in (ra, rb)]
+        report[part] = {"speech_wer": paired_bootstrap(*wer).to_dict()}
+        if part == "names":
+            hits = [[float(r["name_hit"]) for r in rs] for rs in (ra, rb)]
+            report[part]["name_hit"] = paired_bootstrap(*hits).to_dict()
+            report[part]["heard_by_b_only"] = sum(y > x for x, y in zip(*hits))
+            report[part]["heard_by_a_only"] = sum(x > y for x, y in zip(*hits))
+    print(json.dumps(report, indent=1))
     return 0
 
 
@@ -178,6 +278,16 @@ def main() -> int:
                     "the checkpoint's recipe trained it to say (its repeat turns), for training and dev alike")
     ap.add_argument("--word-lists", type=int, default=0, help="with --sentences: add N turns that say a list of "
                     "words (8 each) drawn from other corpus sentences than the training and dev ones")
+    ap.add_argument("--names-dev", type=int, default=0, help="with --sentences: a second dev set of N WordNet "
+                    "people and places (their statements, \"Aleppo is a city in northwestern Syria.\"), scored by whether "
+                    "Whisper hears the name; no training turn says these names")
+    ap.add_argument("--name-statements", type=int, default=0, help="with --sentences: add N statements of other "
+                    "WordNet people and places")
+    ap.add_argument("--name-lists", type=int, default=0, help="with --sentences: add N turns that say a list of "
+                    "other people and places (--names-per-list each)")
+    ap.add_argument("--names-per-list", type=int, default=6)
+    ap.add_argument("--names-dev-min-zipf", type=float, default=3.0, help="held-out names at least this frequent "
+                    "(wordfreq Zipf of the whole name)")
     ap.add_argument("--keep-heads", action="store_true", help="train the checkpoint's own audio rows on (its codec "
                     "must be --codec); otherwise they start afresh")
     ap.add_argument("--train-utterances", type=int, default=None, help="use only the first N training utterances")
@@ -203,6 +313,9 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--no-asr", action="store_true", help="generate and keep the codes, but do not decode and score")
     ap.add_argument("--rescore-with", help="decode every saved point's codes with this codec, score them, and stop")
+    ap.add_argument("--paired-with", type=Path, help="compare --out's answers at --paired-steps with this run's, "
+                    "item by item, and stop")
+    ap.add_argument("--paired-steps", type=int, default=0)
     ap.add_argument("--summarize", action="store_true", help="recompute the saved points' figures (CIs too) and stop")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -214,13 +327,15 @@ def main() -> int:
     from deeptalk.checkpoint import load_checkpoint
     from deeptalk.speech.codec_loader import load_codec
     from deeptalk.speech.unit_pairs import load_pairs
-    from deeptalk.training.examples import WORD_LIST_TEMPLATES, repeat_examples
+    from deeptalk.training.examples import NAME_LIST_TEMPLATES, WORD_LIST_TEMPLATES, repeat_examples
     from deeptalk.training.stage_loop import train_stage
 
     if a.rescore_with:
         return rescore(a.out, a.rescore_with)
     if a.summarize:
         return resummarize(a.out)
+    if a.paired_with:
+        return paired(a.out, a.paired_with, a.paired_steps)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "points").mkdir(exist_ok=True)
     bundle = load_checkpoint(a.checkpoint)
@@ -248,6 +363,18 @@ def main() -> int:
         texts = hearing_sentences(a.sentences + a.dev_sentences + extra, a.seed, also_exclude=seen)
         train, dev = {"texts": texts[: a.sentences]}, {"texts": texts[a.sentences: a.sentences + a.dev_sentences]}
         lists = word_lists(texts[a.sentences + a.dev_sentences:], a.word_lists, 8, a.seed) if a.word_lists else []
+        names_dev, name_statements, name_turns = None, [], []
+        if a.names_dev or a.name_statements or a.name_lists:
+            import re
+
+            names_dev, name_statements, name_turns, dev_names = names_split(a)
+            said = re.compile(r"\b(" + "|".join(re.escape(n) for n in dev_names) + r")\b") if dev_names else None
+            pool = texts[: a.sentences]
+            if said is not None:   # no training sentence says a held-out name
+                more = hearing_sentences(2 * a.sentences + a.dev_sentences + extra, a.seed, also_exclude=seen)
+                pool = [t for t in more[: a.sentences] + more[a.sentences + a.dev_sentences + extra:]
+                        if not said.search(t)][: a.sentences]
+            train = {"texts": pool}
     elif a.pairs:
         files = sorted(Path(a.pairs).glob("pairs-*.npz"))
         parts = [load_pairs(f) for f in files]
@@ -257,7 +384,8 @@ def main() -> int:
         raise SystemExit("say what to train on: --pairs or --sentences")
     if a.train_utterances:
         train = {k: v[: a.train_utterances] for k, v in train.items()}
-    for part in (train, dev):   # phone units: the codec reads the texts itself
+    parts = (train, dev) if not (a.sentences and names_dev) else (train, dev, names_dev)
+    for part in parts:   # phone units: the codec reads the texts itself
         from_text = [codec.encode_text(t) for t in part["texts"]]
         if all(c is not None for c in from_text):
             part["units"] = [c[0] for c in from_text]
@@ -268,8 +396,17 @@ def main() -> int:
     if a.sentences and lists:
         examples += repeat_examples(lists, [codec.encode_text(t)[0][None] for t in lists], bundle.tokenizer,
                                     model.config, a.seed + 1, WORD_LIST_TEMPLATES, codec=codec)
+    if a.sentences and name_statements:
+        examples += repeat_examples(name_statements, [codec.encode_text(t)[0][None] for t in name_statements],
+                                    bundle.tokenizer, model.config, a.seed + 2, TEMPLATES, codec=codec)
+    if a.sentences and name_turns:
+        examples += repeat_examples(name_turns, [codec.encode_text(t)[0][None] for t in name_turns], bundle.tokenizer,
+                                    model.config, a.seed + 3, NAME_LIST_TEMPLATES, codec=codec)
     dev_examples = repeat_examples(dev["texts"], [u[None] for u in dev["units"]], bundle.tokenizer, model.config,
                                    a.seed, TEMPLATES[:1], codec=codec)
+    names_dev = names_dev if a.sentences else None
+    names_examples = repeat_examples(names_dev["texts"], [u[None] for u in names_dev["units"]], bundle.tokenizer,
+                                     model.config, a.seed, TEMPLATES[:1], codec=codec) if names_dev else []
     asr = normalizer = None
     if not a.no_asr:
         from whisper.normalizers import EnglishTextNormalizer
@@ -278,7 +415,12 @@ def main() -> int:
 
         asr, normalizer = WhisperASR(), EnglishTextNormalizer()
     curve_path = a.out / "curve.json"
-    curve = json.loads(curve_path.read_text())["points"] if a.resume and curve_path.is_file() else []
+    saved = json.loads(curve_path.read_text()) if a.resume and curve_path.is_file() else {}
+    curve = saved.get("points", [])
+    ceiling = saved.get("names_ceiling")
+    if names_dev and asr is not None and ceiling is None:
+        ceiling = names_ceiling(codec, names_dev, asr)
+        print(json.dumps({"names_ceiling": ceiling}), flush=True)
     scfg = {"lr": a.lr, "lr_decay_steps": a.lr_decay_steps, "batch_size": a.batch, "checkpoint_every": a.steps_per_point,
             "grad_clip": 1.0,
             "train": ["speech_experts", "audio"], **({"routing": a.train_routing} if a.train_routing else {})}
@@ -298,8 +440,16 @@ def main() -> int:
         ce = dev_audio_ce(model, dev_examples, bundle.tokenizer)
         point = generate_point(model, bundle, codec, dev, a.eval_n, a.cap_factor, asr, normalizer)
         row = {"steps": steps, "train_seconds": stats["seconds"], "dev_audio_ce": round(ce, 4),
-               **{k: v for k, v in point.items() if k != "rows"}, "eval_seconds": round(time.time() - t0, 1)}
-        (a.out / "points" / f"point-{steps:05d}.json").write_text(json.dumps({**row, "rows": point["rows"]}) + "\n")
+               **{k: v for k, v in point.items() if k != "rows"}}
+        rows = point["rows"]
+        if names_dev:
+            named = generate_point(model, bundle, codec, names_dev, len(names_dev["texts"]), a.cap_factor, asr,
+                                   normalizer)
+            row["names"] = {"dev_audio_ce": round(dev_audio_ce(model, names_examples, bundle.tokenizer), 4),
+                            **{k: v for k, v in named.items() if k != "rows"}}
+            rows = rows + named["rows"]
+        row["eval_seconds"] = round(time.time() - t0, 1)
+        (a.out / "points" / f"point-{steps:05d}.json").write_text(json.dumps({**row, "rows": rows}) + "\n")
         curve.append(row)
         curve_path.write_text(json.dumps({"codec": a.codec, "checkpoint": a.checkpoint, "pairs": a.pairs,
                                           "sentences": a.sentences, "dev_sentences": len(dev["texts"]),
@@ -307,6 +457,10 @@ def main() -> int:
                                           "answer_layout": model.config.answer_layout,
                                           "train_routing": a.train_routing or "masked",
                                           "audio_init": a.audio_init, "word_lists": a.word_lists,
+                                          "names_dev": a.names_dev, "names_dev_min_zipf": a.names_dev_min_zipf,
+                                          "name_statements": a.name_statements,
+                                          "name_lists": a.name_lists, "names_per_list": a.names_per_list,
+                                          "names_ceiling": ceiling,
                                           "keep_heads": a.keep_heads, "unseen_by_checkpoint": a.unseen_by_checkpoint,
                                           "lr": a.lr, "lr_decay_steps": a.lr_decay_steps, "batch": a.batch, "seed": a.seed, "cap_factor": a.cap_factor,
                                           "train_turns": len(examples), "points": curve}, indent=1) + "\n")

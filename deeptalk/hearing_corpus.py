@@ -36,16 +36,22 @@ def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9' ]", " ", text.lower()).split())
 
 
-def evaluation_texts(tasks_dir: Path = TASKS_DIR) -> set[str]:
-    """Normalised text of every string field of every bundled task data file."""
+def evaluation_texts(tasks_dir: Path = TASKS_DIR, answers: bool = False) -> set[str]:
+    """Normalised text of every string field of every bundled task data file (and, with
+    `answers`, every answer and alias, and the held-out questions in benchmarks/tasks)."""
     out: set[str] = set()
-    for path in sorted(tasks_dir.glob("*/data/*.jsonl")):
+    paths = sorted(tasks_dir.glob("*/data/*.jsonl"))
+    if answers:
+        paths += sorted((tasks_dir.parent / "benchmarks" / "tasks").glob("*/data/*.jsonl"))
+    for path in paths:
         for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                for key in ("text", "question", "prompt", "sentence"):
-                    v = json.loads(line).get(key)
-                    if isinstance(v, str) and v.strip():
-                        out.add(_norm(v))
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            values = [row.get(k) for k in ("text", "question", "prompt", "sentence")]
+            if answers:
+                values += [row.get("answer"), *(row.get("answers") or [])]
+            out.update(_norm(v) for v in values if isinstance(v, str) and v.strip())
     return out
 
 
@@ -136,6 +142,54 @@ def hearing_sentences(n: int, seed: int, sources: tuple[str, ...] = ("wordnet", 
     if len(keep) < n:
         raise CorpusError(f"asked for {n} hearing sentences, the sources hold {len(keep)}")
     return keep[:n]
+
+
+def proper_names(min_letters: int = 3) -> list[tuple[str, str, int]]:
+    """(name, statement, synset) for every WordNet person and place with a proper-noun lemma
+    ("Aleppo", "Aleppo is a city in northwestern Syria.", its synset's offset: "Graham Greene" and
+    "Henry Graham Greene" share one), sorted by name; acronyms left out. A name that any bundled
+    task or held-out question holds (as a question's words or an answer) is left out too: what the
+    speech learns of names is measured on names it never practised."""
+    if not (WORDNET_DIR / "data.noun").is_file():
+        raise CorpusError(f"{WORDNET_DIR}/data.noun missing (apt-get install wordnet-base)")
+    evaluation = evaluation_texts(answers=True)
+    padded = [f" {e} " for e in evaluation]
+    out: dict[str, tuple[str, int]] = {}
+    for line in (WORDNET_DIR / "data.noun").read_text(encoding="latin-1").splitlines():
+        if line.startswith("  ") or "|" not in line:
+            continue
+        head, gloss = line.split("|", 1)
+        fields = head.split()
+        lexfile, n_lemmas = int(fields[1]), int(fields[3], 16)
+        if lexfile not in (LEXFILE_PERSON, LEXFILE_LOCATION):
+            continue
+        definition = re.sub(r"\(.*?\)", "", gloss.split(";")[0]).strip()
+        verb = "was" if lexfile == LEXFILE_PERSON else "is"
+        for i in range(n_lemmas):
+            name = re.sub(r"\(.*?\)", "", fields[4 + 2 * i]).replace("_", " ").strip()
+            letters = name.replace(" ", "").replace("-", "").replace(".", "").replace("'", "")
+            if (not name[:1].isupper() or name.isupper() or len(letters) < min_letters or not letters.isalpha()
+                    or name in out):
+                continue
+            key = f" {_norm(name)} "
+            if any(key in e for e in padded):
+                continue
+            statement = _sentence(f"{name} {verb} {definition}.")
+            out[name] = (statement if definition and _ok(statement, 4, 24) else "", int(fields[0]))
+    return sorted((name, statement, synset) for name, (statement, synset) in out.items())
+
+
+def name_lists(names: list[str], n: int, per_list: int, seed: int) -> list[str]:
+    """`n` lists of `per_list` names ("Aleppo, Mason City, John Philip Sousa."), each name once before
+    any repeats (seeded order)."""
+    if n and not names:
+        raise CorpusError("name lists: no names to list")
+    rng = random.Random(seed)
+    pool = list(names)
+    rng.shuffle(pool)
+    need = n * per_list
+    pool = (pool * (need // max(1, len(pool)) + 1))[:need]
+    return [", ".join(pool[k * per_list:(k + 1) * per_list]) + "." for k in range(n)]
 
 
 def word_lists(sentences: list[str], n: int, per_list: int, seed: int) -> list[str]:

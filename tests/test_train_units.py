@@ -243,6 +243,35 @@ def test_word_lists_say_each_rarer_word_once_before_any_repeats():
     assert not {"the", "was", "said", "same"} & {w.lower() for w in words}
 
 
+def test_proper_names_are_wordnet_people_and_places_no_evaluation_holds():
+    from deeptalk.hearing_corpus import _norm, evaluation_texts, proper_names
+
+    names = proper_names()
+    assert len(names) > 5000 and names == sorted(names)
+    held = {name: statement for name, statement, _ in names}
+    synset = {name: offset for name, _, offset in names}
+    assert held["Aleppo"] == "Aleppo is a city in northwestern Syria."
+    assert held["Georges Simenon"].startswith("Georges Simenon was French writer")
+    assert synset["Graham Greene"] == synset["Henry Graham Greene"] != synset["Georges Simenon"]
+    # a capital the bundled quiz asks for, and a country its questions name, are never practised
+    evaluation = evaluation_texts(answers=True)
+    assert "algiers" in evaluation and "Algiers" not in held and "Algeria" not in held
+    assert not any(f" {_norm(n)} " in f" {e} " for n in list(held)[::50] for e in evaluation)
+    assert not any(n.isupper() for n in held)   # acronyms ("HAART") left out
+
+
+def test_name_lists_say_each_name_once_before_any_repeats():
+    from deeptalk.hearing_corpus import CorpusError, name_lists
+
+    names = ["Aleppo", "Mason City", "John Philip Sousa", "Rhodes", "Salonika"]
+    lists = name_lists(names, 3, 2, seed=0)
+    assert lists == name_lists(names, 3, 2, seed=0) and len(lists) == 3
+    said = [n for lst in lists for n in lst.rstrip(".").split(", ")]
+    assert sorted(said[:5]) == sorted(names) and len(said) == 6
+    with pytest.raises(CorpusError, match="no names"):
+        name_lists([], 1, 2, seed=0)
+
+
 def test_word_lists_from_sentences_without_a_word_to_list_say_so():
     from deeptalk.hearing_corpus import CorpusError, word_lists
 

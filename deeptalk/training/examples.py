@@ -123,6 +123,7 @@ def qa_examples(qa_set, encoder, tokenizer, config, written: bool = False, codec
 REPEAT_TEMPLATES = ("Say this: {text}", "Read this aloud: {text}", "Please say the following sentence: {text}",
                     "Repeat after me: {text}", "Repeat this sentence: {text}")
 WORD_LIST_TEMPLATES = ("Say these words: {text}", "Read this list aloud: {text}", "Please say each of these words: {text}")
+NAME_LIST_TEMPLATES = ("Say these names: {text}", "Read these names aloud: {text}", "Please say each of these names: {text}")
 
 
 def spoken_codes(codec, texts: list[str], voice: str = "piper:joe", seed: int = 0) -> list[np.ndarray]:
