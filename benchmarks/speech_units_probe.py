@@ -160,20 +160,19 @@ def names_ceiling(codec, dev: dict, asr) -> dict:
     (Piper joe's VITS for phone units): the most a model speaking those units could score."""
     from deeptalk.speech.encoder import prepare_audio
     from deeptalk_eval.scoring.match import answer_match
+    from deeptalk_eval.scoring.stats import bootstrap_ci
 
     hits = []
     for units, name in zip(dev["units"], dev["names"]):
         hyp = asr(prepare_audio(codec.decode(np.asarray(units)[None]), codec.sample_rate).samples)
         hits.append(float(bool(answer_match(hyp, name))))
-    from deeptalk_eval.scoring.stats import bootstrap_ci
-
     return {"n": len(hits), "name_hit_share": float(np.mean(hits)), "name_hit_share_ci": list(bootstrap_ci(hits))}
 
 
-def names_split(a) -> tuple[dict, list[str], list[str], list[str]]:
+def names_split(a):
     """The held-out names (with their statements) and, from the other names, the training name
-    statements and name lists; plus every name of a held-out person or place (its synset's other
-    names too), so that no training turn says one, even inside a longer name."""
+    statements and name lists; plus `free(text)`: whether a text says no name of a held-out person
+    or place (its synset's other names too, even inside a longer name), for every training turn."""
     import random
     import re
 
@@ -196,7 +195,7 @@ def names_split(a) -> tuple[dict, list[str], list[str], list[str]]:
 
     train_statements = [st for n, st in with_statement if free(st)][: a.name_statements]
     lists = name_lists([n for n, _, _ in names if free(n)], a.name_lists, a.names_per_list, a.seed + 6)
-    return {"texts": [st for _, st in dev], "names": [n for n, _ in dev]}, train_statements, lists, held
+    return {"texts": [st for _, st in dev], "names": [n for n, _ in dev]}, train_statements, lists, free
 
 
 def resummarize(out: Path) -> int:
@@ -355,26 +354,23 @@ def main() -> int:
 
         print(f"audio rows of {init_audio_rows_from_symbols(model, bundle.tokenizer, getattr(codec, 'symbols', {}))}"
               " codes from their symbols", flush=True)
+    names_dev, name_statements, name_turns = None, [], []
     if a.sentences:
         from deeptalk.hearing_corpus import hearing_sentences, word_lists
 
         extra = 4 * a.word_lists   # sentences whose words make the lists (8 words from ~2 sentences' worth)
+        names = bool(a.names_dev or a.name_statements or a.name_lists)
         seen = said_by_checkpoint(a.checkpoint) if a.unseen_by_checkpoint else []
-        texts = hearing_sentences(a.sentences + a.dev_sentences + extra, a.seed, also_exclude=seen)
+        # with names, as many sentences again to stand in for those that say a held-out name
+        texts = hearing_sentences((2 if names else 1) * a.sentences + a.dev_sentences + extra, a.seed,
+                                  also_exclude=seen)
         train, dev = {"texts": texts[: a.sentences]}, {"texts": texts[a.sentences: a.sentences + a.dev_sentences]}
-        lists = word_lists(texts[a.sentences + a.dev_sentences:], a.word_lists, 8, a.seed) if a.word_lists else []
-        names_dev, name_statements, name_turns = None, [], []
-        if a.names_dev or a.name_statements or a.name_lists:
-            import re
-
-            names_dev, name_statements, name_turns, dev_names = names_split(a)
-            said = re.compile(r"\b(" + "|".join(re.escape(n) for n in dev_names) + r")\b") if dev_names else None
-            pool = texts[: a.sentences]
-            if said is not None:   # no training sentence says a held-out name
-                more = hearing_sentences(2 * a.sentences + a.dev_sentences + extra, a.seed, also_exclude=seen)
-                pool = [t for t in more[: a.sentences] + more[a.sentences + a.dev_sentences + extra:]
-                        if not said.search(t)][: a.sentences]
-            train = {"texts": pool}
+        lists = (word_lists(texts[a.sentences + a.dev_sentences: a.sentences + a.dev_sentences + extra], a.word_lists,
+                            8, a.seed) if a.word_lists else [])
+        if names:
+            names_dev, name_statements, name_turns, free = names_split(a)
+            train = {"texts": [t for t in texts[: a.sentences] + texts[a.sentences + a.dev_sentences + extra:]
+                               if free(t)][: a.sentences]}
     elif a.pairs:
         files = sorted(Path(a.pairs).glob("pairs-*.npz"))
         parts = [load_pairs(f) for f in files]
@@ -384,8 +380,7 @@ def main() -> int:
         raise SystemExit("say what to train on: --pairs or --sentences")
     if a.train_utterances:
         train = {k: v[: a.train_utterances] for k, v in train.items()}
-    parts = (train, dev) if not (a.sentences and names_dev) else (train, dev, names_dev)
-    for part in parts:   # phone units: the codec reads the texts itself
+    for part in (train, dev) + ((names_dev,) if names_dev else ()):   # phone units: the codec reads the texts itself
         from_text = [codec.encode_text(t) for t in part["texts"]]
         if all(c is not None for c in from_text):
             part["units"] = [c[0] for c in from_text]
@@ -396,15 +391,14 @@ def main() -> int:
     if a.sentences and lists:
         examples += repeat_examples(lists, [codec.encode_text(t)[0][None] for t in lists], bundle.tokenizer,
                                     model.config, a.seed + 1, WORD_LIST_TEMPLATES, codec=codec)
-    if a.sentences and name_statements:
+    if name_statements:
         examples += repeat_examples(name_statements, [codec.encode_text(t)[0][None] for t in name_statements],
                                     bundle.tokenizer, model.config, a.seed + 2, TEMPLATES, codec=codec)
-    if a.sentences and name_turns:
+    if name_turns:
         examples += repeat_examples(name_turns, [codec.encode_text(t)[0][None] for t in name_turns], bundle.tokenizer,
                                     model.config, a.seed + 3, NAME_LIST_TEMPLATES, codec=codec)
     dev_examples = repeat_examples(dev["texts"], [u[None] for u in dev["units"]], bundle.tokenizer, model.config,
                                    a.seed, TEMPLATES[:1], codec=codec)
-    names_dev = names_dev if a.sentences else None
     names_examples = repeat_examples(names_dev["texts"], [u[None] for u in names_dev["units"]], bundle.tokenizer,
                                      model.config, a.seed, TEMPLATES[:1], codec=codec) if names_dev else []
     asr = normalizer = None

@@ -184,8 +184,13 @@ def name_lists(names: list[str], n: int, per_list: int, seed: int) -> list[str]:
     any repeats (seeded order)."""
     if n and not names:
         raise CorpusError("name lists: no names to list")
+    return _lists(names, n, per_list, seed)
+
+
+def _lists(items: list[str], n: int, per_list: int, seed: int) -> list[str]:
+    """`n` comma lists of `per_list` items, in a seeded order, each item once before any repeats."""
     rng = random.Random(seed)
-    pool = list(names)
+    pool = list(items)
     rng.shuffle(pool)
     need = n * per_list
     pool = (pool * (need // max(1, len(pool)) + 1))[:need]
@@ -208,8 +213,4 @@ def word_lists(sentences: list[str], n: int, per_list: int, seed: int) -> list[s
                 types.append(w)
     if n and not types:
         raise CorpusError(f"word lists: no word of the {len(sentences)} sentences qualifies")
-    rng = random.Random(seed)
-    rng.shuffle(types)
-    need = n * per_list
-    pool = (types * (need // max(1, len(types)) + 1))[:need]
-    return [", ".join(pool[k * per_list:(k + 1) * per_list]) + "." for k in range(n)]
+    return _lists(types, n, per_list, seed)
