@@ -88,8 +88,11 @@ def build(args):
 
 
 @torch.inference_mode()
-def floor_once(gen, prompt_audio, sr, cfg):
-    """The pieces of the first chunk, each alone: encoder, prefill, bare decode steps, codec."""
+def floor_once(gen, prompt_audio, sr, cfg, first_codes=None):
+    """The pieces of the first chunk, each alone: encoder, prefill, bare decode steps, codec.
+    `first_codes` [Q, F]: the first chunk that sounded in this prompt's stream (a codec that speaks
+    whole words needs a word's phonemes before its first audio: the floor takes as many steps and
+    decodes those codes); None: `first_chunk_frames` frames."""
     model, q = gen.model, gen.cfg.num_codebooks
     t0 = time.perf_counter()
     prompt = gen.prompt(audio=prompt_audio, sample_rate=sr, speak=True)
@@ -104,25 +107,29 @@ def floor_once(gen, prompt_audio, sr, cfg):
     threads = torch.get_num_threads()
     if cfg.decode_threads:
         torch.set_num_threads(cfg.decode_threads)
-    for _ in range(cfg.first_chunk_frames + q):
+    frames = np.zeros((q, cfg.first_chunk_frames), dtype=np.int64) if first_codes is None else first_codes
+    for _ in range(frames.shape[1] + q):
         out = model(input_ids=ids, audio_codes=codes, past_key_values=past, token_modality=mod, use_cache=True)
         past = out.past_key_values
     t3 = time.perf_counter()
     torch.set_num_threads(threads)
-    frames = np.zeros((q, cfg.first_chunk_frames), dtype=np.int64)
-    gen.codec.stream_decoder(left_context=cfg.decoder_left_context, lookahead=cfg.decoder_lookahead).push(frames)
+    decoder = gen.stream_decoder(cfg)
+    if not len(decoder.push(frames)) and first_codes is not None:
+        decoder.flush()   # the stream's first audio was its flush (an answer shorter than a first chunk)
     t4 = time.perf_counter()
     return {"encoder": t1 - t0, "prefill": t2 - t1, "decode_steps": t3 - t2, "codec_decode": t4 - t3,
-            "steps": cfg.first_chunk_frames + q, "prompt_tokens": int(prompt.input_ids.shape[1])}
+            "steps": frames.shape[1] + q, "prompt_tokens": int(prompt.input_ids.shape[1])}
 
 
 def stream_once(gen, audio, sr, cfg):
     t0 = time.monotonic()
     prompt = gen.prompt(audio=audio, sample_rate=sr, speak=True, t_start=t0)
-    marks, chunks, end = {}, [], None
+    marks, chunks, end, first_frames = {}, [], None, None
     for ev in gen.stream(prompt, "speech", cfg):
         if ev.kind == "mark":
             marks.setdefault(ev.name, ev.t)
+            if ev.name == "first_chunk_ready":
+                first_frames = ev.info["frames"]
         elif ev.kind == "audio" and len(ev.audio):
             chunks.append((ev.t, len(ev.audio) / ev.sample_rate))
         elif ev.kind == "end":
@@ -144,7 +151,8 @@ def stream_once(gen, audio, sr, cfg):
         "ttfa": first - t0,
         "rtf": (end.t - marks["prefill_done"]) / audio_s if audio_s else None,
         "audio_seconds": audio_s, "chunks": len(chunks), "stalls": stalls, "steps": end.info["steps"],
-        "prompt_tokens": int(prompt.input_ids.shape[1]),
+        "prompt_tokens": int(prompt.input_ids.shape[1]), "first_chunk_positions": first_frames,
+        "first_codes": end.info["codes"][:, :first_frames],
     }
 
 
@@ -212,7 +220,9 @@ def encoder_window_check(encoder, texts):
 def run_variant(gen, audios, cfg, n_floor):
     runs = [stream_once(gen, a, sr, cfg) for a, sr in audios]
     cold, warm = runs[0], runs[1:]
-    floors = [floor_once(gen, a, sr, cfg) for a, sr in audios[1 : 1 + n_floor]]
+    floors = [floor_once(gen, a, sr, cfg, r.pop("first_codes")) for (a, sr), r in zip(audios[1 : 1 + n_floor], warm)]
+    for r in runs:
+        r.pop("first_codes", None)
     keys = ("encoder", "prefill", "decode_to_first_chunk", "codec_decode", "ttfa")
     summary = {k: {"p50": pct([r[k] for r in warm], 50), "p90": pct([r[k] for r in warm], 90)} for k in keys}
     floor = {k: pct([f[k] for f in floors], 50) for k in ("encoder", "prefill", "decode_steps", "codec_decode")}
@@ -259,6 +269,10 @@ def main(argv=None):
     ap.add_argument("--chunking", default="2:1,1:0",
                     help="comma list of first_chunk_frames:decoder_lookahead (a 1-frame first chunk needs lookahead 0)")
     ap.add_argument("--chunk-frames", type=int, default=10)
+    ap.add_argument("--decoder-min-first", type=int, default=None,
+                    help="phone units: phonemes that wait before the first chunk (default: the codec's)")
+    ap.add_argument("--decoder-min-chunk", type=int, default=None,
+                    help="phone units: phonemes that wait before each later chunk (default: the codec's)")
     ap.add_argument("--speech-steps", type=int, default=60, help="steps per request (RTF is measured over them)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decode-threads", default="0", help="comma list; 0 = the same as --threads")
@@ -295,7 +309,8 @@ def main(argv=None):
             for dt in (int(x) for x in args.decode_threads.split(","))]
     for cache, fcf, la, dt in grid:
         cfg = StreamConfig(max_speech_steps=args.speech_steps, first_chunk_frames=fcf, chunk_frames=args.chunk_frames,
-                           decoder_lookahead=la, cache=cache, decode_threads=dt or None)
+                           decoder_lookahead=la, cache=cache, decode_threads=dt or None,
+                           decoder_min_first=args.decoder_min_first, decoder_min_chunk=args.decoder_min_chunk)
         r = run_variant(gen, audios, cfg, args.floor_requests)
         print(f"cache={cache} first_chunk_frames={fcf} lookahead={la} decode_threads={dt or 'all'}: "
               f"ttfa p50 {r['ttfa_p50']:.3f}s "

@@ -66,6 +66,11 @@ class StreamConfig:
     chunk_frames: int = 10  # later chunks: fewer codec calls
     decoder_left_context: int = 8  # frames of context re-decoded before each chunk
     decoder_lookahead: int = 1  # frames held back until their right context exists
+    # a codec that speaks whole words (phone units): phonemes that wait before the first chunk is
+    # rendered, and before each later one (None: the codec's own). Latency against intelligibility
+    # (benchmarks/results/phones_streaming.json)
+    decoder_min_first: int | None = None
+    decoder_min_chunk: int | None = None
     batch_parallel: bool = False  # the paper's trick: a text-only stream supplies the text tokens
     # the same idea for any layout and batch: the text path answers first (the prompt without
     # <|speech_start|>, text modality only), and the spoken answer writes those tokens in its own
@@ -482,8 +487,7 @@ class SpeechGenerator:
         shown = _TextDeltas(self)  # holds the answer's text ids
         frames: list[np.ndarray] = []  # complete frames [Q] not yet pushed to the decoder
         grid: list[np.ndarray] = []
-        decoder = self.codec.stream_decoder(left_context=cfg.decoder_left_context,
-                                            lookahead=cfg.decoder_lookahead) if speak else None
+        decoder = self.stream_decoder(cfg) if speak else None
         sr = self.codec.sample_rate if speak else None
         # one worker keeps the chunks in order: the decoder is stateful
         pool = ThreadPoolExecutor(1, thread_name_prefix="codec") if speak and cfg.background_decode else None
@@ -495,20 +499,25 @@ class SpeechGenerator:
                 if len(wav):   # timed when handed over: what the listener gets
                     yield GenEvent("audio", now(), audio=wav, sample_rate=sr)
 
-        def push(chunk: list[np.ndarray], first: bool) -> Iterator[GenEvent]:
+        def push(chunk: list[np.ndarray], first: bool):
+            """Yields the chunk's events; returns whether the first audio is out (until then chunks
+            decode in line: a codec that speaks whole words says nothing before a word ends)."""
             if first or pool is None:
-                yield from self._push(decoder, chunk, sr, first)
-            else:
-                pending.append(pool.submit(decoder.push, np.stack(chunk, 1).astype(np.int64)))
+                return (yield from self._push(decoder, chunk, sr, first)) or not first
+            pending.append(pool.submit(decoder.push, np.stack(chunk, 1).astype(np.int64)))
+            return True
 
         def finish_audio() -> Iterator[GenEvent]:
             nonlocal frames, first_chunk
             if frames:
-                yield from push(frames, first_chunk)
-                frames, first_chunk = [], False
+                first_chunk = not (yield from push(frames, first_chunk))
+                frames = []
             yield from ready(block=True)
+            t_ready = now()
             tail = decoder.flush() if decoder.frames else np.zeros(0, np.float32)
             if len(tail):
+                if first_chunk:   # the whole answer was shorter than a first chunk
+                    yield from self._first_marks(t_ready, now(), decoder.frames)
                 yield GenEvent("audio", now(), audio=tail, sample_rate=sr)
 
         try:
@@ -548,8 +557,8 @@ class SpeechGenerator:
                             kept.append(frame)
                 want = cfg.first_chunk_frames if first_chunk else cfg.chunk_frames
                 if len(frames) >= want:
-                    yield from push(frames, first_chunk)
-                    frames, first_chunk = [], False
+                    first_chunk = not (yield from push(frames, first_chunk))
+                    frames = []
                 yield from ready()
                 if audio_over and not flushed:
                     # the audio is complete: play all of it now, not when the text channel ends
@@ -578,15 +587,22 @@ class SpeechGenerator:
             return np.full_like(frame, self.codec.word_end_code)
         return None
 
-    def _push(self, decoder, frames: list[np.ndarray], sr: int, first: bool) -> Iterator[GenEvent]:
-        if first:  # the frames exist; what follows is codec decoding
-            yield GenEvent("mark", time.monotonic(), name="first_chunk_ready", info={"frames": len(frames)})
+    def _push(self, decoder, frames: list[np.ndarray], sr: int, first: bool):
+        """Decode a chunk in line; returns whether it sounded. The first chunk that sounds is marked:
+        its codes existed when it was pushed (first_chunk_ready), then the codec decoded it."""
+        t_ready = time.monotonic()
         wav = decoder.push(np.stack(frames, 1).astype(np.int64))
         t = time.monotonic()
-        if first:
-            yield GenEvent("mark", t, name="first_chunk_decoded", info={"frames": len(frames)})
+        if first and len(wav):
+            yield from self._first_marks(t_ready, t, decoder.frames)
         if len(wav):
             yield GenEvent("audio", t, audio=wav, sample_rate=sr)
+        return bool(len(wav))
+
+    @staticmethod
+    def _first_marks(t_ready: float, t_decoded: float, frames: int) -> Iterator[GenEvent]:
+        yield GenEvent("mark", t_ready, name="first_chunk_ready", info={"frames": frames})
+        yield GenEvent("mark", t_decoded, name="first_chunk_decoded", info={"frames": frames})
 
     # -- non-streaming ---------------------------------------------------------------
     def generate(self, prompt: Prompt, output: Output = "text", cfg: StreamConfig | None = None,
@@ -673,21 +689,26 @@ class SpeechGenerator:
         deltas = _TextDeltas(self)
         return [deltas.push(t) for t in text_ids]
 
+    def stream_decoder(self, cfg: StreamConfig):
+        """The codec's streaming decoder under `cfg` (a word-chunking codec's chunk sizes only where set)."""
+        words = {k: v for k, v in (("min_first", cfg.decoder_min_first), ("min_chunk", cfg.decoder_min_chunk))
+                 if v is not None}
+        return self.codec.stream_decoder(left_context=cfg.decoder_left_context, lookahead=cfg.decoder_lookahead,
+                                         **words)
+
     def decode_as_streamed(self, codes: np.ndarray, cfg: StreamConfig) -> np.ndarray:
         """The waveform `stream()` plays for these codes: the same chunks through the same
         streaming decoder (a codec that re-estimates phase per chunk sounds slightly
         different decoded whole)."""
-        decoder = self.codec.stream_decoder(left_context=cfg.decoder_left_context, lookahead=cfg.decoder_lookahead)
+        decoder = self.stream_decoder(cfg)
         n = codes.shape[1]
         if not n:
             return np.zeros(0, np.float32)
-        cuts = [min(cfg.first_chunk_frames, n)]
-        while cuts[-1] < n:
-            cuts.append(min(cuts[-1] + cfg.chunk_frames, n))
-        parts, start = [], 0
-        for end in cuts:
+        parts, start, sounded = [], 0, False
+        while start < n:   # first_chunk_frames at a time until the first audio, then chunk_frames
+            end = min(start + (cfg.chunk_frames if sounded else cfg.first_chunk_frames), n)
             parts.append(decoder.push(codes[:, start:end].astype(np.int64)))
-            start = end
+            sounded, start = sounded or bool(len(parts[-1])), end
         parts.append(decoder.flush())
         return np.concatenate(parts).astype(np.float32)
 

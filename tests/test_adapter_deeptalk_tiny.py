@@ -253,6 +253,19 @@ def test_hearing_lexicon_needs_a_piece_head(tiny_checkpoint):
         DeepTalkAdapter(path=str(tiny_checkpoint), hearing="lexicon")
 
 
+def test_word_chunk_sizes_are_for_a_codec_that_speaks_words(tiny_checkpoint, adapter):
+    """decoder_min_first / decoder_min_chunk size a phone codec's chunks: on this frame codec they
+    are the user's one line before any sample runs; unset, they are not in the args (nor the
+    fingerprint), so answers cached before they existed stay valid."""
+    from deeptalk_eval.errors import UsageError
+    from deeptalk_eval.models.deeptalk import DeepTalkAdapter
+
+    with pytest.raises(UsageError, match="decoder_min_first / decoder_min_chunk: .*speaks whole words"):
+        DeepTalkAdapter(path=str(tiny_checkpoint), decoder_min_first=4)
+    assert not {"decoder_min_first", "decoder_min_chunk"} & set(adapter.args)
+    assert adapter.stream_config.decoder_min_first is None
+
+
 def test_a_piece_head_hears_in_words_with_hearing_lexicon(tiny_checkpoint, tmp_path, question_audio):
     """The same checkpoint with a (random) piece head: greedy hears letters, hearing=lexicon
     hears only words of the lexicon, and the checkpoint's own config is left as it was."""

@@ -263,3 +263,38 @@ def test_lead_text_speaks_what_the_text_path_writes(tokenizer, codec):
     assert all(np.array_equal(a.codes, b.codes) for a, b in zip(alone, in_turn))
     own = g.generate(prompts[0], "speech", StreamConfig(max_new_tokens=12, max_speech_steps=200))
     assert own.text != written[0]
+
+
+@pytest.mark.parametrize("min_first,first_frames", [(1, 1), (12, 2)])
+def test_the_first_chunk_is_the_first_that_sounds(tokenizer, codec, min_first, first_frames):
+    """Phone units say nothing before a word ends: chunks decode in line until one sounds, and that
+    one carries the first-chunk marks (its codes hold a word end or it is the flush); the chunk
+    sizes the stream config names reach the codec, and the audio stays what generate(as_streamed) plays."""
+    torch.manual_seed(1)
+    model = DeepTalkForCausalLM(tiny_config(tokenizer, codec)).eval()
+    g = SpeechGenerator(model, tokenizer, codec=codec)
+    sc = StreamConfig(max_speech_steps=60, first_chunk_frames=first_frames, chunk_frames=5,
+                      decoder_min_first=min_first, decoder_min_chunk=3)
+    assert (g.stream_decoder(sc).min_first, g.stream_decoder(sc).min_chunk) == (min_first, 3)
+    p = g.prompt(text="Say something.", speak=True)
+    events = list(g.stream(p, "speech", sc))
+    codes = events[-1].info["codes"][0]
+    marks = {e.name: e for e in events if e.kind == "mark"}
+    audio = [k for k, e in enumerate(events) if e.kind == "audio"]
+    assert len(codes) and audio, "the random model should say something"
+    ready = marks["first_chunk_ready"]
+    assert events.index(marks["first_chunk_decoded"]) < audio[0]
+    assert ready.t <= marks["first_chunk_decoded"].t <= events[audio[0]].t
+    said = codes[:ready.info["frames"]].tolist()
+    word_ends = [k + 1 for k, c in enumerate(said) if c in codec.breaks]
+    assert ready.info["frames"] == len(codes) or (word_ends and word_ends[-1] >= min_first)
+    res = g.generate(p, "speech", sc, as_streamed=True)
+    assert np.array_equal(np.concatenate([events[k].audio for k in audio]), res.audio)
+
+
+def test_a_frame_codec_refuses_word_chunk_sizes():
+    from deeptalk.speech.codec import CodecError
+    from deeptalk.speech.codec_loader import load_codec
+
+    with pytest.raises(CodecError, match="min_first apply to a codec that speaks whole words"):
+        load_codec("offline").stream_decoder(min_first=4)

@@ -211,9 +211,9 @@ def test_ctc_projector_recipe(tmp_path):
 
 def test_phone_units_recipe(tmp_path):
     """tiny with phone units in the "words" layout: spoken answers' codes come from their text, word
-    by word (no synthesis), stage 2.1 adds written questions, "repeat this sentence" turns and
-    lists of words to say, and
-    the checkpoint speaks through Piper."""
+    by word (no synthesis), stage 2.1 adds written questions, "repeat this sentence" turns, lists of
+    words to say, statements about people and places and lists of their names, and the checkpoint
+    speaks through Piper."""
     import numpy as np
 
     from deeptalk.checkpoint import load_checkpoint
@@ -224,14 +224,16 @@ def test_phone_units_recipe(tmp_path):
     recipe.write_text(yaml.safe_dump({"extends": "tiny", "name": "tiny-phones", "codec": "phones",
                                       "answer_routing": "both", "answer_layout": "words",
                                       "inference_routing": "modality",
-                                      "data": {"repeat": 6, "word_lists": 3, "qa_written": True},
+                                      "data": {"repeat": 6, "word_lists": 3, "qa_written": True,
+                                               "name_statements": 2, "name_lists": 2},
                                       "stages": {"2.1": {"routing": "modality"}}}))
     out = tmp_path / "run"
     p = train("--recipe", str(recipe), "--output", str(out))
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((out / "stage-3" / "codec.json").read_text()) == {"name": "phones"}
     info = json.loads((out / "stage-2.1" / "stage.json").read_text())
-    assert info["examples"] == 4 * 2 + 6 + 3       # spoken + written questions, repeat turns, word lists
+    # spoken + written questions, repeat turns, word lists, name statements, name lists
+    assert info["examples"] == 4 * 2 + 6 + 3 + 2 + 2
     assert info["routing_mode_train"] == "modality"
     b = load_checkpoint(out / "stage-3")
     assert isinstance(b.codec, PhoneCodec) and b.model.config.num_codebooks == 1

@@ -272,6 +272,22 @@ def test_name_lists_say_each_name_once_before_any_repeats():
         name_lists([], 1, 2, seed=0)
 
 
+def test_a_recipe_names_turns_are_seeded_wordnet_statements_and_lists():
+    """`data.name_statements` / `data.name_lists`: the same turns for the same seed, other ones for
+    another, statements that say a WordNet person or place, lists of `names_per_list` names."""
+    from deeptalk.hearing_corpus import proper_names
+    from deeptalk.training.recipe_data import name_texts
+
+    recipe = {"seed": 0, "data": {"name_statements": 5, "name_lists": 3, "names_per_list": 4}}
+    statements, lists = name_texts(recipe)
+    assert (statements, lists) == name_texts(recipe) and len(statements) == 5 and len(lists) == 3
+    assert name_texts({**recipe, "seed": 1})[0] != statements
+    known = {st for _, st, _ in proper_names()}
+    assert set(statements) <= known
+    assert all(len(lst.rstrip(".").split(", ")) == 4 for lst in lists)
+    assert name_texts({"seed": 0, "data": {}}) == ([], [])
+
+
 def test_word_lists_from_sentences_without_a_word_to_list_say_so():
     from deeptalk.hearing_corpus import CorpusError, word_lists
 

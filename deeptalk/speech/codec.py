@@ -67,6 +67,10 @@ class SpeechCodec(ABC):
         return None
 
     def stream_decoder(self, left_context: int = 8, lookahead: int = 1, **kwargs) -> StreamingDecoder:
+        words = sorted(set(kwargs) & {"min_first", "min_chunk"})
+        if words:   # chunk sizes in phonemes belong to a codec that speaks whole words
+            raise CodecError(f"{self.name} codec: {', '.join(words)} apply to a codec that speaks whole words "
+                             "(phones); this one decodes frames (chunk_frames)")
         need = self.stream_context
         if need is not None:   # a decoder with a wider view than asked for gets what it needs
             left_context, lookahead = max(left_context, need[0]), max(lookahead, need[1])

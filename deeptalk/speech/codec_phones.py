@@ -123,6 +123,9 @@ class PhoneStreamDecoder:
     `min_first` (first chunk) or `min_chunk` (later) phonemes wait; `flush` renders the rest."""
 
     def __init__(self, codec: PhoneCodec, min_first: int = 12, min_chunk: int = 24):
+        if int(min_first) < 1 or int(min_chunk) < 1:
+            raise ValueError(f"phones stream decoder: min_first and min_chunk must be >= 1 phoneme, got "
+                             f"{min_first} and {min_chunk}")
         self.codec, self.min_first, self.min_chunk = codec, int(min_first), int(min_chunk)
         self._codes: list[int] = []
         self._spoken = 0            # codes already rendered

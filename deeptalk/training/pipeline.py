@@ -21,6 +21,7 @@ from deeptalk.training.build import (
     upcycled_model,
 )
 from deeptalk.training.examples import (
+    NAME_LIST_TEMPLATES,
     WORD_LIST_TEMPLATES,
     asr_examples,
     corpus_examples,
@@ -75,6 +76,15 @@ def speaking_examples(recipe: dict, data: dict, qa_set, codec, encoder, tokenize
         if config.answer_layout != "words":
             raise ValueError("data.word_lists needs answer_layout: words (the codec reads each word)")
         ex += repeat_examples(lists, None, tokenizer, config, int(recipe["seed"]) + 1, WORD_LIST_TEMPLATES, codec=codec)
+    # `data.name_statements` / `data.name_lists`: names practised carry over to names never practised
+    # (docs/training.md, "Names: does practising them teach the speech to say them?")
+    statements, names = data.get("name_statements") or [], data.get("name_lists") or []
+    if (statements or names) and config.answer_layout != "words":
+        raise ValueError("data.name_statements and data.name_lists need answer_layout: words (the codec reads each word)")
+    if statements:
+        ex += repeat_examples(statements, None, tokenizer, config, int(recipe["seed"]) + 2, codec=codec)
+    if names:
+        ex += repeat_examples(names, None, tokenizer, config, int(recipe["seed"]) + 3, NAME_LIST_TEMPLATES, codec=codec)
     return ex
 
 

@@ -45,9 +45,10 @@ def build_data(recipe: dict) -> dict:
         asr_sents += hearing_sentences(int(d["asr_corpus"]), seed + 31)
     asr = D.build_asr_set(asr_sents, d["voices"], seed)
     repeat, lists = speaking_texts(recipe)
+    statements, name_lists = name_texts(recipe)
     return {"asr": asr, "qa_questions": qa_q, "qa_answers": qa_a, "text": D.build_text_set(text_p, text_a),
             "answerer": answerer_id, "repeat_texts": repeat,
-            "word_lists": lists}
+            "word_lists": lists, "name_statements": statements, "name_lists": name_lists}
 
 
 def speaking_texts(recipe: dict) -> tuple[list[str], list[str]]:
@@ -63,3 +64,22 @@ def speaking_texts(recipe: dict) -> tuple[list[str], list[str]]:
     texts = hearing_sentences(n_rep + 4 * n_lists, seed + 21)
     lists = word_lists(texts[n_rep:], n_lists, 8, seed + 22) if n_lists else []
     return texts[:n_rep], lists
+
+
+def name_texts(recipe: dict) -> tuple[list[str], list[str]]:
+    """The recipe's name turns for stage 2.1: `data.name_statements` statements about WordNet people
+    and places ("Aleppo is a city in northwestern Syria."), `data.name_lists` lists of
+    `data.names_per_list` (6) of their names. No name an evaluation text holds is among them
+    (hearing_corpus.proper_names); the speech learns to say names on names no task asks."""
+    d, seed = recipe["data"], recipe["seed"]
+    n_st, n_lists = int(d.get("name_statements", 0)), int(d.get("name_lists", 0))
+    if not (n_st or n_lists):
+        return [], []
+    from deeptalk.hearing_corpus import CorpusError, name_lists, proper_names
+
+    names = proper_names()
+    statements = [st for _, st, _ in names if st]
+    random.Random(seed + 25).shuffle(statements)
+    if n_st > len(statements):
+        raise CorpusError(f"data.name_statements: {n_st} asked, WordNet holds {len(statements)}")
+    return statements[:n_st], name_lists([n for n, _, _ in names], n_lists, int(d.get("names_per_list", 6)), seed + 26)

@@ -68,14 +68,18 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
                  max_speech_steps: int = 400, batch_parallel: bool = False, codec: str | None = None,
                  loglikelihood_batch_size: int = 8, threads: int | None = None, cache: str | None = None,
                  decode_threads: int | None = None, hearing: str | None = None, written: str | None = None,
-                 lead_text: bool = False, rows: int = 16):
-        # lead_text is recorded (and fingerprinted) only when on: answers cached before it existed stay valid
+                 lead_text: bool = False, rows: int = 16, decoder_min_first: int | None = None,
+                 decoder_min_chunk: int | None = None):
+        # lead_text and the phone codec's chunk sizes are recorded (and fingerprinted) only when set:
+        # answers cached before they existed stay valid
         super().__init__(path=path, device=device, dtype=dtype, routing_mode=routing_mode,
                          first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
                          max_speech_steps=max_speech_steps, batch_parallel=batch_parallel, codec=codec,
                          loglikelihood_batch_size=loglikelihood_batch_size, threads=threads, cache=cache,
                          decode_threads=decode_threads, hearing=hearing, written=written, rows=rows,
-                         **({"lead_text": True} if lead_text else {}))
+                         **({"lead_text": True} if lead_text else {}),
+                         **{k: v for k, v in (("decoder_min_first", decoder_min_first),
+                                              ("decoder_min_chunk", decoder_min_chunk)) if v is not None})
         from deeptalk.checkpoint import load_checkpoint
         from deeptalk.generate import SpeechGenerator, StreamConfig
 
@@ -113,9 +117,17 @@ class DeepTalkAdapter(TextPathScoring, SpokenModel):
             cache = "dynamic" if batch_parallel else "static"
         self.stream_config = StreamConfig(first_chunk_frames=first_chunk_frames, chunk_frames=chunk_frames,
                                           max_speech_steps=max_speech_steps, batch_parallel=batch_parallel,
-                                          cache=cache, decode_threads=decode_threads, lead_text=lead_text)
+                                          cache=cache, decode_threads=decode_threads, lead_text=lead_text,
+                                          decoder_min_first=decoder_min_first, decoder_min_chunk=decoder_min_chunk)
         self.generator = SpeechGenerator(model, self.bundle.tokenizer, encoder=self.bundle.encoder,
                                          codec=self.bundle.codec)
+        if decoder_min_first is not None or decoder_min_chunk is not None:
+            from deeptalk.speech.codec import CodecError
+
+            try:   # a frame codec has no word chunks; a size below 1 is no size
+                self.generator.stream_decoder(self.stream_config)
+            except (CodecError, ValueError) as e:
+                raise UsageError(f"deeptalk: model args decoder_min_first / decoder_min_chunk: {e}") from None
         # generate() hears each distinct audio input once (S2T, S2S and a control share their
         # questions); stream() always hears: it is what latency measures
         self.heard_memo = ContentMemo()
