@@ -407,7 +407,7 @@ def main() -> int:
 
         from deeptalk.speech.speech_wer import WhisperASR
 
-        asr, normalizer = WhisperASR(), EnglishTextNormalizer()
+        asr, normalizer = WhisperASR(threads=max(1, a.threads)), EnglishTextNormalizer()
     curve_path = a.out / "curve.json"
     saved = json.loads(curve_path.read_text()) if a.resume and curve_path.is_file() else {}
     curve = saved.get("points", [])

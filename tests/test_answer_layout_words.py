@@ -298,3 +298,16 @@ def test_a_frame_codec_refuses_word_chunk_sizes():
 
     with pytest.raises(CodecError, match="min_first apply to a codec that speaks whole words"):
         load_codec("offline").stream_decoder(min_first=4)
+
+
+def test_the_phone_codecs_default_chunks_are_part_of_what_it_is(codec, monkeypatch):
+    """The harness scores the streamed audio: a new default chunk size is a new codec (its
+    description, hence the answers' cache key, changes with it) and the decoder follows it."""
+    import deeptalk.speech.codec_phones as cp
+
+    before = codec.describe()
+    assert before["stream_chunks"] == {"min_first": cp.MIN_FIRST, "min_chunk": cp.MIN_CHUNK}
+    monkeypatch.setattr(cp, "MIN_FIRST", cp.MIN_FIRST + 3)
+    assert codec.describe() != before and codec.stream_decoder().min_first == before["stream_chunks"]["min_first"] + 3
+    with pytest.raises(ValueError, match="must be >= 1 phoneme"):
+        codec.stream_decoder(min_first=0)

