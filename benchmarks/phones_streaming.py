@@ -9,8 +9,8 @@ them), or (`--codes POINT.json`) the codes a model spoke, saved by
 benchmarks/speech_units_probe.py, with a paired bootstrap of each row against the first.
 
     python benchmarks/phones_streaming.py --n 100 --out benchmarks/results/phones_streaming.json
-    python benchmarks/phones_streaming.py --codes runs/names-probe/names/points/point-00000.json \\
-        --no-sampling --out benchmarks/results/phones_streaming_model_codes.json
+    python benchmarks/phones_streaming.py --codes benchmarks/results/speaking/names_probe/sentences/point-00000.json \\
+        --no-sampling --chunks 12:24,8:24,4:24 --out benchmarks/results/phones_streaming_model_codes.json
 """
 from __future__ import annotations
 
